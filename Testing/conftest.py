@@ -1,0 +1,50 @@
+"""Shared fixtures: the bundled atlas and phantoms placed by a known affine in a known grid."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from maediff_core.atlas import Atlas
+from maediff_core.phantom import PhantomConfig, make_phantom
+from maediff_core.volume_io import reference_image
+
+# Scanner axes of the three acquisition frames the registration must handle.
+DIRECTIONS = {
+    "LPS": np.eye(3),
+    "RAS": np.diag([-1.0, -1.0, 1.0]),
+    "oblique": np.array(sitk.Euler3DTransform((0, 0, 0), 0.25, -0.15, 0.35).GetMatrix()).reshape(3, 3),
+}
+
+
+@pytest.fixture(scope="session")
+def atlas() -> Atlas:
+    return Atlas.load()
+
+
+def random_pose(rng: np.random.Generator, centre: np.ndarray) -> sitk.AffineTransform:
+    """Scanner -> atlas mapping with rotations up to 15 deg, scaling up to 10 %, shifts up to 20 mm."""
+    rotation = np.array(sitk.Euler3DTransform((0, 0, 0), *np.deg2rad(rng.uniform(-15, 15, 3))).GetMatrix()).reshape(3, 3)
+    matrix = rotation @ np.diag(rng.uniform(0.9, 1.1, 3))
+    return sitk.AffineTransform(matrix.ravel().tolist(), rng.uniform(-20, 20, 3).tolist(), centre.tolist())
+
+
+def native_grid(direction: np.ndarray, spacing: tuple[float, float, float], centre: np.ndarray,
+                extent_mm: tuple[float, float, float] = (240.0, 240.0, 190.0)) -> sitk.Image:
+    size = np.ceil(np.array(extent_mm) / np.array(spacing)).astype(int)
+    origin = centre - direction @ ((size - 1) * np.array(spacing) / 2.0)
+    return reference_image({"size": size.tolist(), "spacing": list(spacing), "origin": origin.tolist(),
+                            "direction": direction.ravel().tolist()})
+
+
+def posed_phantom(atlas: Atlas, frame: str, seed: int, kind: str = "healthy",
+                  spacing=(0.9, 0.9, 2.5), skull: bool = True):
+    """A phantom without anatomical deformation, so that ``pose`` is the exact truth."""
+    rng = np.random.default_rng(seed)
+    centre = np.array(atlas.template.TransformContinuousIndexToPhysicalPoint(
+        (np.array(atlas.template.GetSize()) / 2.0).tolist()))
+    pose = random_pose(rng, centre)
+    grid = native_grid(DIRECTIONS[frame], spacing, centre)
+    config = PhantomConfig(deform=False, skull_probability=1.0 if skull else 0.0)
+    return make_phantom(kind, seed, config, atlas, native_grid=grid, pose=pose), pose

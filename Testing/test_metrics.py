@@ -1,0 +1,111 @@
+"""Metrics and post-processing against hand-computed cases."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from maediff_core.evaluate import Scored, evaluate
+from maediff_core.metrics import auprc, dice, fpr_thresholds, l1_error, search_threshold
+from maediff_core.postprocess import PostprocessConfig, erode_slices, lesion_labels, lesion_table, smooth_scores
+
+
+def test_dice_by_hand():
+    a = np.zeros((4, 4), bool)
+    b = np.zeros((4, 4), bool)
+    a[0, :3] = True  # 3 voxels
+    b[0, 1:] = True  # 3 voxels, 2 shared
+    assert dice(a, b) == pytest.approx(2 * 2 / 6)
+    assert dice(a, a) == 1.0
+    assert dice(a, np.zeros_like(a)) == 0.0
+    assert dice(np.zeros_like(a), np.zeros_like(a)) == 1.0
+
+
+def test_auprc_by_hand():
+    # Ranking: 0.9 (pos), 0.8 (neg), 0.7 (pos), 0.1 (neg): AP = 1/2 * (1/1 + 2/3).
+    score = np.array([0.9, 0.8, 0.7, 0.1])
+    truth = np.array([1, 0, 1, 0])
+    assert auprc(score, truth) == pytest.approx(0.5 * (1 + 2 / 3))
+    assert np.isnan(auprc(score, np.zeros(4)))
+
+
+def test_l1_inside_mask_only():
+    image = np.array([1.0, 2.0, 3.0, 100.0])
+    rec = np.array([1.5, 2.0, 2.0, 0.0])
+    mask = np.array([1, 1, 1, 0])
+    assert l1_error(image, rec, mask) == pytest.approx((0.5 + 0 + 1) / 3)
+
+
+def test_threshold_search_finds_the_separating_value():
+    rng = np.random.default_rng(0)
+    truth = np.zeros((10, 20, 20), bool)
+    truth[3:7, 5:12, 5:12] = True
+    score = np.where(truth, rng.uniform(0.55, 1.0, truth.shape), rng.uniform(0.0, 0.45, truth.shape))
+    threshold, best = search_threshold([score], [truth])
+    assert 0.45 <= threshold <= 0.55 and best == 1.0
+
+
+def test_fpr_thresholds_flag_the_asked_fraction():
+    scores = [np.linspace(0, 1, 1001)]
+    masks = [np.ones(1001, bool)]
+    thresholds = fpr_thresholds(scores, masks, rates=(0.01, 0.10))
+    assert thresholds[0.01] == pytest.approx(0.99) and thresholds[0.10] == pytest.approx(0.90)
+
+
+def test_erosion_is_per_slice():
+    mask = np.zeros((3, 11, 11), bool)
+    mask[:, 2:9, 2:9] = True
+    eroded = erode_slices(mask, 3)
+    assert eroded[0].sum() == eroded[1].sum() == 1  # 7x7 square eroded 3 times: its centre
+    assert eroded[0, 5, 5] and eroded[2, 5, 5]  # top and bottom slices are not eaten by 3-D erosion
+
+
+def test_small_components_dropped_and_labels_ordered_by_size():
+    score = np.zeros((10, 20, 20), np.float32)
+    score[1:3, 1:3, 1:3] = 1.0  # 8 voxels: kept (more than 7)
+    score[5, 5, 5:12] = 1.0  # 7 voxels: dropped
+    score[6:9, 10:15, 10:15] = 1.0  # 75 voxels
+    labels = lesion_labels(score, 0.5, PostprocessConfig())
+    assert sorted(np.unique(labels)) == [0, 1, 2]
+    assert (labels == 1).sum() == 75 and (labels == 2).sum() == 8
+
+
+def test_smooth_scores_masks_then_filters():
+    residual = np.ones((10, 20, 20), np.float32)
+    mask = np.zeros_like(residual, bool)
+    mask[:, 4:16, 4:16] = True
+    score = smooth_scores(residual, mask)
+    assert score[:, :7, :].max() == 0.0  # eroded border removed
+    assert score[5, 10, 10] == 1.0
+
+
+def test_lesion_table_volume_and_ras_centroid():
+    labels = np.zeros((10, 20, 20), np.int32)
+    labels[2:4, 5:7, 8:10] = 1  # 8 voxels
+    score = labels * 0.5
+    geometry = sitk.GetImageFromArray(labels)
+    geometry.SetSpacing((2.0, 2.0, 2.0))
+    geometry.SetOrigin((10.0, 20.0, 30.0))
+    row = lesion_table(labels, score, geometry)[0]
+    assert row["voxels"] == 8 and row["volume_ml"] == pytest.approx(8 * 8 / 1000)
+    assert row["max_score"] == pytest.approx(0.5) and row["mean_score"] == pytest.approx(0.5)
+    # LPS centre (10 + 2*8.5, 20 + 2*5.5, 30 + 2*2.5) -> RAS flips x and y.
+    assert row["centroid_ras_mm"] == [-27.0, -31.0, 35.0]
+
+
+def test_protocol_end_to_end_on_synthetic_scores():
+    rng = np.random.default_rng(1)
+
+    def case(name, lesion=True):
+        truth = np.zeros((20, 40, 40), bool)
+        if lesion:
+            truth[5:15, 10:26, 10:26] = True  # large enough for the median filter to keep
+        mask = np.zeros_like(truth)
+        mask[2:18, 4:36, 4:36] = True
+        score = (rng.uniform(0, 0.3, truth.shape) + 0.6 * truth) * mask
+        return Scored(name, smooth_scores(score, mask), mask, truth if lesion else None, 0.01)
+
+    result = evaluate([case("v1"), case("v2")], [case("t1"), case("t2")], [case("h1", False)])
+    assert result["dice_mean"] > 0.85 and result["auprc_mean"] > 0.85
+    assert set(result["healthy_fpr"]) == {"1%", "5%", "10%"}
+    with pytest.raises(ValueError, match="need a lesion segmentation"):
+        evaluate([case("h", False)], [case("t")])

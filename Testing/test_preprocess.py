@@ -1,0 +1,129 @@
+"""Preprocessing: registration accuracy in several scanner frames, the exact way back to the input
+grid, mask methods, and the errors a user gets."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import posed_phantom
+from maediff_core.preprocess import (PreprocessConfig, affine_from_record, preprocess, resample_isotropic,
+                                     to_model, to_native)
+from maediff_core.volume_io import VolumeError, image_from_array
+
+
+def _registration_error_mm(atlas, record, pose) -> float:
+    """Mean distance between estimated and true atlas -> input mappings over brain voxels."""
+    estimated = affine_from_record(record)
+    truth = pose.GetInverse()  # pose maps input (scanner) points onto atlas points
+    brain = np.argwhere(sitk.GetArrayFromImage(atlas.brain_mask))[::997]
+    errors = []
+    for zyx in brain:
+        point = atlas.template.TransformIndexToPhysicalPoint([int(v) for v in zyx[::-1]])
+        errors.append(np.linalg.norm(np.subtract(estimated.TransformPoint(point), truth.TransformPoint(point))))
+    return float(np.mean(errors))
+
+
+@pytest.fixture(scope="module", params=[("LPS", (1.0, 1.0, 1.2)), ("RAS", (0.9375, 0.9375, 3.0)),
+                                        ("oblique", (1.2, 0.8, 2.0))], ids=lambda p: p[0])
+def registered(request, atlas):
+    frame, spacing = request.param
+    phantom, pose = posed_phantom(atlas, frame, seed=hash(frame) % 1000, spacing=spacing)
+    before = sitk.GetArrayFromImage(phantom.image).copy()
+    result = preprocess(phantom.image, PreprocessConfig(), atlas)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(phantom.image), before)  # input untouched
+    return phantom, pose, result
+
+
+def test_registration_recovers_known_affine(registered, atlas):
+    _, pose, result = registered
+    error = _registration_error_mm(atlas, result.record, pose)
+    assert error < 1.0, f"mean registration error {error:.2f} mm"
+
+
+def test_model_space_image(registered, atlas):
+    _, _, result = registered
+    assert result.image.shape == (50, 96, 96) and result.mask.shape == (50, 96, 96)
+    assert result.image.min() >= 0.0 and result.image.max() <= 1.0
+    assert np.all(result.image[~result.mask] == 0)
+    # Without anatomical deformation the brain is the atlas brain: 1652 mL inside the model box.
+    assert 1400 < result.record["brain_ml"] < 1900
+    atlas_mask = to_model(atlas.brain_mask, {**result.record, "atlas_to_native": {"matrix_4x4": np.eye(4).tolist()}}, labels=True)
+    assert _dice(result.mask, atlas_mask > 0) > 0.93
+    for step in ("register", "brain_mask", "bias_correction", "model_space"):
+        assert step in result.record["timings_s"]
+
+
+def test_round_trip_of_a_smooth_map(registered):
+    phantom, _, result = registered
+    z, y, x = np.meshgrid(*[np.linspace(0, 1, n) for n in (50, 96, 96)], indexing="ij")
+    smooth = (np.sin(2 * np.pi * x) * np.cos(np.pi * y) + z).astype(np.float32)
+    native = to_native(smooth, result.record)
+    assert native.GetSize() == phantom.image.GetSize()
+    np.testing.assert_allclose(native.GetOrigin(), phantom.image.GetOrigin())
+    np.testing.assert_allclose(native.GetDirection(), phantom.image.GetDirection())
+    back = to_model(native, result.record)
+    inner = result.mask.copy()
+    inner[:3], inner[-3:] = False, False  # the box's outer slices have no neighbours to interpolate
+    error = np.abs(back - smooth)[inner]
+    assert error.mean() < 0.02 * np.ptp(smooth), error.mean()
+
+
+def test_labels_keep_their_position(registered):
+    phantom, _, result = registered
+    labels = np.zeros((50, 96, 96), np.int32)
+    labels[20:24, 40:45, 50:56] = 3
+    labels[30:32, 60:62, 30:33] = 7
+    native = to_native(labels, result.record, labels=True)
+    assert set(np.unique(sitk.GetArrayFromImage(native))) == {0, 3, 7}  # no interpolated values
+    model_grid = image_from_array(labels, result.record["model_grid"])
+    atlas_to_native = affine_from_record(result.record)
+    for value in (3, 7):
+        model_centre = _centroid(model_grid, labels == value)
+        native_centre = _centroid(native, sitk.GetArrayFromImage(native) == value)
+        expected = np.array(atlas_to_native.TransformPoint(model_centre.tolist()))
+        # Nearest-neighbour sampling moves a centroid by well under one model voxel (2 mm).
+        assert np.linalg.norm(native_centre - expected) < 1.0
+
+
+def _dice(a, b) -> float:
+    return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+def _centroid(grid: sitk.Image, mask: np.ndarray) -> np.ndarray:
+    points = [grid.TransformIndexToPhysicalPoint([int(v) for v in zyx[::-1]]) for zyx in np.argwhere(mask)]
+    return np.mean(points, axis=0)
+
+
+def test_skull_stripped_and_file_masks(atlas):
+    phantom, _ = posed_phantom(atlas, "LPS", seed=5, skull=False)
+    stripped = preprocess(phantom.image, PreprocessConfig(mask_method="skull-stripped"), atlas)
+    native_mask = sitk.Cast(phantom.image > 0, sitk.sitkUInt8)
+    from_file = preprocess(phantom.image, PreprocessConfig(mask_method="file"), atlas, mask=native_mask)
+    overlap = np.logical_and(stripped.mask, from_file.mask).sum() / max(stripped.mask.sum(), 1)
+    assert overlap > 0.97
+    assert 1400 < stripped.record["brain_ml"] < 1900
+
+
+def test_bad_inputs_give_specific_errors(atlas):
+    phantom, _ = posed_phantom(atlas, "LPS", seed=6)
+    with pytest.raises(VolumeError, match="needs a brain mask volume"):
+        preprocess(phantom.image, PreprocessConfig(mask_method="file"), atlas)
+    wrong = sitk.Image([10, 10, 10], sitk.sitkUInt8) + 1
+    with pytest.raises(VolumeError, match="differs from the volume"):
+        preprocess(phantom.image, PreprocessConfig(mask_method="file", register=False), atlas, mask=wrong)
+    with pytest.raises(VolumeError, match="not installed"):
+        preprocess(phantom.image, PreprocessConfig(mask_method="hd-bet", register=False), atlas)
+    with pytest.raises(ValueError, match="mask_method must be one of"):
+        PreprocessConfig(mask_method="magic")
+    with pytest.raises(VolumeError, match="expected"):
+        to_native(np.zeros((10, 10, 10)), {"model_grid": {"size": [96, 96, 50]}})
+
+
+def test_isotropic_resampling_keeps_physical_space():
+    image = sitk.GetImageFromArray(np.random.rand(20, 40, 30).astype(np.float32))
+    image.SetSpacing((0.8, 0.9, 3.0))
+    image.SetDirection(sitk.Euler3DTransform((0, 0, 0), 0.2, 0.1, 0.3).GetMatrix())
+    iso = resample_isotropic(image, 1.0)
+    np.testing.assert_allclose(iso.GetSpacing(), (1, 1, 1))
+    centre = lambda im: np.array(im.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in im.GetSize()]))
+    np.testing.assert_allclose(centre(iso), centre(image), atol=1e-6)

@@ -1,0 +1,146 @@
+"""The ``maediff`` command line: the contract between the core and the Slicer module."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .volume_io import VolumeError, case_name, write_text_atomic
+
+
+def cmd_preprocess(args: argparse.Namespace) -> None:
+    from .atlas import Atlas
+    from .preprocess import PreprocessConfig, preprocess_file
+
+    config = PreprocessConfig(register=not args.no_register, mask_method=args.mask_method,
+                              bias_correction=not args.no_n4, resample_1mm=not args.no_resample)
+    atlas = Atlas.load(args.atlas)
+    for path in args.inputs:
+        start = time.perf_counter()
+        result = preprocess_file(path, config, atlas, args.mask)
+        out = Path(args.output) / case_name(path)
+        from .volume_io import write_volume
+
+        write_volume(result.image_sitk(), out / "image.nii.gz")
+        write_volume(result.mask_sitk(), out / "mask.nii.gz")
+        write_text_atomic(json.dumps(result.record, indent=1) + "\n", out / "record.json")
+        print(f"{path} -> {out} ({time.perf_counter() - start:.1f} s, brain {result.record['brain_ml']:.0f} mL)")
+
+
+def cmd_phantom(args: argparse.Namespace) -> None:
+    from .phantom import write_phantom_set
+
+    infos = write_phantom_set(args.output, args.kind, args.count, seed=args.seed, workers=args.workers,
+                              start=args.start)
+    print(f"wrote {len(infos)} {args.kind} phantoms to {args.output}")
+
+
+def cmd_montage(args: argparse.Namespace) -> None:
+    from .datasets import discover
+    from .figures import phantom_montage
+    from .volume_io import read_volume
+
+    cases = discover(args.dataset)[: args.count]
+    items = [(c.name, read_volume(c.image), read_volume(c.seg) if c.seg else None) for c in cases]
+    print(phantom_montage(items, args.output))
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from .datasets import prepare_dataset
+    from .preprocess import PreprocessConfig
+
+    config = PreprocessConfig(mask_method=args.mask_method, register=not args.no_register)
+    summary = prepare_dataset(args.dataset, args.output, config, workers=args.workers, seed=args.seed)
+    print(json.dumps({k: v for k, v in summary.items() if k != "config"}))
+    if summary["failed"]:
+        print(f"{len(summary['failed'])} case(s) failed: see {Path(args.output) / 'failures.csv'}", file=sys.stderr)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .datasets import load_prepared, select, split_of
+    from .evaluate import evaluate, intensity_scorer, score_cases, write_report
+
+    if args.model != "thresh":
+        raise VolumeError("only --model thresh is available in this build")
+    scorer = intensity_scorer
+
+    def cases(folder: str, split: str):
+        names = select(split_of(folder), split) if args.use_splits else None
+        return load_prepared(folder, names)
+
+    val = score_cases(cases(args.val, "val"), scorer)
+    test = score_cases(cases(args.test, "test"), scorer)
+    healthy = score_cases(cases(args.healthy, "test"), scorer) if args.healthy else []
+    result = evaluate(val, test, healthy)
+    result["model"] = args.model
+    paths = write_report(result, test, args.output, f"{args.model} on {Path(args.test).name}")
+    print(f"Dice {100 * result['dice_mean']:.2f} % AUPRC {100 * result['auprc_mean']:.2f} % "
+          f"(threshold {result['threshold']:.4f}); wrote {', '.join(str(p) for p in paths)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="maediff", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("preprocess", help="bring T2 volumes into model space")
+    p.add_argument("inputs", nargs="+", help="volume files (.nii.gz, .nrrd, .mha) or DICOM folders")
+    p.add_argument("-o", "--output", required=True, help="output folder (one subfolder per input)")
+    p.add_argument("--mask-method", default="atlas", choices=["atlas", "skull-stripped", "file", "hd-bet", "deepbet"])
+    p.add_argument("--mask", help="brain mask volume on the input's grid (with --mask-method file)")
+    p.add_argument("--atlas", help="atlas folder (default: the bundled MNI152 atlas)")
+    p.add_argument("--no-register", action="store_true", help="input is already in atlas space")
+    p.add_argument("--no-n4", action="store_true", help="skip bias-field correction")
+    p.add_argument("--no-resample", action="store_true", help="register at native resolution")
+    p.set_defaults(func=cmd_preprocess)
+
+    p = sub.add_parser("phantom", help="write synthetic T2 brains (healthy, tumour or MS lesions)")
+    p.add_argument("kind", choices=["healthy", "tumour", "ms"])
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("-n", "--count", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--start", type=int, default=1, help="index of the first case")
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(func=cmd_phantom)
+
+    p = sub.add_parser("montage", help="PNG with one slice of each of the first cases of a data set")
+    p.add_argument("dataset")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("-n", "--count", type=int, default=8)
+    p.set_defaults(func=cmd_montage)
+
+    p = sub.add_parser("prepare", help="preprocess a whole data set into a model-space cache")
+    p.add_argument("dataset")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0, help="seed of the subject split")
+    p.add_argument("--mask-method", default="atlas", choices=["atlas", "skull-stripped"])
+    p.add_argument("--no-register", action="store_true")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("evaluate", help="the evaluation protocol on prepared data sets")
+    p.add_argument("--model", required=True, help="checkpoint, or 'thresh' for the intensity baseline")
+    p.add_argument("--val", required=True, help="prepared unhealthy validation set")
+    p.add_argument("--test", required=True, help="prepared unhealthy test set")
+    p.add_argument("--healthy", help="prepared healthy set (l1, false-positive operating points)")
+    p.add_argument("--use-splits", action="store_true",
+                   help="take the 'val'/'test' rows of each folder's split.csv instead of all cases")
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (VolumeError, ValueError, FileNotFoundError) as err:
+        print(f"maediff {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""PNG figures for people to look at: phantom montages and detection overviews."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import SimpleITK as sitk  # noqa: E402
+
+
+def _radiological(image: sitk.Image) -> tuple[np.ndarray, tuple[float, float]]:
+    """Array (z, y, x) in LPS order, so that axial slices show anterior up and patient right on
+    the viewer's left, plus the in-plane aspect (dy/dx) for display."""
+    oriented = sitk.DICOMOrient(image, "LPS")
+    spacing = oriented.GetSpacing()
+    return sitk.GetArrayFromImage(oriented), (spacing[1], spacing[0])
+
+
+def _axial_aspect(spacing_yx: tuple[float, float]) -> float:
+    return spacing_yx[0] / spacing_yx[1]
+
+
+def phantom_montage(cases: list[tuple[str, sitk.Image, sitk.Image | None]], out: str | Path,
+                    columns: int = 4) -> Path:
+    """One axial slice per case (through the lesion where there is one), lesion outlined."""
+    rows = int(np.ceil(len(cases) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.4 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (name, image, seg) in zip(axes.ravel(), cases):
+        array, spacing = _radiological(image)
+        labels = _radiological(seg)[0] if seg is not None else None
+        if labels is not None and labels.any():
+            z = int(np.argmax((labels > 0).sum(axis=(1, 2))))
+        else:
+            z = array.shape[0] // 2
+        ax.imshow(array[z], cmap="gray", aspect=_axial_aspect(spacing),
+                  vmin=0, vmax=np.percentile(array, 99.5))
+        if labels is not None and labels[z].any():
+            ax.contour(labels[z] > 0, levels=[0.5], colors="red", linewidths=0.8)
+        ax.set_title(f"{name} z={z}", fontsize=9)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out

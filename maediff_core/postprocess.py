@@ -1,0 +1,75 @@
+"""Anomaly score map -> lesion candidates, as in the reference protocol (REFERENCE.md).
+
+The same functions serve detection, evaluation and the Slicer module's threshold slider, so the
+lesions a user sees are exactly the ones the numbers were measured on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    mask_erosions: int = 3  # REFERENCE.md: brain mask eroded 3 times, per axial slice
+    median_size: int = 5  # REFERENCE.md: 3-D median filter k = 5
+    min_component_voxels: int = 8  # REFERENCE.md: components of 7 voxels or fewer removed
+
+
+def erode_slices(mask: np.ndarray, iterations: int) -> np.ndarray:
+    """Erode a (z, y, x) mask within each axial slice (the reference works slice by slice)."""
+    if iterations <= 0:
+        return mask.astype(bool)
+    cross = ndimage.generate_binary_structure(2, 1)[None]  # no coupling between slices
+    return ndimage.binary_erosion(mask.astype(bool), structure=cross, iterations=iterations)
+
+
+def smooth_scores(residual: np.ndarray, mask: np.ndarray, config: PostprocessConfig = PostprocessConfig()) -> np.ndarray:
+    """Residual -> anomaly score: restricted to the eroded brain, then median filtered."""
+    score = residual.astype(np.float32) * erode_slices(mask, config.mask_erosions)
+    if config.median_size > 1:
+        radius = config.median_size // 2
+        score = sitk.GetArrayFromImage(sitk.Median(sitk.GetImageFromArray(score), [radius] * 3))
+    return score
+
+
+def lesion_labels(score: np.ndarray, threshold: float,
+                  config: PostprocessConfig = PostprocessConfig()) -> np.ndarray:
+    """Binarise at ``threshold`` and label connected components (26-connected), dropping small
+    ones; label 1 is the largest lesion, 2 the next, and so on."""
+    binary = sitk.GetImageFromArray((score > threshold).astype(np.uint8))
+    components = sitk.ConnectedComponent(binary, True)
+    relabelled = sitk.RelabelComponent(components, minimumObjectSize=config.min_component_voxels,
+                                       sortByObjectSize=True)
+    return sitk.GetArrayFromImage(relabelled).astype(np.int32)
+
+
+def lesion_table(labels: np.ndarray, score: np.ndarray, geometry: sitk.Image) -> list[dict]:
+    """Per lesion: voxels, volume (mL), max and mean score, centroid in RAS millimetres.
+
+    ``geometry`` is an image on the grid of ``labels`` (only its geometry is used).
+    """
+    label_image = sitk.GetImageFromArray(labels.astype(np.int32))
+    label_image.CopyInformation(geometry)
+    score_image = sitk.GetImageFromArray(score.astype(np.float32))
+    score_image.CopyInformation(geometry)
+    stats = sitk.LabelIntensityStatisticsImageFilter()
+    stats.Execute(label_image, score_image)
+    voxel_ml = float(np.prod(geometry.GetSpacing())) / 1000.0
+    rows = []
+    for label in sorted(stats.GetLabels()):
+        x, y, z = stats.GetCentroid(label)  # LPS physical point
+        count = int(stats.GetNumberOfPixels(label))
+        rows.append({
+            "label": int(label),
+            "voxels": count,
+            "volume_ml": round(count * voxel_ml, 4),
+            "max_score": float(stats.GetMaximum(label)),
+            "mean_score": float(stats.GetMean(label)),
+            "centroid_ras_mm": [round(-x, 2), round(-y, 2), round(z, 2)],
+        })
+    return rows
