@@ -99,8 +99,9 @@ def test_skull_stripped_and_file_masks(atlas):
     stripped = preprocess(phantom.image, PreprocessConfig(mask_method="skull-stripped"), atlas)
     native_mask = sitk.Cast(phantom.image > 0, sitk.sitkUInt8)
     from_file = preprocess(phantom.image, PreprocessConfig(mask_method="file"), atlas, mask=native_mask)
-    overlap = np.logical_and(stripped.mask, from_file.mask).sum() / max(stripped.mask.sum(), 1)
-    assert overlap > 0.97
+    # "Already skull-stripped" means: the non-zero voxels are the brain mask (multi-threaded
+    # registration is not bit-reproducible, hence not exact equality).
+    assert _dice(stripped.mask, from_file.mask) > 0.99
     assert 1400 < stripped.record["brain_ml"] < 1900
 
 

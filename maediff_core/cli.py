@@ -81,6 +81,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
           f"(threshold {result['threshold']:.4f}); wrote {', '.join(str(p) for p in paths)}")
 
 
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    run_demo(args.output)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maediff", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="take the 'val'/'test' rows of each folder's split.csv instead of all cases")
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="run the main job on a generated sample case")
+    p.add_argument("-o", "--output", default="demo-output")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

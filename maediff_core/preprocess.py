@@ -219,10 +219,13 @@ def brain_mask(native: sitk.Image, image: sitk.Image, transform: sitk.Transform,
     method = config.mask_method
     if method == "atlas":
         mask = refine_atlas_mask(image, atlas.brain_mask)
-    elif method == "skull-stripped":
-        mask = largest_component(image > 0)
     else:
-        native_mask = user_mask if method == "file" else run_external_stripper(method, native)
+        if method == "skull-stripped":
+            native_mask = native > 0  # the stripper already zeroed everything but the brain
+        elif method == "file":
+            native_mask = user_mask
+        else:
+            native_mask = run_external_stripper(method, native)
         if native_mask.GetSize() != native.GetSize():
             raise VolumeError(
                 f"brain mask size {native_mask.GetSize()} differs from the volume's {native.GetSize()}"
