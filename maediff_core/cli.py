@@ -61,11 +61,17 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .datasets import load_prepared, select, split_of
-    from .evaluate import evaluate, intensity_scorer, score_cases, write_report
+    from .evaluate import evaluate, intensity_scorer, model_scorer, score_cases, write_report
 
-    if args.model != "thresh":
-        raise VolumeError("only --model thresh is available in this build")
-    scorer = intensity_scorer
+    if args.model == "thresh":
+        scorer, card = intensity_scorer, None
+    else:
+        from .detect import DetectConfig, load_for_detection
+        from .train import pick_device
+
+        device = pick_device(args.device)
+        model, card = load_for_detection(args.model, device)
+        scorer = model_scorer(model, card, DetectConfig(t_test=args.t_test, stride=args.stride), device)
 
     def cases(folder: str, split: str):
         names = select(split_of(folder), split) if args.use_splits else None
@@ -77,8 +83,54 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     result = evaluate(val, test, healthy)
     result["model"] = args.model
     paths = write_report(result, test, args.output, f"{args.model} on {Path(args.test).name}")
+    if args.save_threshold and card is not None:
+        from .models import ModelCard, model_paths
+
+        card.threshold = result["threshold"]
+        card.training["threshold_from"] = {"val": str(args.val), "val_dice_pooled": result["val_dice_pooled"]}
+        write_text_atomic(json.dumps(card.to_dict(), indent=1) + "\n", model_paths(args.model)[1])
+        print(f"threshold {card.threshold:.4f} saved in {model_paths(args.model)[1]}")
     print(f"Dice {100 * result['dice_mean']:.2f} % AUPRC {100 * result['auprc_mean']:.2f} % "
           f"(threshold {result['threshold']:.4f}); wrote {', '.join(str(p) for p in paths)}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .train import TrainConfig, train
+
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, fold=args.fold,
+                         seed=args.seed, slices_per_volume=args.slices_per_volume,
+                         max_minutes=args.max_minutes, device=args.device)
+    result = train(args.config, args.data, args.output, config, restart=args.restart)
+    print(json.dumps(result))
+
+
+def cmd_detect(args: argparse.Namespace) -> None:
+    from .detect import (DetectConfig, detect_file, json_progress, load_for_detection, preprocess_settings,
+                         text_progress)
+    from .models import default_model_path
+    from .train import pick_device
+
+    device = pick_device(args.device)
+    model, card = load_for_detection(args.model or default_model_path(), device)
+    overrides = {"mask_method": args.mask_method or ("file" if args.mask else None),
+                 "register": False if args.no_register else None}
+    prep = preprocess_settings(card, **overrides)
+    config = DetectConfig(t_test=args.t_test, stride=args.stride, batch_size=args.batch_size,
+                          threshold=args.threshold, seed=args.seed)
+    progress = json_progress if args.progress == "json" else text_progress
+    for path in args.inputs:
+        summary = detect_file(path, args.output, model, card, config, prep, args.mask, device, progress)
+        if args.progress != "json":
+            print(f"{path}: {summary['lesion_count']} lesion(s); "
+                  + ", ".join(f"{k} {v:.1f} s" for k, v in summary["timings_s"].items()))
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from .models import CONFIGS
+    from .profile import describe
+
+    for name in args.names or CONFIGS:
+        print(describe(name))
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -133,8 +185,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--healthy", help="prepared healthy set (l1, false-positive operating points)")
     p.add_argument("--use-splits", action="store_true",
                    help="take the 'val'/'test' rows of each folder's split.csv instead of all cases")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--t-test", type=int)
+    p.add_argument("--stride", type=int)
+    p.add_argument("--save-threshold", action="store_true", help="store the validation threshold in the model card")
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=cmd_evaluate)
+
+    from .train import TrainConfig
+
+    defaults = TrainConfig()
+    p = sub.add_parser("train", help="train a method on a prepared healthy cohort (resumes if interrupted)")
+    p.add_argument("--data", required=True, help="prepared healthy cohort (maediff prepare)")
+    p.add_argument("--config", required=True, help="maediff, maediff-small, pddpm-s48, pddpm-s16, anoddpm (+ -small)")
+    p.add_argument("-o", "--output", required=True, help="run folder: checkpoints, metrics.csv, tb/")
+    p.add_argument("--epochs", type=int, default=defaults.epochs)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--fold", type=int, default=defaults.fold)
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--slices-per-volume", type=int, default=defaults.slices_per_volume)
+    p.add_argument("--max-minutes", type=float, help="stop at the first epoch end past this budget")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in the run folder")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("detect", help="anomaly heatmap, healthy reconstruction and lesions of T2 volumes")
+    p.add_argument("inputs", nargs="+")
+    p.add_argument("-o", "--output", required=True, help="one subfolder per input")
+    p.add_argument("--model", help="model .json/.safetensors (default: the bundled demo model)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--progress", default="text", choices=["text", "json"])
+    p.add_argument("--threshold", type=float, help="decision threshold (default: the model's)")
+    p.add_argument("--t-test", type=int, help="noise level of the reconstruction (default: the model's)")
+    p.add_argument("--stride", type=int, help="patch stride (default: the model's)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mask-method", choices=["atlas", "skull-stripped", "file", "hd-bet", "deepbet"])
+    p.add_argument("--mask", help="brain mask on the input grid")
+    p.add_argument("--no-register", action="store_true", help="input is already in atlas space")
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("models", help="parameter counts and GFLOPs per forward of the named configurations")
+    p.add_argument("names", nargs="*")
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("demo", help="run the main job on a generated sample case")
     p.add_argument("-o", "--output", default="demo-output")

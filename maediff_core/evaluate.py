@@ -25,6 +25,17 @@ def intensity_scorer(case: PreparedCase) -> tuple[np.ndarray, None]:
     return case.image, None
 
 
+def model_scorer(model, card, config, device) -> Scorer:
+    """Reconstruction by a trained model: residual |x0 - x0_rec| and the reconstruction."""
+    from .detect import reconstruct
+
+    def score(case: PreparedCase) -> tuple[np.ndarray, np.ndarray]:
+        rec = reconstruct(model, card, case.image, case.mask, config, device)
+        return np.abs(case.image - rec), rec
+
+    return score
+
+
 @dataclass
 class Scored:
     name: str

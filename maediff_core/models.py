@@ -1,0 +1,156 @@
+"""Named method configurations and the model file format (safetensors weights + JSON card).
+
+Loading never unpickles: weights come from safetensors, everything else from JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .diffusion import DiffusionConfig, PatchConfig
+from .networks import DiffusionNet, MAEConfig, UNetConfig
+from .volume_io import VolumeError
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    method: str  # maediff | pddpm | anoddpm
+    unet: UNetConfig = UNetConfig()
+    mae: MAEConfig | None = None
+    patch: PatchConfig = PatchConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+
+    def build(self) -> DiffusionNet:
+        return DiffusionNet(self.unet, self.mae, self.patch.size)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        def tupled(d: dict) -> dict:
+            return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+        return cls(
+            name=data["name"], method=data["method"], unet=UNetConfig(**tupled(data["unet"])),
+            mae=MAEConfig(**data["mae"]) if data.get("mae") else None,
+            patch=PatchConfig(**data["patch"]), diffusion=DiffusionConfig(**data["diffusion"]),
+        )
+
+
+# A CPU-sized U-Net that keeps every part (REFERENCE.md, "Measured": 32/64/64, 2 res blocks).
+_SMALL_UNET = UNetConfig(channels=(32, 64, 64), res_blocks=2, head_channels=32)
+_SMALL_MAE = MAEConfig(encoder_depth=4, encoder_width=128, encoder_heads=4,
+                       decoder_depth=4, decoder_width=128, decoder_heads=4)
+_NO_ATTENTION = (False, False, False)  # pDDPM / AnoDDPM: attention only in the middle block
+
+CONFIGS: dict[str, ModelConfig] = {
+    "maediff": ModelConfig("maediff", "maediff", mae=MAEConfig()),
+    "pddpm-s48": ModelConfig("pddpm-s48", "pddpm", UNetConfig(attention=_NO_ATTENTION), patch=PatchConfig(stride=48)),
+    "pddpm-s16": ModelConfig("pddpm-s16", "pddpm", UNetConfig(attention=_NO_ATTENTION)),
+    "anoddpm": ModelConfig("anoddpm", "anoddpm", UNetConfig(attention=_NO_ATTENTION), patch=PatchConfig(whole_slice=True)),
+}
+for _name, _config in list(CONFIGS.items()):
+    _unet = replace(_SMALL_UNET, attention=_config.unet.attention)
+    CONFIGS[f"{_name}-small"] = replace(_config, name=f"{_name}-small", unet=_unet,
+                                        mae=_SMALL_MAE if _config.mae else None)
+
+
+def default_model_path() -> Path:
+    """The demo model bundled in ``Resources/models``."""
+    from .atlas import resources_dir
+
+    return resources_dir() / "models" / "maediff-small-demo.json"
+
+
+def get_config(name: str) -> ModelConfig:
+    if name not in CONFIGS:
+        raise ValueError(f"unknown configuration {name!r}; choose one of {', '.join(CONFIGS)}")
+    return CONFIGS[name]
+
+
+@dataclass
+class ModelCard:
+    """Everything about a trained model except its weights."""
+
+    config: ModelConfig
+    threshold: float | None = None  # decision threshold on the post-processed score
+    preprocessing: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+    description: str = ""
+
+    def to_dict(self) -> dict:
+        return {"format_version": FORMAT_VERSION, "config": self.config.to_dict(), "threshold": self.threshold,
+                "preprocessing": self.preprocessing, "training": self.training, "description": self.description}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelCard":
+        return cls(ModelConfig.from_dict(data["config"]), data.get("threshold"), data.get("preprocessing", {}),
+                   data.get("training", {}), data.get("description", ""))
+
+
+def model_paths(path: str | Path) -> tuple[Path, Path]:
+    """``x.safetensors`` and ``x.json`` for any of ``x``, ``x.safetensors`` or ``x.json``."""
+    path = Path(path)
+    stem = path.with_suffix("") if path.suffix in (".safetensors", ".json") else path
+    return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors, written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_model(model: torch.nn.Module, card: ModelCard, path: str | Path) -> Path:
+    from .volume_io import write_text_atomic
+
+    weights, meta = model_paths(path)
+    save_tensors(model.state_dict(), weights)
+    write_text_atomic(json.dumps(card.to_dict(), indent=1) + "\n", meta)
+    return weights
+
+
+def load_card(path: str | Path) -> ModelCard:
+    weights, meta = model_paths(path)
+    if not meta.is_file():
+        raise VolumeError(f"{meta}: model card not found (a model is a .safetensors + .json pair)")
+    try:
+        data = json.loads(meta.read_text())
+        return ModelCard.from_dict(data)
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise VolumeError(f"{meta}: not a valid model card ({err})") from err
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[DiffusionNet, ModelCard]:
+    weights, _ = model_paths(path)
+    card = load_card(path)
+    if not weights.is_file():
+        raise VolumeError(f"{weights}: model weights not found")
+    model = card.config.build()
+    try:
+        state = load_file(str(weights), device=str(device))
+    except Exception as err:  # safetensors raises its own error types for corrupt files
+        raise VolumeError(f"{weights}: cannot read weights ({err})") from err
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise VolumeError(f"{weights}: weights do not fit configuration {card.config.name!r} "
+                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model.to(device).eval(), card

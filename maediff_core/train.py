@@ -1,0 +1,250 @@
+"""Patch-wise training on healthy slices (paper Algorithm 1), resumable after a kill.
+
+The plain model lives in ``networks``; this module owns the loop: data, optimiser, validation,
+checkpoints (safetensors + JSON), metrics CSV, TensorBoard, bf16 on CUDA and DistributedDataParallel
+under ``torchrun``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+from tqdm import tqdm
+
+from .datasets import load_prepared, select, split_of
+from .diffusion import Diffusion, noised_input, patch_l1, patch_masks, random_corners
+from .models import ModelCard, ModelConfig, get_config, model_paths, save_model, save_tensors
+from .networks import visible_cells
+from .volume_io import VolumeError, write_text_atomic
+
+MIN_BRAIN_FRACTION = 0.01  # slices with less brain than this carry no anatomy to learn
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1600  # paper Sec. 4.3: up to 1600 epochs
+    batch_size: int = 32  # paper Sec. 4.3
+    lr: float = 1e-4  # paper Sec. 4.3 (Adam)
+    slices_per_volume: int = 1  # reference: one random slice per volume per epoch
+    fold: int = 0  # validation fold of split.csv (IXI: 5 folds)
+    seed: int = 0
+    val_slices: int = 8  # evenly spaced brain slices per validation volume
+    max_minutes: float | None = None  # stop at the first epoch end past this budget
+    device: str = "auto"
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise VolumeError("--device cuda was asked for, but torch sees no CUDA GPU")
+    return torch.device(name)
+
+
+def brain_slices(mask: np.ndarray) -> np.ndarray:
+    fraction = mask.reshape(mask.shape[0], -1).mean(1)
+    return np.flatnonzero(fraction >= MIN_BRAIN_FRACTION)
+
+
+class SliceData:
+    """All training slices in memory, as (volume, slice) pairs of brain-bearing slices."""
+
+    def __init__(self, images: list[np.ndarray], masks: list[np.ndarray]):
+        self.images = [torch.from_numpy(im * 2.0 - 1.0) for im in images]  # model input in [-1, 1]
+        self.slices = [brain_slices(m) for m in masks]
+        if not any(len(s) for s in self.slices):
+            raise VolumeError("no slice with brain in the training volumes")
+
+    def epoch_order(self, rng: np.random.Generator, per_volume: int) -> list[tuple[int, int]]:
+        pairs = [(v, int(rng.choice(s))) for v, s in enumerate(self.slices) if len(s) for _ in range(per_volume)]
+        return [pairs[i] for i in rng.permutation(len(pairs))]
+
+    def batch(self, pairs: list[tuple[int, int]]) -> torch.Tensor:
+        return torch.stack([self.images[v][z] for v, z in pairs]).unsqueeze(1)
+
+
+def training_step(model: torch.nn.Module, config: ModelConfig, diffusion: Diffusion, x0: torch.Tensor,
+                  generator: torch.Generator) -> torch.Tensor:
+    """Algorithm 1 on a batch: noise one patch per slice, predict x0, L1 inside the patch."""
+    n = x0.shape[0]
+    t = diffusion.sample_t(n, generator).to(x0.device)
+    noise = diffusion.noise_like(x0, generator)
+    mask = patch_masks(random_corners(n, config.patch, generator), config.patch).to(x0.device, x0.dtype)
+    x_tilde = noised_input(x0, diffusion.q_sample(x0, t, noise), mask)
+    visible = visible_cells(mask, config.patch.grid) if config.mae is not None else None
+    return patch_l1(model(x_tilde, t, visible), x0, mask)
+
+
+class Trainer:
+    def __init__(self, config: ModelConfig, train: TrainConfig, data_dir: str | Path, run_dir: str | Path,
+                 preprocessing: dict | None = None):
+        self.config, self.train, self.run_dir = config, train, Path(run_dir)
+        self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        self.device = pick_device(train.device)
+        if self.world > 1:
+            if self.device.type == "cuda":
+                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+                torch.cuda.set_device(self.device)
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        rows = split_of(data_dir)
+        train_names, val_names = select(rows, "train", train.fold), select(rows, "val", train.fold)
+        if not train_names or not val_names:
+            raise VolumeError(f"{data_dir}: split.csv has no train/val cases for fold {train.fold}"
+                              " (prepare a healthy cohort)")
+        train_cases = load_prepared(data_dir, train_names)
+        if any(c.seg is not None and c.seg.any() for c in train_cases):
+            raise VolumeError("training cases contain lesions: train on healthy volumes only")
+        self.data = SliceData([c.image for c in train_cases], [c.mask for c in train_cases])
+        self.val = load_prepared(data_dir, val_names)
+        self.preprocessing = preprocessing or train_cases[0].record.get("config", {})
+        self.diffusion = Diffusion(config.diffusion)
+        torch.manual_seed(train.seed)  # weight initialisation
+        self.model = config.build().to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train.lr)
+        self.generator = torch.Generator().manual_seed(train.seed * 1000 + self.rank)
+        self.rng = np.random.default_rng(train.seed)  # the epoch order, identical on every rank
+        self.epoch, self.step, self.best_val, self.seconds = 0, 0, math.inf, 0.0
+        self.net = self.model
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def card(self, val_loss: float | None = None) -> ModelCard:
+        return ModelCard(self.config, preprocessing=self.preprocessing, training={
+            **asdict(self.train), "epoch": self.epoch, "step": self.step, "val_loss": val_loss,
+            "best_val_loss": self.best_val if math.isfinite(self.best_val) else None,
+            "train_volumes": len(self.data.images), "val_volumes": len(self.val),
+            "seconds": round(self.seconds, 1), "world_size": self.world})
+
+    def save_last(self) -> None:
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        state = self.optimizer.state_dict()
+        for index, values in state["state"].items():
+            for key, value in values.items():
+                tensors[f"optim.{index}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+        tensors["rng.torch"] = self.generator.get_state()
+        weights, meta = model_paths(self.run_dir / "last")
+        save_tensors(tensors, weights)
+        resume = {"epoch": self.epoch, "step": self.step, "best_val": self.best_val, "seconds": self.seconds,
+                  "param_groups": state["param_groups"], "numpy_rng": self.rng.bit_generator.state}
+        write_text_atomic(json.dumps({"card": self.card().to_dict(), "resume": resume}) + "\n", meta)
+
+    def resume(self) -> bool:
+        weights, meta = model_paths(self.run_dir / "last")
+        if not meta.is_file() or not weights.is_file():
+            return False
+        saved = json.loads(meta.read_text())
+        if saved["card"]["config"] != self.config.to_dict():
+            raise VolumeError(f"{self.run_dir}: holds a run of another configuration; use a new folder or --restart")
+        tensors = load_file(str(weights))
+        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        optim_state: dict = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, index, name = key.split(".", 2)
+                optim_state.setdefault(int(index), {})[name] = value.to(self.device) if name != "step" else value
+        self.optimizer.load_state_dict({"state": optim_state, "param_groups": saved["resume"]["param_groups"]})
+        self.generator.set_state(tensors["rng.torch"])
+        self.rng.bit_generator.state = saved["resume"]["numpy_rng"]
+        r = saved["resume"]
+        self.epoch, self.step, self.best_val, self.seconds = r["epoch"], r["step"], r["best_val"], r["seconds"]
+        return True
+
+    # -- loop -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> float:
+        """L1 inside the patch on fixed slices, patches, timesteps and noise (comparable across epochs)."""
+        self.model.eval()
+        generator = torch.Generator().manual_seed(12345)
+        losses = []
+        for case in self.val:
+            slices = brain_slices(case.mask)
+            chosen = slices[np.linspace(0, len(slices) - 1, min(self.train.val_slices, len(slices))).astype(int)]
+            x0 = torch.from_numpy(case.image[chosen] * 2.0 - 1.0).unsqueeze(1).to(self.device)
+            with self.autocast():
+                losses.append(float(training_step(self.model, self.config, self.diffusion, x0, generator)))
+        self.model.train()
+        return float(np.mean(losses))
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+    def fit(self) -> dict:
+        main = self.rank == 0
+        writer = None
+        if main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.step)
+        self.model.train()
+        started = time.perf_counter() - self.seconds
+        bar = tqdm(total=self.train.epochs, initial=self.epoch, desc=f"train {self.config.name}",
+                   unit="epoch", disable=not main)
+        while self.epoch < self.train.epochs:
+            order = self.data.epoch_order(self.rng, self.train.slices_per_volume)
+            mine = order[self.rank::self.world]
+            losses = []
+            for i in range(0, len(mine), self.train.batch_size):
+                x0 = self.data.batch(mine[i:i + self.train.batch_size]).to(self.device)
+                with self.autocast():
+                    loss = training_step(self.net, self.config, self.diffusion, x0, self.generator)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                self.step += 1
+                losses.append(float(loss))
+            self.epoch += 1
+            self.seconds = time.perf_counter() - started
+            if main:
+                val_loss = self.validate()
+                train_loss = float(np.mean(losses)) if losses else float("nan")
+                improved = val_loss < self.best_val
+                if improved:
+                    self.best_val = val_loss
+                    save_model(self.model, self.card(val_loss), self.run_dir / "best")
+                self.save_last()
+                self._log(writer, train_loss, val_loss)
+                bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}", best="*" if improved else "")
+            bar.update(1)
+            if self.train.max_minutes and self.seconds > 60 * self.train.max_minutes:
+                break
+        bar.close()
+        if writer:
+            writer.close()
+        if self.world > 1:
+            dist.destroy_process_group()
+        return {"epochs": self.epoch, "steps": self.step, "best_val_loss": self.best_val, "seconds": self.seconds}
+
+    def _log(self, writer, train_loss: float, val_loss: float) -> None:
+        path = self.run_dir / "metrics.csv"
+        new = not path.is_file()
+        with open(path, "a", newline="") as handle:
+            out = csv.writer(handle)
+            if new:
+                out.writerow(["epoch", "step", "train_loss", "val_loss", "seconds"])
+            out.writerow([self.epoch, self.step, f"{train_loss:.6f}", f"{val_loss:.6f}", f"{self.seconds:.1f}"])
+        writer.add_scalar("loss/train", train_loss, self.step)
+        writer.add_scalar("loss/val", val_loss, self.step)
+
+
+def train(config_name: str, data_dir: str | Path, run_dir: str | Path, train_config: TrainConfig,
+          restart: bool = False) -> dict:
+    trainer = Trainer(get_config(config_name), train_config, data_dir, run_dir)
+    if restart:
+        for name in ("last.json", "last.safetensors", "metrics.csv"):
+            (Path(run_dir) / name).unlink(missing_ok=True)
+    elif trainer.resume():
+        print(f"resuming {run_dir} at epoch {trainer.epoch} (step {trainer.step})")
+    return trainer.fit()
