@@ -48,3 +48,22 @@ def posed_phantom(atlas: Atlas, frame: str, seed: int, kind: str = "healthy",
     grid = native_grid(DIRECTIONS[frame], spacing, centre)
     config = PhantomConfig(deform=False, skull_probability=1.0 if skull else 0.0)
     return make_phantom(kind, seed, config, atlas, native_grid=grid, pose=pose), pose
+
+
+@pytest.fixture(scope="session")
+def healthy_prepared(tmp_path_factory, atlas):
+    """Four healthy phantoms through the real (fast-configured) preprocessing: a tiny cohort."""
+    from maediff_core.datasets import prepare_dataset
+    from maediff_core.preprocess import PreprocessConfig
+    from maediff_core.volume_io import write_volume
+
+    source = tmp_path_factory.mktemp("healthy")
+    for i in range(1, 5):
+        # On the atlas grid, so that registration can be skipped and the fixture stays quick.
+        phantom = make_phantom("healthy", 100 + i, PhantomConfig(skull_probability=0.0), atlas,
+                               native_grid=atlas.template, pose=sitk.AffineTransform(3))
+        write_volume(phantom.image, source / f"PHH{i:03d}-T2.nii.gz")
+    out = tmp_path_factory.mktemp("healthy_prepared")
+    fast = PreprocessConfig(register=False, mask_method="skull-stripped", bias_correction=False, smoothing=False)
+    prepare_dataset(source, out, fast, workers=2)
+    return out

@@ -145,7 +145,7 @@ class Trainer:
         if not meta.is_file() or not weights.is_file():
             return False
         saved = json.loads(meta.read_text())
-        if saved["card"]["config"] != self.config.to_dict():
+        if ModelConfig.from_dict(saved["card"]["config"]) != self.config:
             raise VolumeError(f"{self.run_dir}: holds a run of another configuration; use a new folder or --restart")
         tensors = load_file(str(weights))
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
@@ -204,7 +204,7 @@ class Trainer:
                 loss.backward()
                 self.optimizer.step()
                 self.step += 1
-                losses.append(float(loss))
+                losses.append(loss.item())
             self.epoch += 1
             self.seconds = time.perf_counter() - started
             if main:

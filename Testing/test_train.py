@@ -1,0 +1,84 @@
+"""Training really runs, checkpoints are safetensors + JSON, and a killed run resumes exactly."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from maediff_core.models import get_config, load_model
+from maediff_core.networks import MAEConfig, UNetConfig
+from maediff_core.train import TrainConfig, Trainer
+from maediff_core.volume_io import VolumeError
+
+TINY = replace(get_config("maediff-small"), name="maediff-tiny",
+               unet=UNetConfig(channels=(32, 32, 32), res_blocks=1, head_channels=32),
+               mae=MAEConfig(encoder_depth=2, encoder_width=64, encoder_heads=2, decoder_depth=2,
+                             decoder_width=64, decoder_heads=2))
+FAST = TrainConfig(epochs=3, batch_size=4, slices_per_volume=4, val_slices=2, seed=1)
+
+
+def run(tmp_path, name, epochs, data):
+    trainer = Trainer(TINY, replace(FAST, epochs=epochs), data, tmp_path / name)
+    trainer.resume()
+    trainer.fit()
+    return trainer
+
+
+def test_training_writes_checkpoints_metrics_and_loadable_model(tmp_path, healthy_prepared):
+    trainer = run(tmp_path, "run", 3, healthy_prepared)
+    folder = tmp_path / "run"
+    rows = (folder / "metrics.csv").read_text().strip().splitlines()
+    assert rows[0] == "epoch,step,train_loss,val_loss,seconds" and len(rows) == 4
+    assert trainer.step == 3 * 2  # 2 training volumes x 4 slices, batch 4
+    assert any((folder / "tb").iterdir())
+    for stem in ("best", "last"):
+        assert (folder / f"{stem}.safetensors").is_file() and json.loads((folder / f"{stem}.json").read_text())
+    model, card = load_model(folder / "best.json")
+    assert card.config == TINY and card.training["epoch"] >= 1 and card.preprocessing["register"] is False
+    assert isinstance(model, torch.nn.Module)
+
+
+def test_resume_continues_exactly(tmp_path, healthy_prepared):
+    straight = run(tmp_path, "straight", 4, healthy_prepared)
+    run(tmp_path, "interrupted", 2, healthy_prepared)
+    resumed = run(tmp_path, "interrupted", 4, healthy_prepared)
+    assert resumed.epoch == 4 and resumed.step == straight.step
+    a = load_file(str(tmp_path / "straight" / "last.safetensors"))
+    b = load_file(str(tmp_path / "interrupted" / "last.safetensors"))
+    for key in a:
+        if key.startswith("model."):
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, healthy_prepared):
+    folder = tmp_path / "killed"
+    command = [sys.executable, "-m", "maediff_core.cli", "train", "--data", str(healthy_prepared),
+               "--config", "pddpm-s48-small", "-o", str(folder), "--batch-size", "2", "--device", "cpu"]
+    process = subprocess.Popen(command + ["--epochs", "1000"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 240
+    while not (folder / "last.json").is_file() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.5)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    epoch = json.loads((folder / "last.json").read_text())["resume"]["epoch"]
+    assert epoch >= 1
+    done = subprocess.run(command + ["--epochs", str(epoch + 1)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"resuming {folder} at epoch {epoch}" in done.stdout
+    assert json.loads((folder / "last.json").read_text())["resume"]["epoch"] == epoch + 1
+
+
+def test_refuses_other_config_in_run_folder_and_lesion_data(tmp_path, healthy_prepared):
+    run(tmp_path, "run", 1, healthy_prepared)
+    other = Trainer(get_config("pddpm-s48-small"), replace(FAST, epochs=1), healthy_prepared, tmp_path / "run")
+    with pytest.raises(VolumeError, match="another configuration"):
+        other.resume()
+    with pytest.raises(VolumeError, match="no prepared cases|split.csv"):
+        Trainer(TINY, FAST, tmp_path / "empty", tmp_path / "x")
