@@ -1,0 +1,121 @@
+"""Detection end to end: batched patch-wise reconstruction, outputs on the input grid, progress lines."""
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import posed_phantom
+from maediff_core.datasets import load_prepared
+from maediff_core.detect import DetectConfig, native_lesions, reconstruct
+from maediff_core.models import ModelCard, load_card, load_model, model_paths, save_model
+from maediff_core.volume_io import write_text_atomic, write_volume
+from test_train import FAST, TINY, run
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, healthy_prepared):
+    """A tiny MAEDiff trained for two epochs, with a decision threshold in its card."""
+    folder = tmp_path_factory.mktemp("model")
+    trainer = run(folder, "run", 2, healthy_prepared)
+    card = load_card(folder / "run" / "best.json")
+    card.threshold = 0.05
+    write_text_atomic(json.dumps(card.to_dict()), model_paths(folder / "run" / "best")[1])
+    return folder / "run" / "best.json"
+
+
+def test_reconstruction_covers_brain_patches_only(tiny_model, healthy_prepared):
+    model, card = load_model(tiny_model)
+    case = load_prepared(healthy_prepared)[0]
+    calls = []
+    model.register_forward_hook(lambda m, inputs, out: calls.append(len(inputs[0])))
+    mask = case.mask.copy()
+    mask[:40] = False  # only the top 10 slices have brain,
+    mask[:, :, 48:] = False  # and only on one side
+    rec = reconstruct(model, card, case.image, mask, DetectConfig(batch_size=64))
+    assert rec.shape == case.image.shape and rec.min() >= 0 and rec.max() <= 1
+    positions = card.config.patch.positions()
+    expected = sum(mask[z, y:y + 48, x:x + 48].any() for z in range(50) for y, x in positions)
+    assert sum(calls) == expected <= 10 * 12  # patches starting at x = 48 hold no brain: skipped
+    for z in range(40):  # no brain, no patch: the slice is its own reconstruction
+        np.testing.assert_allclose(rec[z], case.image[z], atol=1e-6)
+    again = reconstruct(model, card, case.image, mask, DetectConfig(batch_size=7))
+    np.testing.assert_allclose(again, rec, atol=1e-5)  # batching does not change the result
+
+
+def test_stride_changes_the_number_of_evaluations(tiny_model, healthy_prepared):
+    model, card = load_model(tiny_model)
+    case = load_prepared(healthy_prepared)[0]
+    calls = []
+    model.register_forward_hook(lambda m, inputs, out: calls.append(len(inputs[0])))
+    reconstruct(model, card, case.image, case.mask, DetectConfig(stride=48))
+    assert sum(calls) <= 50 * 4
+
+
+def test_detect_cli_writes_results_on_the_input_grid(tmp_path, tiny_model, atlas):
+    phantom, _ = posed_phantom(atlas, "oblique", seed=11, kind="tumour", spacing=(1.0, 1.2, 2.5))
+    source = write_volume(phantom.image, tmp_path / "case.nii.gz")
+    before = source.read_bytes()
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "maediff_core.cli", "detect", str(source), "-o", str(out),
+                           "--model", str(tiny_model), "--progress", "json", "--device", "cpu"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert {"load", "preprocess", "reconstruct", "postprocess", "write", "done"} <= {l["stage"] for l in lines}
+    assert all(0.0 <= l["fraction"] <= 1.0 for l in lines)
+    assert source.read_bytes() == before  # the input is never modified
+    case = out / "case"
+    for name in ("heatmap", "reconstruction", "lesions"):
+        image = sitk.ReadImage(str(case / f"{name}.nii.gz"))
+        assert image.GetSize() == phantom.image.GetSize()
+        np.testing.assert_allclose(image.GetOrigin(), phantom.image.GetOrigin(), atol=1e-4)
+        np.testing.assert_allclose(image.GetDirection(), phantom.image.GetDirection(), atol=1e-6)
+        np.testing.assert_allclose(image.GetSpacing(), phantom.image.GetSpacing(), atol=1e-6)
+    for name in ("image", "mask", "reconstruction", "heatmap", "lesions"):
+        assert sitk.ReadImage(str(case / "model_space" / f"{name}.nii.gz")).GetSize() == (96, 96, 50)
+    summary = json.loads((case / "lesions.json").read_text())
+    assert summary["threshold"] == 0.05 and summary["model"] == "maediff-tiny"
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "lesions.nii.gz")))
+    assert summary["lesion_count"] == len(summary["lesions"]) == labels.max()
+    sizes = [l["voxels"] for l in summary["lesions"]]
+    assert sizes == sorted(sizes, reverse=True)  # label 1 is the largest
+    for row in summary["lesions"]:
+        assert set(row) >= {"label", "voxels", "volume_ml", "max_score", "mean_score", "centroid_ras_mm"}
+        assert (labels == row["label"]).sum() == row["voxels"]
+
+
+def test_native_lesions_follow_the_threshold(tmp_path, atlas):
+    from maediff_core.preprocess import PreprocessConfig, preprocess
+
+    phantom, _ = posed_phantom(atlas, "RAS", seed=12, spacing=(1.5, 1.5, 3.0))
+    prepared = preprocess(phantom.image, PreprocessConfig(bias_correction=False, smoothing=False), atlas)
+    score = np.zeros((50, 96, 96), np.float32)
+    score[20:26, 30:40, 30:40] = 0.5  # a big lesion
+    score[30:32, 60:63, 60:63] = 0.2  # a small, fainter one
+    labels, table = native_lesions(score, 0.1, prepared.record)
+    assert len(table) == 2 and table[0]["voxels"] > table[1]["voxels"]
+    labels, table = native_lesions(score, 0.3, prepared.record)
+    assert len(table) == 1 and table[0]["max_score"] == pytest.approx(0.5, abs=1e-4)
+
+
+def test_detect_errors(tmp_path, tiny_model):
+    missing = subprocess.run([sys.executable, "-m", "maediff_core.cli", "detect", str(tmp_path / "none.nii.gz"),
+                              "-o", str(tmp_path), "--model", str(tiny_model)], capture_output=True, text=True)
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+    no_model = subprocess.run([sys.executable, "-m", "maediff_core.cli", "detect", str(tmp_path / "x.nii.gz"),
+                               "-o", str(tmp_path), "--model", str(tmp_path / "absent.json")],
+                              capture_output=True, text=True)
+    assert no_model.returncode == 2 and "model card not found" in no_model.stderr
+    model, card = load_model(tiny_model)
+    card.threshold = None
+    save_model(model, card, tmp_path / "unthresholded")
+    from maediff_core.detect import detect_file
+
+    with pytest.raises(Exception, match="no decision threshold"):
+        detect_file(tmp_path / "x.nii.gz", tmp_path, model, card)
