@@ -82,3 +82,15 @@ def test_refuses_other_config_in_run_folder_and_lesion_data(tmp_path, healthy_pr
         other.resume()
     with pytest.raises(VolumeError, match="no prepared cases|split.csv"):
         Trainer(TINY, FAST, tmp_path / "empty", tmp_path / "x")
+
+
+def test_distributed_data_parallel_with_torchrun(tmp_path, healthy_prepared):
+    folder = tmp_path / "ddp"
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    done = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "maediff_core.cli", "train",
+                           "--data", str(healthy_prepared), "--config", "pddpm-s48-small", "-o", str(folder),
+                           "--epochs", "1", "--batch-size", "2", "--slices-per-volume", "2", "--device", "cpu"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    saved = json.loads((folder / "last.json").read_text())
+    assert saved["card"]["training"]["world_size"] == 2 and saved["resume"]["step"] == 1  # 4 slices / 2 ranks / 2

@@ -133,6 +133,13 @@ def cmd_models(args: argparse.Namespace) -> None:
         print(describe(name))
 
 
+def cmd_bench_noise(args: argparse.Namespace) -> None:
+    from .profile import noise_benchmark
+
+    for key, value in noise_benchmark(args.slices).items():
+        print(f"{key:>18}: {value:.1f} slices/s" if isinstance(value, float) else f"{key:>18}: {value}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -229,6 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="parameter counts and GFLOPs per forward of the named configurations")
     p.add_argument("names", nargs="*")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("bench-noise", help="slices per second of the simplex noise, torch vs opensimplex")
+    p.add_argument("--slices", type=int, default=256)
+    p.set_defaults(func=cmd_bench_noise)
 
     p = sub.add_parser("demo", help="run the main job on a generated sample case")
     p.add_argument("-o", "--output", default="demo-output")
