@@ -12,7 +12,8 @@ import torch
 
 from conftest import posed_phantom
 from maediff_core.datasets import load_prepared
-from maediff_core.detect import DetectConfig, native_lesions, reconstruct
+from maediff_core.detect import DetectConfig, reconstruct
+from maediff_core.writeback import native_lesions
 from maediff_core.models import ModelCard, load_card, load_model, model_paths, save_model
 from maediff_core.volume_io import write_text_atomic, write_volume
 from test_train import FAST, TINY, run

@@ -22,8 +22,9 @@ import torch
 from .diffusion import Diffusion, noised_input, patch_masks
 from .models import ModelCard, load_model
 from .networks import DiffusionNet, visible_cells
-from .postprocess import PostprocessConfig, lesion_labels, lesion_table, smooth_scores
+from .postprocess import PostprocessConfig, lesion_labels, smooth_scores
 from .preprocess import PreprocessConfig, Preprocessed, preprocess, to_native
+from .writeback import native_lesions
 from .volume_io import VolumeError, case_name, image_from_array, read_volume, write_text_atomic, write_volume
 
 Progress = Callable[[str, float, str], None]
@@ -105,20 +106,6 @@ def anomaly_score(image: np.ndarray, reconstruction: np.ndarray, mask: np.ndarra
                   config: PostprocessConfig = PostprocessConfig()) -> np.ndarray:
     """|x0 - x0_rec| in the eroded brain, median filtered (the score the threshold applies to)."""
     return smooth_scores(np.abs(image - reconstruction), mask, config)
-
-
-def native_lesions(score: np.ndarray, threshold: float, record: dict,
-                   config: PostprocessConfig = PostprocessConfig()) -> tuple[sitk.Image, list[dict]]:
-    """Lesion labels on the input grid (1 = largest) and their table, from a model-space score.
-
-    Components are found in model space, where the protocol's size filter is defined, then put on
-    the input grid and renumbered by their size there.
-    """
-    labels = lesion_labels(score, threshold, config)
-    native = to_native(labels, record, labels=True)
-    native = sitk.Cast(sitk.RelabelComponent(sitk.Cast(native, sitk.sitkUInt32), 0, True), sitk.sitkUInt16)
-    heat = to_native(score, record)
-    return native, lesion_table(sitk.GetArrayFromImage(native), sitk.GetArrayFromImage(heat), native)
 
 
 def detect_file(path: str | Path, out_dir: str | Path, model: DiffusionNet, card: ModelCard,

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
 
 @dataclass(frozen=True)
@@ -22,10 +21,12 @@ class PostprocessConfig:
 
 def erode_slices(mask: np.ndarray, iterations: int) -> np.ndarray:
     """Erode a (z, y, x) mask within each axial slice (the reference works slice by slice)."""
-    if iterations <= 0:
-        return mask.astype(bool)
-    cross = ndimage.generate_binary_structure(2, 1)[None]  # no coupling between slices
-    return ndimage.binary_erosion(mask.astype(bool), structure=cross, iterations=iterations)
+    image = sitk.GetImageFromArray(mask.astype(np.uint8))
+    for _ in range(iterations):
+        # A 2-D cross (radius 0 along z): no coupling between slices. Voxels beyond the array
+        # count as background, as in a plain binary erosion.
+        image = sitk.BinaryErode(image, [1, 1, 0], sitk.sitkCross, 0, 1, False)
+    return sitk.GetArrayFromImage(image).astype(bool)
 
 
 def smooth_scores(residual: np.ndarray, mask: np.ndarray, config: PostprocessConfig = PostprocessConfig()) -> np.ndarray:
