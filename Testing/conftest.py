@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from maediff_core.atlas import Atlas
+from maediff_core.models import get_config, load_card, model_paths
+from maediff_core.networks import MAEConfig, UNetConfig
 from maediff_core.phantom import PhantomConfig, make_phantom
-from maediff_core.volume_io import reference_image
+from maediff_core.train import TrainConfig, Trainer
+from maediff_core.volume_io import reference_image, write_text_atomic
 
 # Scanner axes of the three acquisition frames the registration must handle.
 DIRECTIONS = {
@@ -67,3 +73,29 @@ def healthy_prepared(tmp_path_factory, atlas):
     fast = PreprocessConfig(register=False, mask_method="skull-stripped", bias_correction=False, smoothing=False)
     prepare_dataset(source, out, fast, workers=2)
     return out
+
+
+# A MAEDiff with every part of the architecture, small enough to train in seconds.
+TINY = replace(get_config("maediff-small"), name="maediff-tiny",
+               unet=UNetConfig(channels=(32, 32, 32), res_blocks=1, head_channels=32),
+               mae=MAEConfig(encoder_depth=2, encoder_width=64, encoder_heads=2, decoder_depth=2,
+                             decoder_width=64, decoder_heads=2))
+FAST = TrainConfig(epochs=3, batch_size=4, slices_per_volume=4, val_slices=2, seed=1)
+
+
+def run(folder, name, epochs, data):
+    trainer = Trainer(TINY, replace(FAST, epochs=epochs), data, folder / name)
+    trainer.resume()
+    trainer.fit()
+    return trainer
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, healthy_prepared):
+    """The tiny MAEDiff trained for two epochs, with a decision threshold in its card."""
+    folder = tmp_path_factory.mktemp("model")
+    run(folder, "run", 2, healthy_prepared)
+    card = load_card(folder / "run" / "best.json")
+    card.threshold = 0.05
+    write_text_atomic(json.dumps(card.to_dict()), model_paths(folder / "run" / "best")[1])
+    return folder / "run" / "best.json"

@@ -14,20 +14,8 @@ from conftest import posed_phantom
 from maediff_core.datasets import load_prepared
 from maediff_core.detect import DetectConfig, reconstruct
 from maediff_core.writeback import native_lesions
-from maediff_core.models import ModelCard, load_card, load_model, model_paths, save_model
-from maediff_core.volume_io import write_text_atomic, write_volume
-from test_train import FAST, TINY, run
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, healthy_prepared):
-    """A tiny MAEDiff trained for two epochs, with a decision threshold in its card."""
-    folder = tmp_path_factory.mktemp("model")
-    trainer = run(folder, "run", 2, healthy_prepared)
-    card = load_card(folder / "run" / "best.json")
-    card.threshold = 0.05
-    write_text_atomic(json.dumps(card.to_dict()), model_paths(folder / "run" / "best")[1])
-    return folder / "run" / "best.json"
+from maediff_core.models import load_model, save_model
+from maediff_core.volume_io import write_volume
 
 
 def test_reconstruction_covers_brain_patches_only(tiny_model, healthy_prepared):

@@ -13,22 +13,10 @@ import torch
 from safetensors.torch import load_file
 
 from maediff_core.models import get_config, load_model
-from maediff_core.networks import MAEConfig, UNetConfig
-from maediff_core.train import TrainConfig, Trainer
+from maediff_core.train import Trainer
 from maediff_core.volume_io import VolumeError
 
-TINY = replace(get_config("maediff-small"), name="maediff-tiny",
-               unet=UNetConfig(channels=(32, 32, 32), res_blocks=1, head_channels=32),
-               mae=MAEConfig(encoder_depth=2, encoder_width=64, encoder_heads=2, decoder_depth=2,
-                             decoder_width=64, decoder_heads=2))
-FAST = TrainConfig(epochs=3, batch_size=4, slices_per_volume=4, val_slices=2, seed=1)
-
-
-def run(tmp_path, name, epochs, data):
-    trainer = Trainer(TINY, replace(FAST, epochs=epochs), data, tmp_path / name)
-    trainer.resume()
-    trainer.fit()
-    return trainer
+from conftest import FAST, TINY, run
 
 
 def test_training_writes_checkpoints_metrics_and_loadable_model(tmp_path, healthy_prepared):

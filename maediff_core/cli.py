@@ -133,6 +133,17 @@ def cmd_models(args: argparse.Namespace) -> None:
         print(describe(name))
 
 
+def cmd_device(args: argparse.Namespace) -> None:
+    import torch
+
+    info = {"torch": torch.__version__, "cuda": torch.cuda.is_available()}
+    if info["cuda"]:
+        props = torch.cuda.get_device_properties(0)
+        info.update(name=props.name, memory_gb=round(props.total_memory / 2**30, 1),
+                    count=torch.cuda.device_count())
+    print(json.dumps(info))
+
+
 def cmd_bench_noise(args: argparse.Namespace) -> None:
     from .profile import noise_benchmark
 
@@ -236,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="parameter counts and GFLOPs per forward of the named configurations")
     p.add_argument("names", nargs="*")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("device", help="JSON: torch version and the CUDA GPU it sees")
+    p.set_defaults(func=cmd_device)
 
     p = sub.add_parser("bench-noise", help="slices per second of the simplex noise, torch vs opensimplex")
     p.add_argument("--slices", type=int, default=256)

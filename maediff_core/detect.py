@@ -167,9 +167,15 @@ def detect_file(path: str | Path, out_dir: str | Path, model: DiffusionNet, card
     return summary
 
 
+# What describes an input rather than the model's intensity handling: taken from the user (or the
+# defaults), never from the training data's settings.
+INPUT_SPECIFIC = ("register", "mask_method")
+
+
 def preprocess_settings(card: ModelCard, **overrides) -> PreprocessConfig:
     """The preprocessing the model was trained with, with the user's overrides (None = keep)."""
-    settings = {k: tuple(v) if isinstance(v, list) else v for k, v in card.preprocessing.items()}
+    settings = {k: tuple(v) if isinstance(v, list) else v for k, v in card.preprocessing.items()
+                if k not in INPUT_SPECIFIC}
     settings.update({k: v for k, v in overrides.items() if v is not None})
     return PreprocessConfig(**settings)
 

@@ -1,0 +1,82 @@
+"""Static checks of the Slicer module that need no Slicer process: the widget names the code uses
+exist in the .ui file, parameter names match the parameter node, CMake lists every file."""
+
+import ast
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from MAEDiffAnomalyLib import dependencies, model_card
+
+ROOT = Path(__file__).resolve().parent.parent
+MODULE = ROOT / "MAEDiffAnomaly"
+UI = MODULE / "Resources" / "UI" / "MAEDiffAnomaly.ui"
+SOURCE = (MODULE / "MAEDiffAnomaly.py").read_text()
+
+
+def ui_widgets() -> dict[str, ET.Element]:
+    return {w.get("name"): w for w in ET.parse(UI).getroot().iter("widget")}
+
+
+def parameter_fields() -> set[str]:
+    tree = ast.parse(SOURCE)
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "MAEDiffAnomalyParameterNode")
+    return {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)}
+
+
+def test_every_widget_the_code_uses_is_in_the_ui_file():
+    used = set(re.findall(r"self\.ui\.(\w+)", SOURCE))
+    assert used, "the widget uses no ui names?"
+    missing = used - set(ui_widgets())
+    assert not missing, f"not in {UI.name}: {sorted(missing)}"
+
+
+def test_parameter_names_bind_to_parameter_node_fields():
+    bound = {}
+    for name, widget in ui_widgets().items():
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                bound[name] = prop.find("string").text
+    fields = parameter_fields()
+    assert set(bound.values()) <= fields, set(bound.values()) - fields
+    assert {"inputVolume", "modelPath", "device", "threshold", "opacity"} <= set(bound.values())
+
+
+def test_cmake_lists_every_module_file():
+    cmake = (MODULE / "CMakeLists.txt").read_text().replace("${MODULE_NAME}", "MAEDiffAnomaly")
+    for path in sorted((MODULE / "MAEDiffAnomalyLib").glob("*.py")):
+        assert f"MAEDiffAnomalyLib/{path.name}" in cmake, path.name
+    for resource in ("Resources/Icons/MAEDiffAnomaly.png", "Resources/UI/MAEDiffAnomaly.ui"):
+        assert resource in cmake and (MODULE / resource).is_file()
+    top = (ROOT / "CMakeLists.txt").read_text()
+    for field in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
+                  "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS"):
+        assert re.search(rf'set\({field} "[^"]+"\)', top), field
+    assert 'set(EXTENSION_DEPENDS "PyTorch")' in top
+    assert (ROOT / "Resources" / "MAEDiffAnomaly.png").is_file()
+
+
+def test_never_installs_simpleitk_or_numpy():
+    for forbidden in ("SimpleITK", "numpy", "torch"):
+        with pytest.raises(ValueError, match="must not be installed"):
+            dependencies.pip_arguments([forbidden])
+    commands = dependencies.pip_arguments(["einops", "monai"])
+    assert all("-c" in command for command in commands)  # numpy pinned to the installed version
+    assert any("--no-deps" in command and "monai>=1.3" in command for command in commands)
+    constraints = Path(commands[0][commands[0].index("-c") + 1]).read_text()
+    assert constraints.startswith("numpy==")
+
+
+def test_model_card_summary_and_synthetic_warning(tmp_path):
+    card = {"config": {"name": "maediff-small", "method": "maediff", "diffusion": {"t_test": 500},
+                       "patch": {"stride": 16}}, "threshold": 0.0734,
+            "training": {"epoch": 40, "train_volumes": 80, "synthetic_data": True},
+            "description": "Trained on synthetic phantoms."}
+    text = model_card.summary(card)
+    assert "maediff-small (maediff)" in text and "threshold 0.0734" in text and "40 epochs on 80" in text
+    assert model_card.is_synthetic(card)
+    assert not model_card.is_synthetic({"training": {}, "description": "IXI fold 0"})
+    with pytest.raises(FileNotFoundError):
+        model_card.read_card(tmp_path / "absent.json")
