@@ -17,8 +17,15 @@ from maediff_core.volume_io import write_volume
 
 
 def new_scene():
+    """A scene with the application and colour logic that Slicer sets up (default colour tables)."""
     scene = slicer.vtkMRMLScene()
     slicer.mrmlScene = scene
+    application = slicer.vtkSlicerApplicationLogic()
+    application.SetMRMLScene(scene)
+    colours = slicer.vtkSlicerColorLogic()
+    colours.SetMRMLScene(scene)
+    application.SetModuleLogic("Colors", colours)
+    new_scene.keep = (application, colours)  # the logic must outlive this call
     return scene
 
 
@@ -47,6 +54,10 @@ def detected(tmp_path_factory, atlas, tiny_model):
     scene = new_scene()
     input_node = scene_lib.read_volume_node(scene, path, "patient T2")
     input_node.CreateDefaultDisplayNodes()
+    # What Slicer's volume loader does: a window from the intensity distribution.
+    low, high = np.percentile(slicer.util.arrayFromVolume(input_node), (1, 99.5))
+    input_node.GetDisplayNode().SetAutoWindowLevel(False)
+    input_node.GetDisplayNode().SetWindowLevelMinMax(low, high)
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(scene)
     study = hierarchy.CreateStudyItem(hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), "patient"), "MR study")
     hierarchy.CreateItem(study, input_node)

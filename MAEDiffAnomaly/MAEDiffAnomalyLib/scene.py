@@ -133,12 +133,15 @@ def load_results(scene, input_node, result_dir: str | Path) -> Results:
     display.SetAutoWindowLevel(False)
     top = max(float(score.max()), 1e-6)
     display.SetWindowLevelMinMax(0.0, top)
-    display.SetApplyThreshold(True)  # below a tenth of the threshold: transparent over the input
-    display.SetLowerThreshold(0.1 * summary["threshold"])
+    display.SetApplyThreshold(True)  # below half the threshold: transparent over the input
+    display.SetLowerThreshold(0.5 * summary["threshold"])
     display.SetUpperThreshold(top * 10)
     input_display = input_node.GetDisplayNode()
-    if input_display is not None:
-        _display(reconstruction).SetAndObserveColorNodeID(input_display.GetColorNodeID())
+    if input_display is not None:  # the reconstruction looks like the input: same colours and window
+        shown = _display(reconstruction)
+        shown.SetAndObserveColorNodeID(input_display.GetColorNodeID())
+        shown.SetAutoWindowLevel(False)
+        shown.SetWindowLevel(input_display.GetWindow(), input_display.GetLevel())
 
     results = Results(input_node, heatmap, reconstruction, lesions, table, result_dir, score, record,
                       summary["threshold"], [])
@@ -221,7 +224,7 @@ def update_threshold(scene, results: Results, threshold: float) -> list[dict]:
     _fill_lesions(scene, results, label_node, rows)
     results.threshold = threshold
     display = results.heatmap.GetDisplayNode()
-    display.SetLowerThreshold(0.1 * threshold)
+    display.SetLowerThreshold(0.5 * threshold)
     return rows
 
 
