@@ -14,14 +14,17 @@ from typing import Annotated
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode
-from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
-from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
-                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
-from slicer.util import VTKObservationMixin
-
 from MAEDiffAnomalyLib import dependencies, model_card, scene
 from MAEDiffAnomalyLib.runner import DetectionProcess, DetectRequest, core_root, query_device
+from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
 
 STAGES = {"starting": "Starting", "load": "Reading the volume", "preprocess": "Registration, brain mask, bias field",
           "reconstruct": "Reconstructing a healthy brain", "postprocess": "Scores and lesions",

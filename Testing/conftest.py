@@ -99,3 +99,56 @@ def tiny_model(tmp_path_factory, healthy_prepared):
     card.threshold = 0.05
     write_text_atomic(json.dumps(card.to_dict()), model_paths(folder / "run" / "best")[1])
     return folder / "run" / "best.json"
+
+
+@pytest.fixture(scope="session")
+def detection_run(tmp_path_factory, atlas, tiny_model):
+    """One real `maediff detect` subprocess, started as the Slicer module starts it: a phantom
+    tumour loaded into an MRML scene, written to a temporary file, detected by the tiny model."""
+    import time
+
+    import slicer
+    from MAEDiffAnomalyLib import scene as scene_lib
+    from MAEDiffAnomalyLib.runner import DetectionProcess, DetectRequest
+
+    from maediff_core.volume_io import write_volume
+
+    folder = tmp_path_factory.mktemp("detection")
+    phantom, _ = posed_phantom(atlas, "oblique", seed=31, kind="tumour", spacing=(1.0, 1.0, 2.0))
+    path = write_volume(phantom.image, folder / "patient T2.nii.gz")
+    scene = new_scene()
+    input_node = scene_lib.read_volume_node(scene, path, "patient T2")
+    input_node.CreateDefaultDisplayNodes()
+    # What Slicer's volume loader does: a window from the intensity distribution.
+    low, high = np.percentile(slicer.util.arrayFromVolume(input_node), (1, 99.5))
+    input_node.GetDisplayNode().SetAutoWindowLevel(False)
+    input_node.GetDisplayNode().SetWindowLevelMinMax(low, high)
+    temp_input = scene_lib.write_node(scene, input_node, folder / "work" / "input.nrrd")
+    before = temp_input.read_bytes()
+    process = DetectionProcess(DetectRequest(temp_input, folder / "work" / "out", model_path=tiny_model,
+                                             device="cpu"))
+    events, deadline = [], time.time() + 900
+    while process.running and time.time() < deadline:
+        progress = process.poll()
+        events.append((progress.stage, progress.fraction))
+        time.sleep(0.1)
+    ok, error = process.finished()
+    assert ok, error
+    return {"scene": scene, "input": input_node, "phantom": phantom, "folder": folder, "events": events,
+            "log": process.progress.log, "input_unchanged": temp_input.read_bytes() == before,
+            "result_dir": folder / "work" / "out" / "input"}
+
+
+def new_scene():
+    """A scene with the application and colour logic that Slicer sets up (default colour tables)."""
+    import slicer
+
+    scene = slicer.vtkMRMLScene()
+    slicer.mrmlScene = scene
+    application = slicer.vtkSlicerApplicationLogic()
+    application.SetMRMLScene(scene)
+    colours = slicer.vtkSlicerColorLogic()
+    colours.SetMRMLScene(scene)
+    application.SetModuleLogic("Colors", colours)
+    new_scene.keep = (application, colours)  # the logic must outlive this call
+    return scene

@@ -5,10 +5,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import posed_phantom
-from maediff_core.datasets import (check_split, discover, load_prepared, make_split, prepare_dataset,
-                                   read_split_csv, select, write_split_csv)
+
+from maediff_core.datasets import (
+    check_split,
+    discover,
+    load_prepared,
+    make_split,
+    prepare_dataset,
+    read_split_csv,
+    select,
+    write_split_csv,
+)
 from maediff_core.volume_io import VolumeError
 
 

@@ -3,19 +3,16 @@
 import json
 import subprocess
 import sys
-from dataclasses import replace
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
-
 from conftest import posed_phantom
+
 from maediff_core.datasets import load_prepared
 from maediff_core.detect import DetectConfig, reconstruct
-from maediff_core.writeback import native_lesions
 from maediff_core.models import load_model, save_model
-from maediff_core.volume_io import write_volume
+from maediff_core.writeback import native_lesions
 
 
 def test_reconstruction_covers_brain_patches_only(tiny_model, healthy_prepared):
@@ -46,20 +43,13 @@ def test_stride_changes_the_number_of_evaluations(tiny_model, healthy_prepared):
     assert sum(calls) <= 50 * 4
 
 
-def test_detect_cli_writes_results_on_the_input_grid(tmp_path, tiny_model, atlas):
-    phantom, _ = posed_phantom(atlas, "oblique", seed=11, kind="tumour", spacing=(1.0, 1.2, 2.5))
-    source = write_volume(phantom.image, tmp_path / "case.nii.gz")
-    before = source.read_bytes()
-    out = tmp_path / "out"
-    done = subprocess.run([sys.executable, "-m", "maediff_core.cli", "detect", str(source), "-o", str(out),
-                           "--model", str(tiny_model), "--progress", "json", "--device", "cpu"],
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    lines = [json.loads(line) for line in done.stdout.splitlines()]
-    assert {"load", "preprocess", "reconstruct", "postprocess", "write", "done"} <= {l["stage"] for l in lines}
-    assert all(0.0 <= l["fraction"] <= 1.0 for l in lines)
-    assert source.read_bytes() == before  # the input is never modified
-    case = out / "case"
+def test_detect_writes_results_on_the_input_grid(detection_run):
+    """`maediff detect --progress json` run as a subprocess (the shared run of the Slicer tests)."""
+    stages = {stage for stage, _ in detection_run["events"]}
+    assert {"load", "preprocess", "reconstruct", "postprocess", "write", "done"} <= stages
+    assert all(0.0 <= fraction <= 1.0 for _, fraction in detection_run["events"])
+    assert detection_run["input_unchanged"]  # the input is never modified
+    phantom, case = detection_run["phantom"], detection_run["result_dir"]
     for name in ("heatmap", "reconstruction", "lesions"):
         image = sitk.ReadImage(str(case / f"{name}.nii.gz"))
         assert image.GetSize() == phantom.image.GetSize()
@@ -77,6 +67,8 @@ def test_detect_cli_writes_results_on_the_input_grid(tmp_path, tiny_model, atlas
     for row in summary["lesions"]:
         assert set(row) >= {"label", "voxels", "volume_ml", "max_score", "mean_score", "centroid_ras_mm"}
         assert (labels == row["label"]).sum() == row["voxels"]
+    record = json.loads((case / "model_space" / "record.json").read_text())
+    assert record["config"]["register"] and record["config"]["mask_method"] == "atlas"  # per input, not the model's
 
 
 def test_native_lesions_follow_the_threshold(tmp_path, atlas):

@@ -3,8 +3,16 @@
 import pytest
 import torch
 
-from maediff_core.diffusion import (Diffusion, DiffusionConfig, PatchConfig, alphas_cumprod, noised_input,
-                                    patch_l1, patch_masks, random_corners)
+from maediff_core.diffusion import (
+    Diffusion,
+    DiffusionConfig,
+    PatchConfig,
+    alphas_cumprod,
+    noised_input,
+    patch_l1,
+    patch_masks,
+    random_corners,
+)
 from maediff_core.models import CONFIGS, get_config
 from maediff_core.networks import DiffusionNet, MAEConfig, UNetConfig, visible_cells
 

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import posed_phantom
+
 from maediff_core.datasets import discover
 from maediff_core.phantom import PhantomConfig, make_phantom, write_phantom_set
 

@@ -4,10 +4,16 @@ grid, mask methods, and the errors a user gets."""
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import posed_phantom
-from maediff_core.preprocess import (PreprocessConfig, affine_from_record, preprocess, resample_isotropic,
-                                     to_model, to_native)
+
+from maediff_core.preprocess import (
+    PreprocessConfig,
+    affine_from_record,
+    preprocess,
+    resample_isotropic,
+    to_model,
+    to_native,
+)
 from maediff_core.volume_io import VolumeError, image_from_array
 
 

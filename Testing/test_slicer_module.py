@@ -7,7 +7,6 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-
 from MAEDiffAnomalyLib import dependencies, model_card
 
 ROOT = Path(__file__).resolve().parent.parent

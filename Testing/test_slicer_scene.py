@@ -9,24 +9,8 @@ import pytest
 import SimpleITK as sitk
 import slicer
 import vtk
-
-from conftest import posed_phantom
 from MAEDiffAnomalyLib import scene as scene_lib
 from MAEDiffAnomalyLib.runner import DetectionProcess, DetectRequest
-from maediff_core.volume_io import write_volume
-
-
-def new_scene():
-    """A scene with the application and colour logic that Slicer sets up (default colour tables)."""
-    scene = slicer.vtkMRMLScene()
-    slicer.mrmlScene = scene
-    application = slicer.vtkSlicerApplicationLogic()
-    application.SetMRMLScene(scene)
-    colours = slicer.vtkSlicerColorLogic()
-    colours.SetMRMLScene(scene)
-    application.SetModuleLogic("Colors", colours)
-    new_scene.keep = (application, colours)  # the logic must outlive this call
-    return scene
 
 
 def matrix(node) -> np.ndarray:
@@ -35,39 +19,14 @@ def matrix(node) -> np.ndarray:
     return np.array([[m.GetElement(i, j) for j in range(4)] for i in range(4)])
 
 
-def wait(process: DetectionProcess, timeout: float = 600) -> list[str]:
-    stages, deadline = [], time.time() + timeout
-    while process.running and time.time() < deadline:
-        stages.append(process.poll().stage)
-        time.sleep(0.2)
-    ok, error = process.finished()
-    assert ok, error
-    return stages
-
-
 @pytest.fixture(scope="module")
-def detected(tmp_path_factory, atlas, tiny_model):
-    """A phantom tumour loaded like a user's volume, the real `maediff detect` run on it."""
-    folder = tmp_path_factory.mktemp("slicer")
-    phantom, _ = posed_phantom(atlas, "oblique", seed=31, kind="tumour", spacing=(1.0, 1.0, 2.0))
-    path = write_volume(phantom.image, folder / "patient T2.nii.gz")
-    scene = new_scene()
-    input_node = scene_lib.read_volume_node(scene, path, "patient T2")
-    input_node.CreateDefaultDisplayNodes()
-    # What Slicer's volume loader does: a window from the intensity distribution.
-    low, high = np.percentile(slicer.util.arrayFromVolume(input_node), (1, 99.5))
-    input_node.GetDisplayNode().SetAutoWindowLevel(False)
-    input_node.GetDisplayNode().SetWindowLevelMinMax(low, high)
+def detected(detection_run):
+    """The shared detection run, with the input placed in a study of the subject hierarchy."""
+    scene, input_node = detection_run["scene"], detection_run["input"]
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(scene)
     study = hierarchy.CreateStudyItem(hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), "patient"), "MR study")
-    hierarchy.CreateItem(study, input_node)
-    # What the module does: the input goes to the child process as a temporary file.
-    temp_input = scene_lib.write_node(scene, input_node, folder / "work" / "input.nrrd")
-    process = DetectionProcess(DetectRequest(temp_input, folder / "work" / "out", model_path=tiny_model,
-                                             device="cpu"))
-    stages = wait(process)
-    return {"scene": scene, "input": input_node, "study": study, "stages": stages, "phantom": phantom,
-            "result_dir": folder / "work" / "out" / "input", "folder": folder}
+    hierarchy.SetItemParent(hierarchy.GetItemByDataNode(input_node) or hierarchy.CreateItem(study, input_node), study)
+    return {**detection_run, "study": study, "stages": [stage for stage, _ in detection_run["events"]]}
 
 
 def test_progress_reaches_the_module(detected):

@@ -84,7 +84,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     result["model"] = args.model
     paths = write_report(result, test, args.output, f"{args.model} on {Path(args.test).name}")
     if args.save_threshold and card is not None:
-        from .models import ModelCard, model_paths
+        from .models import model_paths
 
         card.threshold = result["threshold"]
         card.training["threshold_from"] = {"val": str(args.val), "val_dice_pooled": result["val_dice_pooled"]}
@@ -105,8 +105,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_detect(args: argparse.Namespace) -> None:
-    from .detect import (DetectConfig, detect_file, json_progress, load_for_detection, preprocess_settings,
-                         text_progress)
+    from .detect import DetectConfig, detect_file, json_progress, load_for_detection, preprocess_settings, text_progress
     from .models import default_model_path
     from .train import pick_device
 

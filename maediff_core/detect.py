@@ -24,8 +24,8 @@ from .models import ModelCard, load_model
 from .networks import DiffusionNet, visible_cells
 from .postprocess import PostprocessConfig, lesion_labels, smooth_scores
 from .preprocess import PreprocessConfig, Preprocessed, preprocess, to_native
-from .writeback import native_lesions
 from .volume_io import VolumeError, case_name, image_from_array, read_volume, write_text_atomic, write_volume
+from .writeback import native_lesions
 
 Progress = Callable[[str, float, str], None]
 
