@@ -134,3 +134,15 @@ def test_isotropic_resampling_keeps_physical_space():
     np.testing.assert_allclose(iso.GetSpacing(), (1, 1, 1))
     centre = lambda im: np.array(im.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in im.GetSize()]))
     np.testing.assert_allclose(centre(iso), centre(image), atol=1e-6)
+
+
+def test_head_with_skull_keeps_its_size(atlas):
+    """A skull-on head must not shrink until its skull meets the skull-stripped template's brain."""
+    from maediff_core.phantom import make_phantom
+
+    phantom = make_phantom("healthy", 2)  # skull, deformed anatomy, head 6 % smaller than the atlas
+    assert phantom.info["skull"]
+    result = preprocess(phantom.image, PreprocessConfig(bias_correction=False, smoothing=False), atlas)
+    estimated = np.linalg.det(np.array(result.record["atlas_to_native"]["matrix_4x4"])[:3, :3])
+    truth = np.prod(phantom.info["geometry"]["head_scale"])
+    assert abs(estimated / truth - 1) < 0.06, (estimated, truth)

@@ -172,7 +172,8 @@ def make_phantom(kind: str, seed: int, config: PhantomConfig | None = None, atla
     native_ref = native_grid if native_grid is not None else native_ref
     pose = pose if pose is not None else scan["transform"]
     info["geometry"] = {"size": list(native_ref.GetSize()), "spacing": [round(s, 4) for s in native_ref.GetSpacing()],
-                        "orientation": scan["orientation"] if native_grid is None else "given"}
+                        "orientation": scan["orientation"] if native_grid is None else "given",
+                        "head_scale": scan["head_scale"] if pose is scan["transform"] else None}
     channels = [image.astype(np.float32), brain.astype(np.float32)]
     channels += [(label == v).astype(np.float32) for v in (1, 2)] if lesions else []
     stack = sitk.GetImageFromArray(np.stack(channels, -1), isVector=True)
@@ -361,7 +362,7 @@ def _native_geometry(rng: np.random.Generator, config: PhantomConfig, space: _Su
     scale = rng.uniform(*config.head_scale) * (1 + rng.uniform(-0.03, 0.03, 3))
     matrix = _random_rotation(rng, config.rotation_deg) @ np.diag(1.0 / scale)
     pose = sitk.AffineTransform(matrix.ravel().tolist(), (rng.uniform(-1, 1, 3) * config.shift_mm).tolist(), space.centre.tolist())
-    return native_ref, {"transform": pose, "orientation": orientation}
+    return native_ref, {"transform": pose, "orientation": orientation, "head_scale": scale.round(4).tolist()}
 
 
 def _slice_profile_blur(stack: sitk.Image, native_ref: sitk.Image, pose: sitk.Transform) -> sitk.Image:

@@ -180,10 +180,14 @@ def register_affine(moving: sitk.Image, atlas: Atlas, config: PreprocessConfig) 
     initial = sitk.CenteredTransformInitializer(
         fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS
     )
-    # The metric looks at the brain and a margin around it, not at the empty corners of the box.
-    fixed_region = sitk.BinaryDilate(atlas.brain_mask, [8, 8, 8])
+    # The template is skull-stripped. Looking at a margin around its brain from the start made heads
+    # with a skull shrink until the skull met the template's brain surface (17 % scale error on
+    # phantoms); looking inside the brain only is robust but loses the brain outline (2.4 mm error).
+    # So: rigid and affine inside the brain, then an affine refinement with a 3 mm margin.
+    brain_only = atlas.brain_mask
+    with_margin = sitk.BinaryDilate(atlas.brain_mask, [3, 3, 3])
 
-    def run(transform: sitk.Transform, iterations: int) -> sitk.Transform:
+    def run(transform: sitk.Transform, iterations: int, fixed_region: sitk.Image) -> sitk.Transform:
         method = sitk.ImageRegistrationMethod()
         method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
         method.SetMetricSamplingStrategy(method.RANDOM)
@@ -205,12 +209,13 @@ def register_affine(moving: sitk.Image, atlas: Atlas, config: PreprocessConfig) 
             raise VolumeError(f"registration to the atlas failed: {str(err).strip().splitlines()[-1]}") from err
         return transform
 
-    rigid = run(initial, config.registration_iterations)
+    rigid = run(initial, config.registration_iterations, brain_only)
     affine = sitk.AffineTransform(3)
     affine.SetMatrix(rigid.GetMatrix())
     affine.SetTranslation(rigid.GetTranslation())
     affine.SetCenter(rigid.GetCenter())
-    return run(affine, config.registration_iterations)
+    affine = run(affine, config.registration_iterations, brain_only)
+    return run(affine, config.registration_iterations, with_margin)
 
 
 def brain_mask(native: sitk.Image, image: sitk.Image, transform: sitk.Transform, atlas: Atlas,
