@@ -21,12 +21,7 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
     for path in args.inputs:
         start = time.perf_counter()
         result = preprocess_file(path, config, atlas, args.mask)
-        out = Path(args.output) / case_name(path)
-        from .volume_io import write_volume
-
-        write_volume(result.image_sitk(), out / "image.nii.gz")
-        write_volume(result.mask_sitk(), out / "mask.nii.gz")
-        write_text_atomic(json.dumps(result.record, indent=1) + "\n", out / "record.json")
+        out = result.save(Path(args.output) / case_name(path))
         print(f"{path} -> {out} ({time.perf_counter() - start:.1f} s, brain {result.record['brain_ml']:.0f} mL)")
 
 

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from .atlas import Atlas
 from .preprocess import PreprocessConfig, preprocess, to_model
-from .volume_io import VolumeError, read_volume, write_text_atomic, write_volume
+from .volume_io import VolumeError, image_from_array, read_volume, write_text_atomic, write_volume
 
 PATTERNS = {
     # layout: (image glob, regex giving the subject id from the file name, segmentation globs)
@@ -158,16 +158,11 @@ def prepare_case(case: Case, out_dir: Path, config: PreprocessConfig) -> str:
     """Preprocess one case into ``out_dir/<name>/``; ``record.json`` is written last and marks it done."""
     target = out_dir / case.name
     result = preprocess(read_volume(case.image), config, Atlas.load())
-    write_volume(result.image_sitk(), target / "image.nii.gz")
-    write_volume(result.mask_sitk(), target / "mask.nii.gz")
     if case.seg is not None:
         seg = to_model(read_volume_labels(case.seg), result.record, labels=True)
-        seg_image = sitk.GetImageFromArray((seg > 0).astype(np.uint8))
-        seg_image.CopyInformation(result.mask_sitk())
-        write_volume(seg_image, target / "seg.nii.gz")
-    record = {**result.record, "input": str(case.image), "seg": str(case.seg) if case.seg else None,
-              "subject": case.subject, "layout": case.layout}
-    write_text_atomic(json.dumps(record, indent=1) + "\n", target / "record.json")
+        write_volume(image_from_array((seg > 0).astype(np.uint8), result.record["model_grid"]), target / "seg.nii.gz")
+    result.save(target, {"input": str(case.image), "seg": str(case.seg) if case.seg else None,
+                         "subject": case.subject, "layout": case.layout})
     return case.name
 
 

@@ -27,9 +27,7 @@ def run_demo(out_dir: str | Path) -> dict:
 
     start = time.perf_counter()
     result = preprocess(sample.image, PreprocessConfig())
-    write_volume(result.image_sitk(), out_dir / "model_space" / "image.nii.gz")
-    write_volume(result.mask_sitk(), out_dir / "model_space" / "mask.nii.gz")
-    write_text_atomic(json.dumps(result.record, indent=1) + "\n", out_dir / "model_space" / "record.json")
+    result.save(out_dir / "model_space")
     timings["preprocess"] = time.perf_counter() - start
 
     start = time.perf_counter()

@@ -25,7 +25,7 @@ from .networks import DiffusionNet, visible_cells
 from .postprocess import PostprocessConfig, lesion_labels, smooth_scores
 from .preprocess import PreprocessConfig, Preprocessed, preprocess, to_native
 from .volume_io import VolumeError, case_name, image_from_array, read_volume, write_text_atomic, write_volume
-from .writeback import native_lesions
+from .writeback import labels_to_native
 
 Progress = Callable[[str, float, str], None]
 
@@ -138,22 +138,22 @@ def detect_file(path: str | Path, out_dir: str | Path, model: DiffusionNet, card
     progress("postprocess", 0.0, "scores and lesions")
     record = prepared.record
     score = anomaly_score(prepared.image, rec, prepared.mask)
-    labels_native, table = native_lesions(score, threshold, record)
     model_labels = lesion_labels(score, threshold)
+    heat_native = sitk.Cast(to_native(score, record), sitk.sitkFloat32)
+    labels_native, table = labels_to_native(model_labels, heat_native, record)
     lap("postprocess")
 
     progress("write", 0.0, "")
     out = Path(out_dir) / case_name(path)
     low, high = record["intensity_range"]
     rec_native = sitk.Cast(to_native(rec * (high - low) + low, record), sitk.sitkFloat32)  # input's units
-    write_volume(sitk.Cast(to_native(score, record), sitk.sitkFloat32), out / "heatmap.nii.gz")
+    write_volume(heat_native, out / "heatmap.nii.gz")
     write_volume(rec_native, out / "reconstruction.nii.gz")
     write_volume(labels_native, out / "lesions.nii.gz")
     grid = record["model_grid"]
-    for name, array in (("image", prepared.image), ("mask", prepared.mask.astype(np.uint8)),
-                        ("reconstruction", rec), ("heatmap", score), ("lesions", model_labels.astype(np.uint16))):
+    for name, array in (("reconstruction", rec), ("heatmap", score), ("lesions", model_labels.astype(np.uint16))):
         write_volume(image_from_array(array, grid), out / "model_space" / f"{name}.nii.gz")
-    write_text_atomic(json.dumps(record, indent=1) + "\n", out / "model_space" / "record.json")
+    prepared.save(out / "model_space")  # image, mask and record.json
     lap("write")
     summary = {
         "input": str(path), "model": card.config.name, "threshold": threshold,

@@ -9,6 +9,7 @@ model-space array can be put back on the input's own voxels (:func:`to_native`).
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import tempfile
@@ -20,7 +21,15 @@ import numpy as np
 import SimpleITK as sitk
 
 from .atlas import Atlas
-from .volume_io import VolumeError, geometry_of, image_from_array, read_volume, reference_image
+from .volume_io import (
+    VolumeError,
+    geometry_of,
+    image_from_array,
+    read_volume,
+    reference_image,
+    write_text_atomic,
+    write_volume,
+)
 
 MASK_METHODS = ("atlas", "skull-stripped", "file", "hd-bet", "deepbet")
 # Command lines of optional external skull strippers ({input}, {output} are filled in).
@@ -71,6 +80,14 @@ class Preprocessed:
 
     def mask_sitk(self) -> sitk.Image:
         return image_from_array(self.mask.astype(np.uint8), self.record["model_grid"])
+
+    def save(self, folder: str | Path, extra: dict | None = None) -> Path:
+        """``image.nii.gz``, ``mask.nii.gz`` and, last (it marks the folder complete), ``record.json``."""
+        folder = Path(folder)
+        write_volume(self.image_sitk(), folder / "image.nii.gz")
+        write_volume(self.mask_sitk(), folder / "mask.nii.gz")
+        write_text_atomic(json.dumps({**self.record, **(extra or {})}, indent=1) + "\n", folder / "record.json")
+        return folder
 
 
 def preprocess(

@@ -19,8 +19,12 @@ def native_lesions(score: np.ndarray, threshold: float, record: dict,
     Components are found in model space, where the protocol's size filter is defined, then put on
     the input grid and renumbered by their size there.
     """
-    labels = lesion_labels(score, threshold, config)
+    return labels_to_native(lesion_labels(score, threshold, config), to_native(score, record), record)
+
+
+def labels_to_native(labels: np.ndarray, heat: sitk.Image, record: dict) -> tuple[sitk.Image, list[dict]]:
+    """Model-space lesion labels onto the input grid, renumbered by size, with their table
+    (scores from ``heat``, the score already on the input grid)."""
     native = to_native(labels, record, labels=True)
     native = sitk.Cast(sitk.RelabelComponent(sitk.Cast(native, sitk.sitkUInt32), 0, True), sitk.sitkUInt16)
-    heat = to_native(score, record)
     return native, lesion_table(sitk.GetArrayFromImage(native), sitk.GetArrayFromImage(heat), native)
