@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from .models import ModelCard, load_model
 from .networks import DiffusionNet, visible_cells
 from .postprocess import PostprocessConfig, lesion_labels, smooth_scores
 from .preprocess import PreprocessConfig, Preprocessed, preprocess, to_native
+from .timing import Laps
 from .volume_io import VolumeError, case_name, image_from_array, read_volume, write_text_atomic, write_volume
 from .writeback import labels_to_native
 
@@ -113,14 +113,7 @@ def detect_file(path: str | Path, out_dir: str | Path, model: DiffusionNet, card
                 mask_path: str | Path | None = None, device: torch.device | str = "cpu",
                 progress: Progress = quiet) -> dict:
     """Run the whole job on one volume and write ``out_dir/<case>/``; returns the lesion summary."""
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(stage: str) -> None:
-        nonlocal clock
-        timings[stage] = round(time.perf_counter() - clock, 3)
-        clock = time.perf_counter()
-
+    lap = Laps()
     threshold = config.threshold if config.threshold is not None else card.threshold
     if threshold is None:
         raise VolumeError("the model card has no decision threshold: pass --threshold")
@@ -159,7 +152,7 @@ def detect_file(path: str | Path, out_dir: str | Path, model: DiffusionNet, card
         "input": str(path), "model": card.config.name, "threshold": threshold,
         "detect": {**asdict(config), "t_test": config.t_test or card.config.diffusion.t_test,
                    "stride": config.stride or card.config.patch.stride},
-        "device": str(device), "lesion_count": len(table), "lesions": table, "timings_s": timings,
+        "device": str(device), "lesion_count": len(table), "lesions": table, "timings_s": lap.seconds,
         "score_max": float(score.max()),
     }
     write_text_atomic(json.dumps(summary, indent=1) + "\n", out / "lesions.json")

@@ -13,7 +13,6 @@ import json
 import shutil
 import subprocess
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .atlas import Atlas
+from .timing import Laps
 from .volume_io import (
     VolumeError,
     geometry_of,
@@ -101,15 +101,7 @@ def preprocess(
     atlas = atlas or Atlas.load()
     if config.mask_method == "file" and mask is None:
         raise VolumeError("mask_method 'file' needs a brain mask volume")
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = round(now - clock, 3)
-        clock = now
-
+    lap = Laps()
     moving = sitk.Cast(native, sitk.sitkFloat32)
     if config.resample_1mm:
         moving = resample_isotropic(moving, 1.0)
@@ -160,7 +152,7 @@ def preprocess(
         "atlas_to_native": affine_to_dict(transform),
         "intensity_range": [float(low), float(high)],
         "brain_ml": float(mask_array.sum() * np.prod(grid["spacing"]) / 1000.0),
-        "timings_s": timings,
+        "timings_s": lap.seconds,
     }
     return Preprocessed(array.astype(np.float32), mask_array, record)
 
