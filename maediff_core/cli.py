@@ -11,6 +11,15 @@ from pathlib import Path
 from .volume_io import VolumeError, case_name, write_text_atomic
 
 
+def given(args: argparse.Namespace, config_class) -> dict:
+    """The options the user gave that ``config_class`` (a dataclass) has; the rest keep its defaults,
+    so every default lives in one place."""
+    from dataclasses import fields
+
+    names = {f.name for f in fields(config_class)}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items() if k in names and v is not None}
+
+
 def cmd_preprocess(args: argparse.Namespace) -> None:
     from .atlas import Atlas
     from .preprocess import PreprocessConfig, preprocess_file
@@ -92,9 +101,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from .train import TrainConfig, train
 
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, fold=args.fold,
-                         seed=args.seed, slices_per_volume=args.slices_per_volume,
-                         max_minutes=args.max_minutes, device=args.device)
+    config = TrainConfig(**given(args, TrainConfig))
     result = train(args.config, args.data, args.output, config, restart=args.restart)
     print(json.dumps(result))
 
@@ -143,6 +150,17 @@ def cmd_bench_noise(args: argparse.Namespace) -> None:
 
     for key, value in noise_benchmark(args.slices).items():
         print(f"{key:>18}: {value:.1f} slices/s" if isinstance(value, float) else f"{key:>18}: {value}")
+
+
+def cmd_benchmark(args: argparse.Namespace) -> None:
+    from .benchmark import BenchmarkConfig, markdown_table, run_benchmark, update_readme
+
+    config = BenchmarkConfig(**given(args, BenchmarkConfig))
+    summary = run_benchmark(args.output, config)
+    table = markdown_table(summary)
+    print(table)
+    if args.readme:
+        update_readme(args.readme, table, "maediff " + " ".join(sys.argv[1:]))
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -204,21 +222,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=cmd_evaluate)
 
-    from .train import TrainConfig
-
-    defaults = TrainConfig()
-    p = sub.add_parser("train", help="train a method on a prepared healthy cohort (resumes if interrupted)")
+    p = sub.add_parser("train", help="train a method on a prepared healthy cohort (resumes if interrupted)",
+                       epilog="Defaults (paper values): maediff_core/train.py, TrainConfig.")
     p.add_argument("--data", required=True, help="prepared healthy cohort (maediff prepare)")
     p.add_argument("--config", required=True, help="maediff, maediff-small, pddpm-s48, pddpm-s16, anoddpm (+ -small)")
     p.add_argument("-o", "--output", required=True, help="run folder: checkpoints, metrics.csv, tb/")
-    p.add_argument("--epochs", type=int, default=defaults.epochs)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--lr", type=float, default=defaults.lr)
-    p.add_argument("--fold", type=int, default=defaults.fold)
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--slices-per-volume", type=int, default=defaults.slices_per_volume)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--fold", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--slices-per-volume", type=int)
     p.add_argument("--max-minutes", type=float, help="stop at the first epoch end past this budget")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in the run folder")
     p.set_defaults(func=cmd_train)
 
@@ -248,6 +264,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench-noise", help="slices per second of the simplex noise, torch vs opensimplex")
     p.add_argument("--slices", type=int, default=256)
     p.set_defaults(func=cmd_bench_noise)
+
+    p = sub.add_parser("benchmark", help="all methods on the phantom benchmark at an equal training budget",
+                       epilog="Defaults: maediff_core/benchmark.py, BenchmarkConfig.")
+    p.add_argument("-o", "--output", default="benchmark")
+    p.add_argument("--minutes", type=float, help="training budget per method")
+    p.add_argument("--healthy", type=int, help="healthy phantoms")
+    p.add_argument("--tumour", type=int, help="tumour phantoms")
+    p.add_argument("--ms", type=int, help="MS phantoms")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--methods", nargs="+")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--eval-val", type=int, help="at most this many validation volumes per lesion set")
+    p.add_argument("--eval-test", type=int, help="at most this many test volumes per lesion set")
+    p.add_argument("--eval-healthy", type=int, help="at most this many healthy test volumes")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--readme", help="write the table into this README between the benchmark markers")
+    p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("demo", help="run the main job on a generated sample case")
     p.add_argument("-o", "--output", default="demo-output")

@@ -1,0 +1,34 @@
+"""The benchmark's table and its place in the README (the full run is `maediff benchmark`)."""
+
+import pytest
+
+from maediff_core.benchmark import README_END, README_START, markdown_table, update_readme
+
+
+def summary():
+    metrics = {"dice_mean": 0.4231, "auprc_mean": 0.5, "l1_mean": 0.0123}
+    return {"config": {"healthy": 100, "tumour": 20, "ms": 20, "seed": 0, "minutes": 10.0, "batch_size": 32},
+            "device": "CPU (x86_64, 2 cores, 2 threads)",
+            "counts": {"tumour": {"val": 4, "test": 16}, "ms": {"val": 4, "test": 16}, "healthy_test": 28},
+            "rows": [{"method": "thresh", "training": None, "tumour": {**metrics, "l1_mean": None},
+                      "ms": metrics, "detect_seconds_per_volume": 0.01},
+                     {"method": "maediff-small", "training": {"epoch": 12, "step": 96}, "tumour": metrics,
+                      "ms": metrics, "detect_seconds_per_volume": 140.2}]}
+
+
+def test_table_rows_in_per_cent():
+    table = markdown_table(summary())
+    assert "| thresh | 42.3 | 50.0 | 42.3 | 50.0 | - | 0.0 | - |" in table
+    assert "| maediff-small | 42.3 | 50.0 | 42.3 | 50.0 | 12.3 | 140.2 | 12 epochs, 96 steps |" in table
+    assert "10 training minutes per method" in table
+
+
+def test_readme_section_is_replaced(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\n{README_START}\nold\n{README_END}\n\nmore text\n")
+    update_readme(readme, markdown_table(summary()), "maediff benchmark --minutes 10")
+    text = readme.read_text()
+    assert "old" not in text and "maediff benchmark --minutes 10" in text and text.endswith("more text\n")
+    readme.write_text("no markers")
+    with pytest.raises(ValueError, match="benchmark:start"):
+        update_readme(readme, "x", "y")

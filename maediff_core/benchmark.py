@@ -1,0 +1,156 @@
+"""``maediff benchmark``: every method on the phantom benchmark at an equal training budget.
+
+Builds (or reuses) the phantom sets and their model-space caches, trains each method for the same
+number of minutes (or reuses a run trained with that budget), evaluates them and Thresh with the
+protocol, and writes the table the README shows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .datasets import load_prepared, prepare_dataset, select, split_of
+from .detect import DetectConfig, load_for_detection
+from .evaluate import Scored, evaluate, intensity_scorer, model_scorer, score_cases
+from .phantom import write_phantom_set
+from .train import TrainConfig, pick_device, train
+from .volume_io import write_text_atomic
+
+README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
+
+
+@dataclass
+class BenchmarkConfig:
+    healthy: int = 100  # phantom subjects per set
+    tumour: int = 20
+    ms: int = 20
+    seed: int = 0
+    minutes: float = 10.0  # training budget of every method
+    methods: tuple[str, ...] = ("anoddpm-small", "pddpm-s48-small", "pddpm-s16-small", "maediff-small")
+    batch_size: int = 32
+    eval_val: int | None = None  # at most this many validation / test / healthy volumes per set
+    eval_test: int | None = None  # (None: all); CPU runs subsample, GPU runs need not
+    eval_healthy: int | None = None
+    device: str = "auto"
+
+
+def build_data(out: Path, config: BenchmarkConfig, workers: int = 2) -> dict[str, Path]:
+    prepared = {}
+    for kind, count, offset in (("healthy", config.healthy, 0), ("tumour", config.tumour, 1), ("ms", config.ms, 2)):
+        raw, cache = out / "data" / kind, out / "prepared" / kind
+        manifest = raw / "phantoms.json"
+        if not manifest.is_file() or len(json.loads(manifest.read_text())["cases"]) != count:
+            write_phantom_set(raw, kind, count, seed=config.seed * 10 + offset, workers=workers)
+        prepare_dataset(raw, cache, workers=workers, seed=config.seed)
+        prepared[kind] = cache
+    return prepared
+
+
+def trained_run(method: str, healthy: Path, out: Path, config: BenchmarkConfig) -> Path:
+    """The best checkpoint of ``method`` trained for the budget (reused when already there)."""
+    run_dir = out / "runs" / method
+    best = run_dir / "best.json"
+    if best.is_file() and json.loads(best.read_text())["training"].get("max_minutes") == config.minutes:
+        last = json.loads((run_dir / "last.json").read_text())["resume"]
+        if last["seconds"] >= 60 * config.minutes:
+            return best
+    train(method, healthy, run_dir, TrainConfig(epochs=10**6, batch_size=config.batch_size, max_minutes=config.minutes,
+                                                seed=config.seed, device=config.device))
+    return best
+
+
+def _cases(folder: Path, split: str, limit: int | None):
+    names = select(split_of(folder), split)
+    return load_prepared(folder, names[:limit] if limit else names)
+
+
+def run_benchmark(out_dir: str | Path, config: BenchmarkConfig = BenchmarkConfig()) -> dict:
+    out = Path(out_dir)
+    data = build_data(out, config)
+    device = pick_device(config.device)
+    sets = {kind: {"val": _cases(data[kind], "val", config.eval_val),
+                   "test": _cases(data[kind], "test", config.eval_test)} for kind in ("tumour", "ms")}
+    healthy = _cases(data["healthy"], "test", config.eval_healthy)
+    rows = []
+    for method in ("thresh", *config.methods):
+        if method == "thresh":
+            scorer, training = intensity_scorer, None
+        else:
+            best = trained_run(method, data["healthy"], out, config)
+            model, card = load_for_detection(best, device)
+            scorer, training = model_scorer(model, card, DetectConfig(), device), card.training
+        seconds: list[float] = []
+
+        def timed(case, scorer=scorer):
+            start = time.perf_counter()
+            result = scorer(case)
+            seconds.append(time.perf_counter() - start)
+            return result
+
+        row = {"method": method, "training": training}
+        healthy_scored: list[Scored] = score_cases(healthy, timed)
+        for kind, split in sets.items():
+            result = evaluate(score_cases(split["val"], timed), score_cases(split["test"], timed), healthy_scored)
+            row[kind] = {k: v for k, v in result.items() if k != "per_case"}
+        row["detect_seconds_per_volume"] = sum(seconds) / len(seconds)
+        rows.append(row)
+        print(f"{method}: tumour Dice {100 * row['tumour']['dice_mean']:.1f} %, MS Dice {100 * row['ms']['dice_mean']:.1f} %,"
+              f" {row['detect_seconds_per_volume']:.1f} s/volume", flush=True)
+    summary = {"config": asdict(config), "device": _device_name(device), "rows": rows,
+               "counts": {kind: {s: len(v) for s, v in split.items()} for kind, split in sets.items()}
+               | {"healthy_test": len(healthy)}}
+    write_text_atomic(json.dumps(summary, indent=1) + "\n", out / "benchmark.json")
+    write_text_atomic(markdown_table(summary), out / "benchmark.md")
+    return summary
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def markdown_table(summary: dict) -> str:
+    config = summary["config"]
+    counts = summary["counts"]
+    lines = [
+        "| method | tumour Dice | tumour AUPRC | MS Dice | MS AUPRC | healthy l1 (1e-3) | detect s / volume | training |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in summary["rows"]:
+        t, m = row["tumour"], row["ms"]
+        l1 = t.get("l1_mean")
+        training = row["training"]
+        trained = f"{training['epoch']} epochs, {training['step']} steps" if training else "-"
+        lines.append(f"| {row['method']} | {100 * t['dice_mean']:.1f} | {100 * t['auprc_mean']:.1f} | "
+                     f"{100 * m['dice_mean']:.1f} | {100 * m['auprc_mean']:.1f} | "
+                     f"{'-' if l1 is None else f'{1000 * l1:.1f}'} | {row['detect_seconds_per_volume']:.1f} | {trained} |")
+    lines += [
+        "",
+        f"Phantoms: {config['healthy']} healthy, {config['tumour']} tumour, {config['ms']} MS (seed {config['seed']}); "
+        f"evaluated on {counts['tumour']['val']}+{counts['tumour']['test']} tumour and "
+        f"{counts['ms']['val']}+{counts['ms']['test']} MS validation+test volumes, {counts['healthy_test']} healthy test "
+        f"volumes. Budget: {config['minutes']:g} training minutes per method, batch {config['batch_size']}, "
+        f"on {summary['device']}. Dice and AUPRC in per cent, per volume then averaged; threshold from the "
+        "validation volumes of each set.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(readme: str | Path, table: str, command: str) -> None:
+    """Replace the text between the benchmark markers of the README with the table."""
+    readme = Path(readme)
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"{readme} has no {README_START} ... {README_END} section")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    block = f"{README_START}\n```bash\n{command}\n```\n\n{table}{README_END}"
+    write_text_atomic(head + block + tail, readme)
