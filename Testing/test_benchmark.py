@@ -25,10 +25,10 @@ def test_table_rows_in_per_cent():
 
 def test_readme_section_is_replaced(tmp_path):
     readme = tmp_path / "README.md"
-    readme.write_text(f"# Title\n\n{README_START}\nold\n{README_END}\n\nmore text\n")
+    readme.write_text(f"# Title\n\n{README_START}\nOLD TABLE\n{README_END}\n\nmore text\n")
     update_readme(readme, markdown_table(summary()), "maediff benchmark --minutes 10")
     text = readme.read_text()
-    assert "old" not in text and "maediff benchmark --minutes 10" in text and text.endswith("more text\n")
+    assert "OLD TABLE" not in text and "maediff benchmark --minutes 10" in text and text.endswith("more text\n")
     readme.write_text("no markers")
     with pytest.raises(ValueError, match="benchmark:start"):
         update_readme(readme, "x", "y")
