@@ -106,13 +106,13 @@ def previous_outputs(scene, input_node) -> list:
 
 def load_results(scene, input_node, result_dir: str | Path) -> Results:
     """Make the output nodes of a finished run, replacing this input's earlier outputs."""
+    import SimpleITK as sitk
+
     from maediff_core.volume_io import read_volume
 
     result_dir = Path(result_dir)
     summary = json.loads((result_dir / "lesions.json").read_text())
     record = json.loads((result_dir / "model_space" / "record.json").read_text())
-    import SimpleITK as sitk
-
     score = sitk.GetArrayFromImage(read_volume(result_dir / "model_space" / "heatmap.nii.gz"))
     for node in previous_outputs(scene, input_node):
         scene.RemoveNode(node)
@@ -213,11 +213,11 @@ def fill_table(table, rows: list[dict]) -> None:
 
 def update_threshold(scene, results: Results, threshold: float) -> list[dict]:
     """Recompute the lesions at ``threshold`` from the stored score: no new model run."""
+    import SimpleITK as sitk
+
     from maediff_core.writeback import native_lesions
 
     labels, rows = native_lesions(results.score, threshold, results.record)
-    import SimpleITK as sitk
-
     label_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "lesion labels")
     slicer.util.updateVolumeFromArray(label_node, sitk.GetArrayFromImage(labels).astype(np.int16))
     label_node.CopyOrientation(results.input)
