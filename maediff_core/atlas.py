@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .volume_io import VolumeError, geometry_of
+from .volume_io import VolumeError, geometry_of, read_volume, resample_isotropic, write_text_atomic, write_volume
 
 ATLAS_ENV = "MAEDIFF_ATLAS"
+BOX_SIZE = (192, 192, 160)  # the atlas box in voxels of 1 mm (REFERENCE.md, "Data geometry")
 MODEL_DOWNSAMPLE = 2  # REFERENCE.md: downsampled by 2 to 96 x 96 in-plane
 MODEL_SLICES = (15, 65)  # of the 80 downsampled slices: 15 dropped at each end (paper Sec. 4.2)
 
@@ -96,3 +97,46 @@ def model_grid_of(atlas_image: sitk.Image) -> dict:
     grid = geometry_of(atlas_image)
     grid.update(size=[int(size[0]), int(size[1]), z1 - z0], spacing=spacing.tolist(), origin=list(origin))
     return grid
+
+
+def to_box(image: sitk.Image, centre_index) -> sitk.Image:
+    """Crop/pad ``image`` to BOX_SIZE voxels centred on ``centre_index`` (x, y, z), padding with 0."""
+    start = np.round(np.asarray(centre_index) - np.array(BOX_SIZE) / 2).astype(int)
+    size = np.array(image.GetSize())
+    pad_lo = np.maximum(-start, 0)
+    pad_hi = np.maximum(start + np.array(BOX_SIZE) - size, 0)
+    image = sitk.ConstantPad(image, pad_lo.tolist(), pad_hi.tolist(), 0)
+    return sitk.RegionOfInterest(image, list(BOX_SIZE), (start + pad_lo).tolist())
+
+
+def brain_box_centre(mask: sitk.Image) -> np.ndarray:
+    """(x, y, z) index of the centre of the mask's bounding box."""
+    zyx = np.argwhere(sitk.GetArrayViewFromImage(mask))
+    if zyx.size == 0:
+        raise VolumeError("the brain mask is empty")
+    return (zyx.min(0) + zyx.max(0))[::-1] / 2.0
+
+
+def write_atlas(out: str | Path, prefix: str, images: dict[str, sitk.Image], info: dict) -> Path:
+    """An atlas folder: ``<prefix>_<key>.nii.gz`` per image and ``atlas.json`` (written last)."""
+    out = Path(out)
+    for key, image in images.items():
+        write_volume(image, out / f"{prefix}_{key}.nii.gz")
+    files = {key: f"{prefix}_{key}.nii.gz" for key in images}
+    write_text_atomic(json.dumps({**info, "files": files}, indent=2) + "\n", out / "atlas.json")
+    return out
+
+
+def make_user_atlas(template: str | Path, brain_mask: str | Path, out: str | Path, name: str | None = None) -> Atlas:
+    """An atlas folder from any brain template (e.g. SRI24's T1) and its brain mask: 1 mm voxels,
+    the 192 x 192 x 160 box around the brain. Enough for preprocessing (not for phantoms, which
+    also need tissue maps)."""
+    t1 = resample_isotropic(sitk.Cast(read_volume(template), sitk.sitkFloat32), 1.0)
+    mask = sitk.Resample(sitk.Cast(read_volume(brain_mask) > 0, sitk.sitkUInt8), t1, sitk.Transform(),
+                         sitk.sitkNearestNeighbor, 0)
+    centre = brain_box_centre(mask)
+    t1, mask = to_box(t1, centre), to_box(mask, centre)
+    t1 = sitk.Clamp(t1, lowerBound=0.0)  # the registration initialiser needs non-negative values
+    info = {"name": name or Path(template).name, "source": str(template), "brain_voxels": int(
+        sitk.GetArrayViewFromImage(mask).sum())}
+    return Atlas.load(write_atlas(out, "atlas", {"t1": t1, "brainmask": mask}, info))

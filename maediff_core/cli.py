@@ -25,13 +25,20 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
     from .preprocess import PreprocessConfig, preprocess_file
 
     config = PreprocessConfig(register=not args.no_register, mask_method=args.mask_method,
-                              bias_correction=not args.no_n4, resample_1mm=not args.no_resample)
+                              bias_correction=not args.no_n4, resample_1mm=not args.no_resample, atlas=args.atlas)
     atlas = Atlas.load(args.atlas)
     for path in args.inputs:
         start = time.perf_counter()
         result = preprocess_file(path, config, atlas, args.mask)
         out = result.save(Path(args.output) / case_name(path))
         print(f"{path} -> {out} ({time.perf_counter() - start:.1f} s, brain {result.record['brain_ml']:.0f} mL)")
+
+
+def cmd_atlas(args: argparse.Namespace) -> None:
+    from .atlas import make_user_atlas
+
+    atlas = make_user_atlas(args.template, args.mask, args.output, args.name)
+    print(f"atlas in {atlas.folder} ({atlas.info['brain_voxels']} brain voxels of 1 mm)")
 
 
 def cmd_phantom(args: argparse.Namespace) -> None:
@@ -56,7 +63,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     from .datasets import prepare_dataset
     from .preprocess import PreprocessConfig
 
-    config = PreprocessConfig(mask_method=args.mask_method, register=not args.no_register)
+    config = PreprocessConfig(mask_method=args.mask_method, register=not args.no_register, atlas=args.atlas)
     summary = prepare_dataset(args.dataset, args.output, config, workers=args.workers, seed=args.seed)
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}))
     if summary["failed"]:
@@ -114,7 +121,7 @@ def cmd_detect(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     model, card = load_for_detection(args.model or default_model_path(), device)
     overrides = {"mask_method": args.mask_method or ("file" if args.mask else None),
-                 "register": False if args.no_register else None}
+                 "register": False if args.no_register else None, "atlas": args.atlas}
     prep = preprocess_settings(card, **overrides)
     config = DetectConfig(t_test=args.t_test, stride=args.stride, batch_size=args.batch_size,
                           threshold=args.threshold, seed=args.seed)
@@ -184,6 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resample", action="store_true", help="register at native resolution")
     p.set_defaults(func=cmd_preprocess)
 
+    p = sub.add_parser("atlas", help="make an atlas folder from a brain template (e.g. SRI24) and its mask")
+    p.add_argument("template", help="T1 brain template (skull-stripped)")
+    p.add_argument("--mask", required=True, help="its brain mask")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--name")
+    p.set_defaults(func=cmd_atlas)
+
     p = sub.add_parser("phantom", help="write synthetic T2 brains (healthy, tumour or MS lesions)")
     p.add_argument("kind", choices=["healthy", "tumour", "ms"])
     p.add_argument("-o", "--output", required=True)
@@ -206,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the subject split")
     p.add_argument("--mask-method", default="atlas", choices=["atlas", "skull-stripped"])
     p.add_argument("--no-register", action="store_true")
+    p.add_argument("--atlas", help="atlas folder (maediff atlas); default: the bundled MNI152 atlas")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("evaluate", help="the evaluation protocol on prepared data sets")
@@ -252,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-method", choices=["atlas", "skull-stripped", "file", "hd-bet", "deepbet"])
     p.add_argument("--mask", help="brain mask on the input grid")
     p.add_argument("--no-register", action="store_true", help="input is already in atlas space")
+    p.add_argument("--atlas", help="atlas folder (default: the one the model was trained with)")
     p.set_defaults(func=cmd_detect)
 
     p = sub.add_parser("models", help="parameter counts and GFLOPs per forward of the named configurations")

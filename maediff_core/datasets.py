@@ -23,7 +23,6 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from .atlas import Atlas
 from .preprocess import PreprocessConfig, preprocess, to_model
 from .volume_io import VolumeError, image_from_array, read_volume, write_text_atomic, write_volume
 
@@ -157,7 +156,7 @@ class PreparedCase:
 def prepare_case(case: Case, out_dir: Path, config: PreprocessConfig) -> str:
     """Preprocess one case into ``out_dir/<name>/``; ``record.json`` is written last and marks it done."""
     target = out_dir / case.name
-    result = preprocess(read_volume(case.image), config, Atlas.load())
+    result = preprocess(read_volume(case.image), config)
     if case.seg is not None:
         seg = to_model(read_volume_labels(case.seg), result.record, labels=True)
         write_volume(image_from_array((seg > 0).astype(np.uint8), result.record["model_grid"]), target / "seg.nii.gz")

@@ -27,6 +27,7 @@ from .volume_io import (
     image_from_array,
     read_volume,
     reference_image,
+    resample_isotropic,
     write_text_atomic,
     write_volume,
 )
@@ -59,6 +60,7 @@ class PreprocessConfig:
     registration_sampling: float = 0.05  # REFERENCE.md: 5 % of the voxels
     registration_iterations: int = 100
     seed: int = 0  # registration sampling is random; fixed for reproducible results
+    atlas: str | None = None  # atlas folder (`maediff atlas`); None: the bundled MNI152 atlas
 
     def __post_init__(self) -> None:
         if self.mask_method not in MASK_METHODS:
@@ -98,7 +100,7 @@ def preprocess(
 ) -> Preprocessed:
     """Run the chain on ``native`` (never modified). ``mask`` is needed for ``mask_method='file'``."""
     config = config or PreprocessConfig()
-    atlas = atlas or Atlas.load()
+    atlas = atlas or Atlas.load(config.atlas)
     if config.mask_method == "file" and mask is None:
         raise VolumeError("mask_method 'file' needs a brain mask volume")
     lap = Laps()
@@ -163,22 +165,6 @@ def preprocess_file(path: str | Path, config: PreprocessConfig | None = None, at
     result = preprocess(read_volume(path), config, atlas, mask)
     result.record["input"] = str(path)
     return result
-
-
-def resample_isotropic(image: sitk.Image, spacing_mm: float, interpolator=sitk.sitkLinear) -> sitk.Image:
-    """Resample to isotropic voxels in the image's own orientation (physical space unchanged)."""
-    old_spacing = np.array(image.GetSpacing())
-    old_size = np.array(image.GetSize())
-    size = np.maximum(np.round(old_size * old_spacing / spacing_mm), 1).astype(int)
-    # Keep the field of view centred: the first new voxel centre moves by half the size change.
-    shift = (old_size * old_spacing - size * spacing_mm) / 2.0 + (spacing_mm - old_spacing) / 2.0
-    direction = np.array(image.GetDirection()).reshape(3, 3)
-    origin = np.array(image.GetOrigin()) + direction @ shift
-    ref = reference_image(
-        {"size": size.tolist(), "spacing": [spacing_mm] * 3, "origin": origin.tolist(),
-         "direction": list(image.GetDirection())}
-    )
-    return sitk.Resample(image, ref, sitk.Transform(), interpolator, 0.0, image.GetPixelID())
 
 
 def register_affine(moving: sitk.Image, atlas: Atlas, config: PreprocessConfig) -> sitk.AffineTransform:

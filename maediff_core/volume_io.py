@@ -166,3 +166,19 @@ def image_from_array(array: np.ndarray, geometry: dict | sitk.Image) -> sitk.Ima
     image.SetOrigin([float(o) for o in geometry["origin"]])
     image.SetDirection([float(d) for d in geometry["direction"]])
     return image
+
+
+def resample_isotropic(image: sitk.Image, spacing_mm: float, interpolator=sitk.sitkLinear) -> sitk.Image:
+    """Resample to isotropic voxels in the image's own orientation (physical space unchanged)."""
+    old_spacing = np.array(image.GetSpacing())
+    old_size = np.array(image.GetSize())
+    size = np.maximum(np.round(old_size * old_spacing / spacing_mm), 1).astype(int)
+    # Keep the field of view centred: the first new voxel centre moves by half the size change.
+    shift = (old_size * old_spacing - size * spacing_mm) / 2.0 + (spacing_mm - old_spacing) / 2.0
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    origin = np.array(image.GetOrigin()) + direction @ shift
+    ref = reference_image(
+        {"size": size.tolist(), "spacing": [spacing_mm] * 3, "origin": origin.tolist(),
+         "direction": list(image.GetDirection())}
+    )
+    return sitk.Resample(image, ref, sitk.Transform(), interpolator, 0.0, image.GetPixelID())

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-BOX_SIZE = (192, 192, 160)  # x, y, z in voxels of 1 mm (REFERENCE.md, "Data geometry")
+from maediff_core.atlas import brain_box_centre, to_box, write_atlas
+
 SOURCE = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
 
 LICENCE = """\
@@ -51,17 +52,6 @@ def nilearn_data_dir() -> Path:
     return Path(spec.origin).parent / "datasets" / "data"
 
 
-def to_box(image: sitk.Image, centre_index: np.ndarray) -> sitk.Image:
-    """Crop/pad ``image`` to BOX_SIZE voxels centred on ``centre_index`` (x, y, z)."""
-    start = np.round(centre_index - np.array(BOX_SIZE) / 2).astype(int)
-    stop = start + np.array(BOX_SIZE)
-    size = np.array(image.GetSize())
-    pad_lo = np.maximum(-start, 0)
-    pad_hi = np.maximum(stop - size, 0)
-    image = sitk.ConstantPad(image, pad_lo.tolist(), pad_hi.tolist(), 0)
-    return sitk.RegionOfInterest(image, list(BOX_SIZE), (start + pad_lo).tolist())
-
-
 def as_uint8(probability: sitk.Image) -> sitk.Image:
     array = np.clip(sitk.GetArrayFromImage(probability), 0, 1)
     out = sitk.GetImageFromArray(np.round(array * 255).astype(np.uint8))
@@ -82,9 +72,7 @@ def main() -> None:
     brain = sitk.BinaryFillhole(sitk.BinaryMorphologicalClosing(t1 > 0.05, [2, 2, 2]))
     brain = sitk.RelabelComponent(sitk.ConnectedComponent(brain)) == 1
 
-    mask_array = sitk.GetArrayFromImage(brain)
-    zyx = np.argwhere(mask_array)
-    centre = (zyx.min(0) + zyx.max(0))[::-1] / 2.0  # x, y, z index of the brain's bounding box
+    centre = brain_box_centre(brain)
     t1, gm, wm, brain = (to_box(im, centre) for im in (t1, gm, wm, brain))
 
     brain_f = sitk.Cast(brain, sitk.sitkFloat32)
@@ -96,26 +84,16 @@ def main() -> None:
     labels = sitk.RelabelComponent(sitk.ConnectedComponent(deep_csf), minimumObjectSize=500)
     ventricles = sitk.Cast(labels > 0, sitk.sitkUInt8)
 
-    out.mkdir(parents=True, exist_ok=True)
-    files = {
-        "t1": as_uint8(t1),
-        "brainmask": sitk.Cast(brain, sitk.sitkUInt8),
-        "gm": as_uint8(gm),
-        "wm": as_uint8(wm),
-        "csf": as_uint8(csf),
-        "ventricles": ventricles,
-    }
-    for name, image in files.items():
-        sitk.WriteImage(image, str(out / f"mni152_2009a_{name}.nii.gz"), True)
-    (out / "LICENSE-MNI152.txt").write_text(LICENCE)
+    images = {"t1": as_uint8(t1), "brainmask": sitk.Cast(brain, sitk.sitkUInt8), "gm": as_uint8(gm),
+              "wm": as_uint8(wm), "csf": as_uint8(csf), "ventricles": ventricles}
     info = {
         "name": "MNI ICBM152 2009a (nilearn), atlas box 192x192x160 at 1 mm",
-        "files": {name: f"mni152_2009a_{name}.nii.gz" for name in files},
         "probability_scale": 255,
-        "brain_voxels": int(mask_array.sum()),
-        "ventricle_ml": float(sitk.GetArrayFromImage(ventricles).sum() / 1000.0),
+        "brain_voxels": int(sitk.GetArrayViewFromImage(brain).sum()),
+        "ventricle_ml": float(sitk.GetArrayViewFromImage(ventricles).sum() / 1000.0),
     }
-    (out / "atlas.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_atlas(out, "mni152_2009a", images, info)
+    (out / "LICENSE-MNI152.txt").write_text(LICENCE)
     print(json.dumps(info, indent=2))
 
 
