@@ -152,3 +152,28 @@ def new_scene():
     application.SetModuleLogic("Colors", colours)
     new_scene.keep = (application, colours)  # the logic must outlive this call
     return scene
+
+
+def write_dicom_series(image: sitk.Image, folder) -> list[str]:
+    """An MR DICOM series, one file per axial slice of an axis-aligned int16 image."""
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    series = "1.2.826.0.1.3680043.2.1125.1.123456"
+    spacing = image.GetSpacing()
+    files = []
+    for z in range(image.GetDepth()):
+        slice_ = image[:, :, z]
+        position = image.TransformIndexToPhysicalPoint((0, 0, z))
+        for tag, value in {
+            "0008|0060": "MR", "0008|0016": "1.2.840.10008.5.1.4.1.1.4", "0020|000e": series,
+            "0020|000d": series + ".1", "0008|0018": f"{series}.2.{z + 1}", "0010|0020": "PHANTOM",
+            "0020|0013": str(z + 1), "0020|0032": "\\".join(f"{v:.4f}" for v in position),
+            "0020|0037": "1\\0\\0\\0\\1\\0", "0018|0050": f"{spacing[2]:.4f}",
+            "0028|0030": f"{spacing[1]:.4f}\\{spacing[0]:.4f}", "0020|0052": series + ".3",
+        }.items():
+            slice_.SetMetaData(tag, value)
+        path = str(folder / f"slice{z:03d}.dcm")
+        writer.SetFileName(path)
+        writer.Execute(slice_)
+        files.append(path)
+    return files

@@ -79,3 +79,32 @@ def test_model_card_summary_and_synthetic_warning(tmp_path):
     assert not model_card.is_synthetic({"training": {}, "description": "IXI fold 0"})
     with pytest.raises(FileNotFoundError):
         model_card.read_card(tmp_path / "absent.json")
+
+
+def test_dicom_seg_export_references_the_source_series(tmp_path):
+    import numpy as np
+    import pydicom
+    import SimpleITK as sitk
+    from conftest import write_dicom_series
+    from MAEDiffAnomalyLib.scene import export_dicom_seg
+
+    image = sitk.GetImageFromArray((np.arange(6 * 32 * 32).reshape(6, 32, 32) % 97).astype(np.int16))
+    image.SetSpacing((0.9, 0.9, 3.0))
+    image.SetOrigin((-10.0, 20.0, 5.0))
+    files = write_dicom_series(image, tmp_path)
+    labels = np.zeros((6, 32, 32), np.uint16)
+    labels[1:3, 4:10, 4:10] = 1
+    labels[4, 20:24, 20:24] = 2
+    rows = [{"label": 1}, {"label": 2}]
+    path = export_dicom_seg(labels, rows, list(reversed(files)), tmp_path / "out" / "seg.dcm")
+    seg = pydicom.dcmread(path)
+    assert seg.Modality == "SEG" and len(seg.SegmentSequence) == 2
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Lesion 1", "Lesion 2"]
+    source = pydicom.dcmread(files[0])
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+    # One frame per (segment, slice holding it): lesion 1 on slices 1-2, lesion 2 on slice 4.
+    positions = sorted(float(f.PlanePositionSequence[0].ImagePositionPatient[2])
+                       for f in seg.PerFrameFunctionalGroupsSequence)
+    assert positions == [8.0, 11.0, 17.0]
+    with pytest.raises(ValueError, match="do not match"):
+        export_dicom_seg(labels[:3], rows, files, tmp_path / "bad.dcm")

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import write_dicom_series
 
 from maediff_core.volume_io import VolumeError, read_volume, write_volume
 
@@ -35,20 +36,7 @@ def test_round_trip_keeps_geometry_and_values(tmp_path, suffix, direction):
 
 def test_dicom_series_folder(tmp_path):
     image = sitk.Cast(_volume(spacing=(0.9, 0.9, 3.0)), sitk.sitkInt16)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    series = "1.2.826.0.1.3680043.2.1125.1.123456"
-    for z in range(image.GetDepth()):
-        slice_ = image[:, :, z]
-        position = image.TransformIndexToPhysicalPoint((0, 0, z))
-        for tag, value in {
-            "0008|0060": "MR", "0020|000e": series, "0020|000d": series + ".1",
-            "0020|0013": str(z + 1), "0020|0032": "\\".join(f"{v:.4f}" for v in position),
-            "0020|0037": "1\\0\\0\\0\\1\\0", "0018|0050": "3.0", "0028|0030": "0.9\\0.9",
-        }.items():
-            slice_.SetMetaData(tag, value)
-        writer.SetFileName(str(tmp_path / f"slice{z:03d}.dcm"))
-        writer.Execute(slice_)
+    write_dicom_series(image, tmp_path)
     back = read_volume(tmp_path)
     assert back.GetSize() == image.GetSize()
     np.testing.assert_allclose(back.GetSpacing(), (0.9, 0.9, 3.0), atol=1e-3)
