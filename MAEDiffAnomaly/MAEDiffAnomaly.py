@@ -57,7 +57,7 @@ class MAEDiffAnomalyParameterNode:
     skullStripped: bool = False
     skipRegistration: bool = False
     tTest: Annotated[int, WithinRange(1, 1000)] = 500
-    stride: Annotated[int, Choice([16, 48])] = 16
+    stride: Annotated[str, Choice(["16", "48"])] = "16"  # text, for the combo box binding
     threshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.05
     opacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     show3D: bool = False
@@ -303,7 +303,7 @@ class MAEDiffAnomalyLogic(ScriptedLoadableModuleLogic):
             input_path=inputPath, output_dir=work / "output", model_path=Path(parameters.modelPath),
             device=parameters.device, mask_path=maskPath,
             mask_method="file" if maskPath else ("skull-stripped" if parameters.skullStripped else None),
-            no_register=parameters.skipRegistration, t_test=parameters.tTest, stride=parameters.stride,
+            no_register=parameters.skipRegistration, t_test=parameters.tTest, stride=int(parameters.stride),
             threshold=parameters.threshold)
         process = DetectionProcess(request)
         process.work = work
