@@ -26,14 +26,6 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-COMPARE_LAYOUT_ID = 5301  # a custom layout: three axial views in a row
-COMPARE_LAYOUT = "<layout type=\"horizontal\">" + "".join(
-    f"<item><view class=\"vtkMRMLSliceNode\" singletontag=\"{name}\">"
-    f"<property name=\"orientation\" action=\"default\">Axial</property>"
-    f"<property name=\"viewlabel\" action=\"default\">{label}</property>"
-    f"<property name=\"viewcolor\" action=\"default\">{colour}</property></view></item>"
-    for name, label, colour in (("Red", "Input", "#F34A33"), ("Yellow", "Healthy", "#EDD54C"),
-                                ("Green", "Heatmap", "#6EB04B"))) + "</layout>"
 STAGES = {"starting": "Starting", "load": "Reading the volume", "preprocess": "Registration, brain mask, bias field",
           "reconstruct": "Reconstructing a healthy brain", "postprocess": "Scores and lesions",
           "write": "Writing results", "done": "Done"}
@@ -346,10 +338,7 @@ class MAEDiffAnomalyLogic(ScriptedLoadableModuleLogic):
     def showCompareLayout(results):
         """Input | reconstruction | heatmap side by side, with linked slice views."""
         layoutManager = slicer.app.layoutManager()
-        layoutNode = layoutManager.layoutLogic().GetLayoutNode()
-        if not layoutNode.IsLayoutDescription(COMPARE_LAYOUT_ID):
-            layoutNode.AddLayoutDescription(COMPARE_LAYOUT_ID, COMPARE_LAYOUT)
-        layoutManager.setLayout(COMPARE_LAYOUT_ID)
+        layoutManager.setLayout(scene.register_compare_layout(layoutManager.layoutLogic().GetLayoutNode()))
         volumes = [results.input, results.reconstruction, results.input]
         foregrounds = [None, None, results.heatmap]
         for name, background, foreground in zip(("Red", "Yellow", "Green"), volumes, foregrounds):

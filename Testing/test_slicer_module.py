@@ -108,3 +108,15 @@ def test_dicom_seg_export_references_the_source_series(tmp_path):
     assert positions == [8.0, 11.0, 17.0]
     with pytest.raises(ValueError, match="do not match"):
         export_dicom_seg(labels[:3], rows, files, tmp_path / "bad.dcm")
+
+
+def test_compare_layout_registers_on_a_layout_node():
+    import slicer
+    from MAEDiffAnomalyLib.scene import COMPARE_LAYOUT_ID, register_compare_layout
+
+    scene = slicer.vtkMRMLScene()
+    layout = scene.AddNewNodeByClass("vtkMRMLLayoutNode")
+    assert register_compare_layout(layout) == COMPARE_LAYOUT_ID == register_compare_layout(layout)
+    description = layout.GetLayoutDescription(COMPARE_LAYOUT_ID)
+    root = ET.fromstring(description)
+    assert [v.get("singletontag") for v in root.iter("view")] == ["Red", "Yellow", "Green"]

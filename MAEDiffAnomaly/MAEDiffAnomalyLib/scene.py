@@ -23,6 +23,14 @@ HEAT_TABLE = "MAEDiffAnomaly heat"
 TERMINOLOGY = ("Segmentation category and type - 3D Slicer General Anatomy list"
                "~SCT^49755003^Morphologically Altered Structure~SCT^52988006^Lesion~^^~"
                "Anatomic codes - DICOM master list~^^~^^")
+COMPARE_LAYOUT_ID = 5301  # a custom layout: input | reconstruction | heatmap, three axial views
+COMPARE_LAYOUT = "<layout type=\"horizontal\">" + "".join(
+    f"<item><view class=\"vtkMRMLSliceNode\" singletontag=\"{name}\">"
+    f"<property name=\"orientation\" action=\"default\">Axial</property>"
+    f"<property name=\"viewlabel\" action=\"default\">{label}</property>"
+    f"<property name=\"viewcolor\" action=\"default\">{colour}</property></view></item>"
+    for name, label, colour in (("Red", "Input", "#F34A33"), ("Yellow", "Healthy", "#EDD54C"),
+                                ("Green", "Heatmap", "#6EB04B"))) + "</layout>"
 TABLE_COLUMNS = ("Lesion", "Volume (mL)", "Max score", "Mean score", "R (mm)", "A (mm)", "S (mm)")
 
 
@@ -248,6 +256,13 @@ def show_overlay(scene, results: Results, opacity: float = 0.5) -> None:
     display = results.lesions.GetDisplayNode()
     display.SetVisibility2DFill(False)
     display.SetVisibility2DOutline(True)
+
+
+def register_compare_layout(layout_node) -> int:
+    """Add the compare layout to the layout node (once); returns its id for setLayout."""
+    if not layout_node.IsLayoutDescription(COMPARE_LAYOUT_ID):
+        layout_node.AddLayoutDescription(COMPARE_LAYOUT_ID, COMPARE_LAYOUT)
+    return COMPARE_LAYOUT_ID
 
 
 def lesion_position(results: Results, row_index: int) -> list[float]:
