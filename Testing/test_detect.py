@@ -87,11 +87,11 @@ def test_native_lesions_follow_the_threshold(tmp_path, atlas):
 
 def test_detect_errors(tmp_path, tiny_model):
     missing = subprocess.run([sys.executable, "-m", "maediff_core.cli", "detect", str(tmp_path / "none.nii.gz"),
-                              "-o", str(tmp_path), "--model", str(tiny_model)], capture_output=True, text=True)
+                              "-o", str(tmp_path), "--model", str(tiny_model)], capture_output=True, encoding="utf-8", errors="replace")
     assert missing.returncode == 2 and "no such file" in missing.stderr
     no_model = subprocess.run([sys.executable, "-m", "maediff_core.cli", "detect", str(tmp_path / "x.nii.gz"),
                                "-o", str(tmp_path), "--model", str(tmp_path / "absent.json")],
-                              capture_output=True, text=True)
+                              capture_output=True, encoding="utf-8", errors="replace")
     assert no_model.returncode == 2 and "model card not found" in no_model.stderr
     model, card = load_model(tiny_model)
     card.threshold = None

@@ -56,7 +56,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, healthy_prepared)
     process.wait()
     epoch = json.loads((folder / "last.json").read_text())["resume"]["epoch"]
     assert epoch >= 1
-    done = subprocess.run(command + ["--epochs", str(epoch + 1)], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command + ["--epochs", str(epoch + 1)], capture_output=True, encoding="utf-8", errors="replace", timeout=300)
     assert done.returncode == 0, done.stderr
     assert f"resuming {folder} at epoch {epoch}" in done.stdout
     assert json.loads((folder / "last.json").read_text())["resume"]["epoch"] == epoch + 1
@@ -77,7 +77,7 @@ def test_distributed_data_parallel_with_torchrun(tmp_path, healthy_prepared):
     done = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "maediff_core.cli", "train",
                            "--data", str(healthy_prepared), "--config", "pddpm-s48-small", "-o", str(folder),
                            "--epochs", "1", "--batch-size", "2", "--slices-per-volume", "2", "--device", "cpu"],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          capture_output=True, encoding="utf-8", errors="replace", timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     saved = json.loads((folder / "last.json").read_text())
     assert saved["card"]["training"]["world_size"] == 2 and saved["resume"]["step"] == 1  # 4 slices / 2 ranks / 2

@@ -272,7 +272,7 @@ def run_external_stripper(method: str, native: sitk.Image) -> sitk.Image:
         src, dst = Path(tmp) / "input.nii.gz", Path(tmp) / "brain.nii.gz"
         sitk.WriteImage(native, str(src))
         args = [part.format(input=src, output=dst) for part in command]
-        done = subprocess.run(args, capture_output=True, text=True)
+        done = subprocess.run(args, capture_output=True, encoding="utf-8", errors="replace")
         if done.returncode != 0:
             raise VolumeError(f"{command[0]} failed: {done.stderr.strip()[-500:]}")
         candidates = sorted(Path(tmp).glob("brain*mask*.nii.gz")) or [dst]

@@ -81,7 +81,7 @@ class DetectionProcess:
         popen_extra = ({"start_new_session": True} if os.name == "posix"
                        else {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP})
         self.process = subprocess.Popen(request.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        text=True, env=environment, **popen_extra)
+                                        encoding="utf-8", errors="replace", env=environment, **popen_extra)
         self.lines: queue.Queue[str] = queue.Queue()
         self.progress = Progress()
         self.cancelled = False
@@ -139,7 +139,7 @@ def query_device(timeout: float = 120.0) -> dict:
     """What the core sees: torch version, CUDA GPU name and memory (``maediff device``)."""
     environment = {**os.environ, "PYTHONPATH": str(core_root())}
     done = subprocess.run([python_executable(), "-m", "maediff_core.cli", "device"], capture_output=True,
-                          text=True, timeout=timeout, env=environment)
+                          encoding="utf-8", errors="replace", timeout=timeout, env=environment)
     if done.returncode != 0:
         return {"error": (done.stderr.strip().splitlines() or ["maediff device failed"])[-1]}
     return json.loads(done.stdout)
