@@ -127,14 +127,14 @@ def detection_run(tmp_path_factory, atlas, tiny_model):
     before = temp_input.read_bytes()
     process = DetectionProcess(DetectRequest(temp_input, folder / "work" / "out", model_path=tiny_model,
                                              device="cpu"))
-    events, deadline = [], time.time() + 900
+    deadline = time.time() + 900
     while process.running and time.time() < deadline:
-        progress = process.poll()
-        events.append((progress.stage, progress.fraction))
+        process.poll()
         time.sleep(0.1)
     ok, error = process.finished()
     assert ok, error
-    return {"scene": scene, "input": input_node, "phantom": phantom, "folder": folder, "events": events,
+    return {"scene": scene, "input": input_node, "phantom": phantom, "folder": folder,
+            "events": process.progress.events,
             "log": process.progress.log, "input_unchanged": temp_input.read_bytes() == before,
             "result_dir": folder / "work" / "out" / "input"}
 

@@ -66,7 +66,8 @@ class Progress:
     stage: str = "starting"
     fraction: float = 0.0
     message: str = ""
-    log: list[str] = field(default_factory=list)
+    events: list[tuple[str, float]] = field(default_factory=list)  # every (stage, fraction) seen
+    log: list[str] = field(default_factory=list)  # lines that were not progress
 
 
 class DetectionProcess:
@@ -104,6 +105,7 @@ class DetectionProcess:
                 self.progress.stage = event["stage"]
                 self.progress.fraction = float(event["fraction"])
                 self.progress.message = event.get("message", "")
+                self.progress.events.append((self.progress.stage, self.progress.fraction))
             except (json.JSONDecodeError, KeyError, TypeError, ValueError):
                 self.progress.log.append(line)
 
