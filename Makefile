@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/.torchinductor
 
-.PHONY: setup test demo clean-venv
+.PHONY: setup test demo demo-model clean-venv
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: setup
 
 demo: setup
 	$(PY) -m maediff_core.cli demo -o demo-output
+
+# Rebuilds the bundled demo model from phantoms (about 90 min on 2 cores); see the script.
+demo-model: setup
+	MAEDIFF="$(VENV)/bin/maediff" ./scripts/demo_model.sh
 
 clean-venv:
 	rm -rf $(VENV)

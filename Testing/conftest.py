@@ -77,7 +77,7 @@ def healthy_prepared(tmp_path_factory, atlas):
 
 # A MAEDiff with every part of the architecture, small enough to train in seconds.
 TINY = replace(get_config("maediff-small"), name="maediff-tiny",
-               unet=UNetConfig(channels=(32, 32, 32), res_blocks=1, head_channels=32),
+               unet=UNetConfig(channels=(32, 32, 32), res_blocks=1, attention=(False, False, True), head_channels=32),
                mae=MAEConfig(encoder_depth=2, encoder_width=64, encoder_heads=2, decoder_depth=2,
                              decoder_width=64, decoder_heads=2))
 FAST = TrainConfig(epochs=3, batch_size=4, slices_per_volume=4, val_slices=2, seed=1)
@@ -116,7 +116,7 @@ def detection_run(tmp_path_factory, atlas, tiny_model):
     folder = tmp_path_factory.mktemp("detection")
     phantom, _ = posed_phantom(atlas, "oblique", seed=31, kind="tumour", spacing=(1.0, 1.0, 2.0))
     path = write_volume(phantom.image, folder / "patient T2.nii.gz")
-    scene = new_scene()
+    scene = scene_lib.headless_scene()
     input_node = scene_lib.read_volume_node(scene, path, "patient T2")
     input_node.CreateDefaultDisplayNodes()
     # What Slicer's volume loader does: a window from the intensity distribution.
@@ -137,21 +137,6 @@ def detection_run(tmp_path_factory, atlas, tiny_model):
             "events": process.progress.events,
             "log": process.progress.log, "input_unchanged": temp_input.read_bytes() == before,
             "result_dir": folder / "work" / "out" / "input"}
-
-
-def new_scene():
-    """A scene with the application and colour logic that Slicer sets up (default colour tables)."""
-    import slicer
-
-    scene = slicer.vtkMRMLScene()
-    slicer.mrmlScene = scene
-    application = slicer.vtkSlicerApplicationLogic()
-    application.SetMRMLScene(scene)
-    colours = slicer.vtkSlicerColorLogic()
-    colours.SetMRMLScene(scene)
-    application.SetModuleLogic("Colors", colours)
-    new_scene.keep = (application, colours)  # the logic must outlive this call
-    return scene
 
 
 def write_dicom_series(image: sitk.Image, folder) -> list[str]:

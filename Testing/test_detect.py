@@ -100,3 +100,19 @@ def test_detect_errors(tmp_path, tiny_model):
 
     with pytest.raises(Exception, match="no decision threshold"):
         detect_file(tmp_path / "x.nii.gz", tmp_path, model, card)
+
+
+def test_demo_runs_the_whole_job_and_scores_it(tmp_path, tiny_model, capsys):
+    from maediff_core.demo import run_demo
+
+    summary = run_demo(tmp_path, tiny_model, "cpu", DetectConfig(stride=48))  # 4 patch positions: quick
+    case = tmp_path / "sample_t2"
+    for name in ("heatmap.nii.gz", "reconstruction.nii.gz", "lesions.nii.gz", "lesions.json"):
+        assert (case / name).is_file()
+    sample = sitk.ReadImage(str(tmp_path / "sample_t2.nii.gz"))
+    assert sitk.ReadImage(str(case / "heatmap.nii.gz")).GetSize() == sample.GetSize()
+    assert summary["truth_ml"] > 0 and 0.0 <= summary["dice"] <= 1.0
+    assert {"sample", "preprocess", "reconstruct", "write", "figure"} <= set(summary["timings_s"])
+    assert (tmp_path / "demo.png").stat().st_size > 10_000
+    printed = capsys.readouterr().out
+    assert "Dice against the known lesion" in printed and "reconstruct:" in printed

@@ -81,3 +81,21 @@ def test_distributed_data_parallel_with_torchrun(tmp_path, healthy_prepared):
     assert done.returncode == 0, done.stderr[-2000:]
     saved = json.loads((folder / "last.json").read_text())
     assert saved["card"]["training"]["world_size"] == 2 and saved["resume"]["step"] == 1  # 4 slices / 2 ranks / 2
+
+
+def test_publish_writes_weights_only_and_honest_cards(tmp_path, tiny_model):
+    recipe = tmp_path / "recipe.sh"
+    recipe.write_text("maediff train --config maediff-tiny\n")
+    out = subprocess.run([sys.executable, "-m", "maediff_core.cli", "publish", str(tiny_model), "-o",
+                          str(tmp_path / "release" / "tiny"), "--synthetic-data", "--recipe", str(recipe),
+                          "--description", "tiny test model"], capture_output=True, text=True,
+                         encoding="utf-8", errors="replace")
+    assert out.returncode == 0, out.stderr
+    weights = tmp_path / "release" / "tiny.safetensors"
+    assert all(not key.startswith(("optim.", "rng.")) for key in load_file(str(weights)))
+    model, card = load_model(weights)
+    assert card.description == "tiny test model" and card.training["synthetic_data"] is True
+    assert card.training["command"].startswith("maediff train") and card.threshold == 0.05
+    text = (tmp_path / "release" / "tiny.md").read_text()
+    assert "synthetic data" in text and "not be\nused for diagnosis" in text and "maediff prepare /data/IXI-T2" in text
+    assert "0.05" in text and "maediff train --config maediff-tiny" in text

@@ -170,10 +170,22 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
         update_readme(args.readme, table, "maediff " + " ".join(sys.argv[1:]))
 
 
+def cmd_publish(args: argparse.Namespace) -> None:
+    from .models import publish_model
+
+    notes = {"synthetic_data": args.synthetic_data}
+    if args.data:
+        notes["data"] = args.data
+    if args.recipe:
+        notes["command"] = Path(args.recipe).read_text()
+    for path in publish_model(args.model, args.output, args.description, notes):
+        print(path)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    run_demo(args.output)
+    run_demo(args.output, args.model, args.device)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -298,8 +310,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--readme", help="write the table into this README between the benchmark markers")
     p.set_defaults(func=cmd_benchmark)
 
-    p = sub.add_parser("demo", help="run the main job on a generated sample case")
+    p = sub.add_parser("publish", help="a trained model as a release: weights, JSON card and Markdown card")
+    p.add_argument("model", help="trained model, e.g. runs/NAME/best.json")
+    p.add_argument("-o", "--output", required=True, help="destination stem: writes STEM.safetensors/.json/.md")
+    p.add_argument("--description", required=True)
+    p.add_argument("--data", help="the training data, as the card should name it")
+    p.add_argument("--recipe", help="a text file with the commands that made the model")
+    p.add_argument("--synthetic-data", action="store_true", help="trained on phantoms: the card says so")
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("demo", help="the bundled demo model on a generated sample case, with a figure")
     p.add_argument("-o", "--output", default="demo-output")
+    p.add_argument("--model", help="model .json/.safetensors (default: the bundled demo model)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -139,7 +139,8 @@ def detect_file(path: str | Path, out_dir: str | Path, model: DiffusionNet, card
     progress("write", 0.0, "")
     out = Path(out_dir) / case_name(path)
     low, high = record["intensity_range"]
-    rec_native = sitk.Cast(to_native(rec * (high - low) + low, record), sitk.sitkFloat32)  # input's units
+    # In the input's units, and only where the model saw brain (the rest of the box is not a reconstruction).
+    rec_native = sitk.Cast(to_native(np.where(prepared.mask, rec * (high - low) + low, 0.0), record), sitk.sitkFloat32)
     write_volume(heat_native, out / "heatmap.nii.gz")
     write_volume(rec_native, out / "reconstruction.nii.gz")
     write_volume(labels_native, out / "lesions.nii.gz")

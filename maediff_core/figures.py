@@ -49,3 +49,41 @@ def phantom_montage(cases: list[tuple[str, sitk.Image, sitk.Image | None]], out:
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
+
+
+def detection_figure(image: sitk.Image, reconstruction: sitk.Image, heatmap: sitk.Image, lesions: sitk.Image,
+                     truth: sitk.Image | None, out: str | Path, rows: int = 3) -> Path:
+    """Input, reconstruction, heatmap overlay and lesions on ``rows`` axial slices of the input grid.
+
+    Slices go through the largest truth (or, without truth, detected) lesion area; detected
+    lesions are outlined in red and the truth in green.
+    """
+    array, spacing = _radiological(image)
+    recon, heat, found = (_radiological(v)[0] for v in (reconstruction, heatmap, lesions))
+    known = _radiological(truth)[0] > 0 if truth is not None else None
+    focus = known if known is not None and known.any() else found > 0
+    area = focus.reshape(focus.shape[0], -1).sum(1)
+    first, last = (np.flatnonzero(area)[[0, -1]] if area.any() else (0, array.shape[0] - 1))
+    picks = first + np.linspace(0.2, 0.8, rows) * (last - first)
+    vmax = float(np.percentile(array, 99.5))
+    heat_max = float(np.percentile(heat[heat > 0], 99.5)) if (heat > 0).any() else 1.0
+    fig, axes = plt.subplots(rows, 4, figsize=(12.8, 3.3 * rows), squeeze=False)
+    aspect = _axial_aspect(spacing)
+    for row, z in zip(axes, np.round(picks).astype(int)):
+        for ax, background in zip(row, (array, recon, array, array)):  # recon is in the input's units
+            ax.axis("off")
+            ax.imshow(background[z], cmap="gray", aspect=aspect, vmin=0, vmax=vmax)
+        row[2].imshow(np.ma.masked_less_equal(heat[z], 0), cmap="inferno", alpha=0.6, aspect=aspect,
+                      vmin=0, vmax=heat_max)
+        if found[z].any():
+            row[3].contour(found[z] > 0, levels=[0.5], colors="red", linewidths=0.9)
+        if known is not None and known[z].any():
+            row[3].contour(known[z], levels=[0.5], colors="lime", linewidths=0.9)
+        for ax, title in zip(row, ("input", "reconstruction", "anomaly heatmap", "lesions (red) / truth (green)")):
+            ax.set_title(f"{title}, z={z}", fontsize=9)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out

@@ -34,6 +34,20 @@ COMPARE_LAYOUT = "<layout type=\"horizontal\">" + "".join(
 TABLE_COLUMNS = ("Lesion", "Volume (mL)", "Max score", "Mean score", "R (mm)", "A (mm)", "S (mm)")
 
 
+def headless_scene():
+    """Outside the Slicer application (tests, scripts): a scene with the application and colour
+    logic that Slicer sets up, so that default colour tables exist."""
+    scene = slicer.vtkMRMLScene()
+    slicer.mrmlScene = scene
+    application = slicer.vtkSlicerApplicationLogic()
+    application.SetMRMLScene(scene)
+    colours = slicer.vtkSlicerColorLogic()
+    colours.SetMRMLScene(scene)
+    application.SetModuleLogic("Colors", colours)
+    headless_scene.keep = (application, colours)  # the logic must outlive this call
+    return scene
+
+
 @dataclass
 class Results:
     """The output nodes of one run and what the threshold slider needs to relabel them."""
