@@ -135,7 +135,8 @@ def test_patch_prediction_depends_on_the_visible_region():
 def test_named_configurations():
     assert {"maediff", "maediff-small", "pddpm-s48", "pddpm-s16", "anoddpm"} <= set(CONFIGS)
     small = get_config("maediff-small")
-    assert small.mae is not None and small.unet.attention == (False, True, True)
+    assert get_config("maediff").unet.attention == (False, True, True)  # paper Table 2
+    assert small.mae is not None and small.unet.attention == (False, False, True)  # CPU-sized: 24 x 24 only
     assert get_config("pddpm-s48").patch.stride == 48 and get_config("anoddpm").patch.whole_slice
     with pytest.raises(ValueError, match="unknown configuration"):
         get_config("maediff-huge")
