@@ -32,9 +32,10 @@ def run_demo(out_dir: str | Path, model_path: str | Path | None = None, device: 
     write_volume(sample.image, input_path)
     write_volume(sample.seg, out_dir / "sample_truth.nii.gz")
     lap("sample")
-    model, card = load_for_detection(model_path, pick_device(device))
+    torch_device = pick_device(device)
+    model, card = load_for_detection(model_path, torch_device)
     lap("load_model")
-    result = detect_file(input_path, out_dir, model, card, config, device=pick_device(device), progress=text_progress)
+    result = detect_file(input_path, out_dir, model, card, config, device=torch_device, progress=text_progress)
     lap("detect")  # its stages are timed inside
     case = out_dir / "sample_t2"
     found = read_volume(case / "lesions.nii.gz")

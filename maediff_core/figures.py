@@ -20,6 +20,15 @@ def _radiological(image: sitk.Image) -> tuple[np.ndarray, tuple[float, float]]:
     return sitk.GetArrayFromImage(oriented), (spacing[1], spacing[0])
 
 
+def _save(fig, out: str | Path, dpi: int) -> Path:
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    return out
+
+
 def _axial_aspect(spacing_yx: tuple[float, float]) -> float:
     return spacing_yx[0] / spacing_yx[1]
 
@@ -43,12 +52,7 @@ def phantom_montage(cases: list[tuple[str, sitk.Image, sitk.Image | None]], out:
         if labels is not None and labels[z].any():
             ax.contour(labels[z] > 0, levels=[0.5], colors="red", linewidths=0.8)
         ax.set_title(f"{name} z={z}", fontsize=9)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return _save(fig, out, dpi=90)
 
 
 def detection_figure(image: sitk.Image, reconstruction: sitk.Image, heatmap: sitk.Image, lesions: sitk.Image,
@@ -81,9 +85,4 @@ def detection_figure(image: sitk.Image, reconstruction: sitk.Image, heatmap: sit
             row[3].contour(known[z], levels=[0.5], colors="lime", linewidths=0.9)
         for ax, title in zip(row, ("input", "reconstruction", "anomaly heatmap", "lesions (red) / truth (green)")):
             ax.set_title(f"{title}, z={z}", fontsize=9)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
-    return out
+    return _save(fig, out, dpi=80)

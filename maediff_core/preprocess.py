@@ -211,8 +211,8 @@ def register_affine(moving: sitk.Image, atlas: Atlas, config: PreprocessConfig) 
     affine.SetMatrix(rigid.GetMatrix())
     affine.SetTranslation(rigid.GetTranslation())
     affine.SetCenter(rigid.GetCenter())
-    # At 8 mm the free scales drifted outwards onto the skull on 2 of 24 random poses (8-10 mm errors);
-    # from the rigid result the finer levels alone stay in the brain's basin.
+    # From the 8 mm pyramid level the free scales drifted onto the skull on 2 of 24 random poses
+    # (8-10 mm errors); from the rigid result the finer levels alone stay in the brain's basin.
     fine = slice(1, None) if len(config.registration_shrink) > 1 else slice(None)
     return run(affine, affine_region, config.registration_shrink[fine], config.registration_smoothing_mm[fine])
 
