@@ -86,7 +86,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     def cases(folder: str, split: str):
         names = select(split_of(folder), split) if args.use_splits else None
-        return load_prepared(folder, names)
+        return load_prepared(folder, names, limit=args.max_volumes)
 
     val = score_cases(cases(args.val, "val"), scorer)
     test = score_cases(cases(args.test, "test"), scorer)
@@ -242,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--healthy", help="prepared healthy set (l1, false-positive operating points)")
     p.add_argument("--use-splits", action="store_true",
                    help="take the 'val'/'test' rows of each folder's split.csv instead of all cases")
+    p.add_argument("--max-volumes", type=int, help="at most this many volumes of each set (quick CPU runs)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--t-test", type=int)
     p.add_argument("--stride", type=int)
@@ -303,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--methods", nargs="+")
     p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--slices-per-volume", type=int)
     p.add_argument("--eval-val", type=int, help="at most this many validation volumes per lesion set")
     p.add_argument("--eval-test", type=int, help="at most this many test volumes per lesion set")
     p.add_argument("--eval-healthy", type=int, help="at most this many healthy test volumes")

@@ -221,11 +221,12 @@ def _limit_threads(threads: int) -> None:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
 
 
-def load_prepared(out_dir: str | Path, names: list[str] | None = None) -> list[PreparedCase]:
-    """Cases from the cache (all prepared ones, or the named ones in that order)."""
+def load_prepared(out_dir: str | Path, names: list[str] | None = None, limit: int | None = None) -> list[PreparedCase]:
+    """Cases from the cache (all prepared ones, or the named ones in that order; the first ``limit``)."""
     out_dir = Path(out_dir)
     if names is None:
         names = sorted(p.parent.name for p in out_dir.glob("*/record.json"))
+    names = names[:limit] if limit else names
     if not names:
         raise VolumeError(f"{out_dir}: no prepared cases (run `maediff prepare` first)")
     cases = []
