@@ -7,7 +7,8 @@ from maediff_core.benchmark import README_END, README_START, markdown_table, upd
 
 def summary():
     metrics = {"dice_mean": 0.4231, "auprc_mean": 0.5, "l1_mean": 0.0123}
-    return {"config": {"healthy": 100, "tumour": 20, "ms": 20, "seed": 0, "minutes": 10.0, "batch_size": 32},
+    return {"config": {"healthy": 100, "tumour": 20, "ms": 20, "seed": 0, "minutes": 10.0, "batch_size": 16,
+                       "lr": 2e-4, "slices_per_volume": 8},
             "device": "CPU (x86_64, 2 cores, 2 threads)",
             "counts": {"tumour": {"val": 4, "test": 16}, "ms": {"val": 4, "test": 16}, "healthy_test": 28},
             "rows": [{"method": "thresh", "training": None, "tumour": {**metrics, "l1_mean": None},
@@ -20,7 +21,7 @@ def test_table_rows_in_per_cent():
     table = markdown_table(summary())
     assert "| thresh | 42.3 | 50.0 | 42.3 | 50.0 | - | 0.0 | - |" in table
     assert "| maediff-small | 42.3 | 50.0 | 42.3 | 50.0 | 12.3 | 140.2 | 12 epochs, 96 steps |" in table
-    assert "10 training minutes per method" in table
+    assert "10 training minutes per method, batch 16, learning rate 0.0002, 8 slices per volume" in table
 
 
 def test_readme_section_is_replaced(tmp_path):
