@@ -21,4 +21,4 @@ $MAEDIFF evaluate --model "$RUN/best.json" --val "$WORK/prepared/tumour" --test 
     --use-splits --max-volumes 6 --save-threshold -o "$WORK/eval/demo"
 $MAEDIFF publish "$RUN/best.json" -o Resources/models/maediff-small-demo --synthetic-data \
     --data "100 healthy T2 phantoms (maediff phantom healthy -n 100 --seed 0)" --recipe scripts/demo_model.sh \
-    --description "A CPU-sized MAEDiff (maediff-small) for the demo and the tests: it shows the whole product working, quickly, with no download."
+    --description "A CPU-sized MAEDiff (maediff-small) trained for 20 minutes on 2 CPU cores, for the demo and the tests: it runs the whole product with no download, but it is far from converged (blurred reconstructions) and does not beat a plain intensity threshold; see the evaluation in the README before trusting its lesions."
