@@ -10,9 +10,10 @@ from maediff_core.models import default_model_path, load_model, model_paths
 
 
 def test_bundled_demo_model_loads_and_its_card_is_honest():
-    weights, meta = model_paths(default_model_path())
+    path = default_model_path()
+    weights, meta = model_paths(path)
     assert weights.stat().st_size <= 25 * 2**20
-    model, card = load_model(default_model_path())  # strict: every tensor fits the configuration
+    model, card = load_model(path)  # strict: every tensor fits the configuration
     assert card.config.name == "maediff-small" and card.config.mae is not None
     assert card.threshold is not None and 0.0 < card.threshold < 1.0
     assert card.training["synthetic_data"] is True
