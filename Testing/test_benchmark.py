@@ -1,8 +1,13 @@
 """The benchmark's table and its place in the README (the full run is `maediff benchmark`)."""
 
-import pytest
+from dataclasses import replace
 
-from maediff_core.benchmark import README_END, README_START, markdown_table, update_readme
+import pytest
+from conftest import FAST, TINY
+
+from maediff_core.benchmark import README_END, README_START, BenchmarkConfig, markdown_table, trained_run, update_readme
+from maediff_core.train import Trainer
+from maediff_core.volume_io import VolumeError
 
 
 def summary():
@@ -33,3 +38,15 @@ def test_readme_section_is_replaced(tmp_path):
     readme.write_text("no markers")
     with pytest.raises(ValueError, match="benchmark:start"):
         update_readme(readme, "x", "y")
+
+
+def test_a_run_is_reused_only_under_the_budget_it_was_trained_for(tmp_path, healthy_prepared):
+    minutes = 0.001  # one epoch passes it
+    Trainer(TINY, replace(FAST, epochs=5, max_minutes=minutes), healthy_prepared, tmp_path / "runs" / "tiny").fit()
+    same = BenchmarkConfig(minutes=minutes, batch_size=FAST.batch_size, lr=FAST.lr,
+                           slices_per_volume=FAST.slices_per_volume, seed=FAST.seed)
+    assert trained_run("tiny", healthy_prepared, tmp_path, same) == tmp_path / "runs" / "tiny" / "best.json"
+    with pytest.raises(VolumeError, match="other max_minutes than"):
+        trained_run("tiny", healthy_prepared, tmp_path, replace(same, minutes=minutes / 2))
+    with pytest.raises(VolumeError, match="other lr than"):
+        trained_run("tiny", healthy_prepared, tmp_path, replace(same, lr=1e-3))

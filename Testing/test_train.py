@@ -67,6 +67,9 @@ def test_refuses_other_config_in_run_folder_and_lesion_data(tmp_path, healthy_pr
     other = Trainer(get_config("pddpm-s48-small"), replace(FAST, epochs=1), healthy_prepared, tmp_path / "run")
     with pytest.raises(VolumeError, match="another configuration"):
         other.resume()
+    faster = Trainer(TINY, replace(FAST, epochs=2, lr=1e-3), healthy_prepared, tmp_path / "run")
+    with pytest.raises(VolumeError, match=r"trained with lr 0\.0001 \(asked 0\.001\)"):
+        faster.resume()
     with pytest.raises(VolumeError, match="no prepared cases|split.csv"):
         Trainer(TINY, FAST, tmp_path / "empty", tmp_path / "x")
 

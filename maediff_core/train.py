@@ -28,6 +28,7 @@ from .networks import visible_cells
 from .volume_io import VolumeError, write_text_atomic
 
 MIN_BRAIN_FRACTION = 0.01  # slices with less brain than this carry no anatomy to learn
+RESUMED_SETTINGS = ("batch_size", "lr", "slices_per_volume", "fold", "seed")  # fixed for the life of a run
 
 
 @dataclass
@@ -147,6 +148,14 @@ class Trainer:
         saved = json.loads(meta.read_text())
         if ModelConfig.from_dict(saved["card"]["config"]) != self.config:
             raise VolumeError(f"{self.run_dir}: holds a run of another configuration; use a new folder or --restart")
+        # The optimiser (its learning rate included) and the data order resume as saved: other
+        # settings would be silently ignored.
+        done = saved["card"]["training"]
+        changed = [f"{key} {done.get(key)} (asked {getattr(self.train, key)})" for key in RESUMED_SETTINGS
+                   if done.get(key) != getattr(self.train, key)]
+        if changed:
+            raise VolumeError(f"{self.run_dir}: holds a run trained with {', '.join(changed)}; "
+                              "pass the same settings, or use a new folder or --restart")
         tensors = load_file(str(weights))
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         optim_state: dict = {}
