@@ -20,7 +20,7 @@ from .datasets import load_prepared, prepare_dataset, select, split_of
 from .detect import DetectConfig, load_for_detection
 from .evaluate import Scored, evaluate, intensity_scorer, model_scorer, score_cases
 from .phantom import write_phantom_set
-from .train import RESUMED_SETTINGS, TrainConfig, pick_device, train
+from .train import RESUMED_SETTINGS, TrainConfig, changed_settings, pick_device, train
 from .volume_io import VolumeError, write_text_atomic
 
 README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
@@ -68,7 +68,7 @@ def trained_run(method: str, healthy: Path, out: Path, config: BenchmarkConfig) 
     if last.is_file():
         done = json.loads(last.read_text())["card"]["training"]
         if done["seconds"] >= 60 * config.minutes:
-            differs = [key for key in ("max_minutes", *RESUMED_SETTINGS) if done.get(key) != getattr(settings, key)]
+            differs = changed_settings(done, settings, ("max_minutes", *RESUMED_SETTINGS))
             if differs:
                 raise VolumeError(f"{run_dir}: a run of {done['seconds'] / 60:.0f} minutes with other "
                                   f"{', '.join(differs)} than this benchmark's; benchmark into another folder (-o)")

@@ -57,6 +57,11 @@ def brain_slices(mask: np.ndarray) -> np.ndarray:
     return np.flatnonzero(fraction >= MIN_BRAIN_FRACTION)
 
 
+def changed_settings(saved: dict, config: TrainConfig, keys: tuple[str, ...] = RESUMED_SETTINGS) -> list[str]:
+    """Those of ``keys`` in which ``config`` differs from a saved run's training record."""
+    return [key for key in keys if saved.get(key) != getattr(config, key)]
+
+
 class SliceData:
     """All training slices in memory, as (volume, slice) pairs of brain-bearing slices."""
 
@@ -151,8 +156,8 @@ class Trainer:
         # The optimiser (its learning rate included) and the data order resume as saved: other
         # settings would be silently ignored.
         done = saved["card"]["training"]
-        changed = [f"{key} {done.get(key)} (asked {getattr(self.train, key)})" for key in RESUMED_SETTINGS
-                   if done.get(key) != getattr(self.train, key)]
+        changed = [f"{key} {done.get(key)} (asked {getattr(self.train, key)})"
+                   for key in changed_settings(done, self.train)]
         if changed:
             raise VolumeError(f"{self.run_dir}: holds a run trained with {', '.join(changed)}; "
                               "pass the same settings, or use a new folder or --restart")
