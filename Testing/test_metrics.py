@@ -1,10 +1,15 @@
-"""Metrics and post-processing against hand-computed cases."""
+"""Metrics, post-processing and the evaluation protocol against hand-computed cases."""
+
+import json
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from maediff_core.evaluate import Scored, evaluate
+from maediff_core.cli import main
+from maediff_core.datasets import PreparedCase
+from maediff_core.evaluate import Scored, choose_t_test, evaluate
+from maediff_core.models import ModelCard, card_markdown, load_card, with_operating_point
 from maediff_core.metrics import auprc, dice, fpr_thresholds, l1_error, search_threshold
 from maediff_core.postprocess import PostprocessConfig, erode_slices, lesion_labels, lesion_table, smooth_scores
 
@@ -109,3 +114,48 @@ def test_protocol_end_to_end_on_synthetic_scores():
     assert set(result["healthy_fpr"]) == {"1%", "5%", "10%"}
     with pytest.raises(ValueError, match="need a lesion segmentation"):
         evaluate([case("h", False)], [case("t")])
+
+
+def test_noise_level_is_chosen_on_validation_dice():
+    rng = np.random.default_rng(2)
+    mask = np.zeros((12, 32, 32), bool)
+    mask[1:11, 3:29, 3:29] = True
+    cases = []
+    for i in range(2):
+        truth = np.zeros_like(mask)
+        truth[3:9, 8 + i:20 + i, 8:20] = True
+        cases.append(PreparedCase(f"v{i}", rng.uniform(0, 1, mask.shape), mask, truth, {}))
+    # A stand-in reconstruction whose lesion contrast depends on the noise level: 300 is best.
+    contrast = {100: 0.05, 300: 0.6, 500: 0.3}
+    calls = []
+
+    def scorer_at(level):
+        calls.append(level)
+        return lambda case: (rng.uniform(0, 0.3, mask.shape) + contrast[level] * case.seg, None)
+
+    level, scored, dices = choose_t_test(cases, scorer_at, [100, 300, 500])
+    assert level == 300 and calls == [100, 300, 500] and [s.name for s in scored] == ["v0", "v1"]
+    assert dices[300] > dices[500] > dices[100] and dices[300] > 0.8
+    healthy = PreparedCase("h", cases[0].image, mask, None, {})
+    with pytest.raises(ValueError, match="need a lesion segmentation: h"):
+        choose_t_test([healthy], scorer_at, [100])
+
+
+def test_a_threshold_is_saved_with_its_reconstruction(tiny_model):
+    card = load_card(tiny_model)
+    saved = with_operating_point(card, 0.12, 150, 48, {"val": "tumour", "val_dice_pooled": 0.4,
+                                                       "t_test_val_dice_pooled": {"150": 0.4, "500": 0.3}})
+    again = ModelCard.from_dict(json.loads(json.dumps(saved.to_dict())))
+    assert "t_test 150 chosen on the same validation volumes, by pooled Dice: 150: 40.0 %, 500: 30.0 %" \
+        in card_markdown(again, 1.0)
+    assert again.threshold == 0.12 and again.config.diffusion.t_test == 150 and again.config.patch.stride == 48
+    assert again.training["threshold_from"]["val"] == "tumour" and "threshold_from" not in card.training
+    assert card.config.diffusion.t_test == 500 and card.config.patch.stride == 16  # the original is untouched
+    with pytest.raises(ValueError, match="stride 20 does not tile"):
+        with_operating_point(card, 0.12, 150, 20, {})
+
+
+def test_thresh_has_no_reconstruction_to_set(tmp_path, capsys):
+    data = ["--val", str(tmp_path), "--test", str(tmp_path)]
+    assert main(["evaluate", "--model", "thresh", *data, "--t-test", "100", "-o", str(tmp_path / "out")]) == 2
+    assert "'thresh' has none" in capsys.readouterr().err

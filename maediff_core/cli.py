@@ -72,35 +72,48 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .datasets import load_prepared, select, split_of
-    from .evaluate import evaluate, intensity_scorer, model_scorer, score_cases, write_report
+    from .evaluate import choose_t_test, evaluate, intensity_scorer, model_scorer, score_cases, write_report
+
+    def cases(folder: str, split: str):
+        names = select(split_of(folder), split) if args.use_splits else None
+        return load_prepared(folder, names, limit=args.max_volumes)
 
     if args.model == "thresh":
+        if args.t_test or args.stride:
+            raise ValueError("--t-test and --stride set a model's reconstruction; 'thresh' has none")
         scorer, card = intensity_scorer, None
+        val = score_cases(cases(args.val, "val"), scorer)
     else:
         from .detect import DetectConfig, load_for_detection
         from .train import pick_device
 
         device = pick_device(args.device)
         model, card = load_for_detection(args.model, device)
-        scorer = model_scorer(model, card, DetectConfig(t_test=args.t_test, stride=args.stride), device)
 
-    def cases(folder: str, split: str):
-        names = select(split_of(folder), split) if args.use_splits else None
-        return load_prepared(folder, names, limit=args.max_volumes)
+        def scorer_at(t_test: int | None):
+            return model_scorer(model, card, DetectConfig(t_test=t_test, stride=args.stride), device)
 
-    val = score_cases(cases(args.val, "val"), scorer)
+        t_test, val, level_dice = choose_t_test(cases(args.val, "val"), scorer_at, args.t_test or [None])
+        scorer = scorer_at(t_test)
     test = score_cases(cases(args.test, "test"), scorer)
     healthy = score_cases(cases(args.healthy, "test"), scorer) if args.healthy else []
     result = evaluate(val, test, healthy)
     result["model"] = args.model
+    if card is not None:
+        result["t_test"] = t_test or card.config.diffusion.t_test
+        result["stride"] = args.stride or card.config.patch.stride
+        if len(level_dice) > 1:
+            result["t_test_val_dice_pooled"] = level_dice
     paths = write_report(result, test, args.output, f"{args.model} on {Path(args.test).name}")
     if args.save_threshold and card is not None:
-        from .models import model_paths
+        from .models import model_paths, with_operating_point
 
-        card.threshold = result["threshold"]
-        card.training["threshold_from"] = {"val": str(args.val), "val_dice_pooled": result["val_dice_pooled"]}
+        chosen_on = {"val": str(args.val), "val_dice_pooled": result["val_dice_pooled"]}
+        if "t_test_val_dice_pooled" in result:
+            chosen_on["t_test_val_dice_pooled"] = result["t_test_val_dice_pooled"]
+        card = with_operating_point(card, result["threshold"], result["t_test"], result["stride"], chosen_on)
         write_text_atomic(json.dumps(card.to_dict(), indent=1) + "\n", model_paths(args.model)[1])
-        print(f"threshold {card.threshold:.4f} saved in {model_paths(args.model)[1]}")
+        print(f"threshold {card.threshold:.4f} and t_test {result['t_test']} saved in {model_paths(args.model)[1]}")
     print(f"Dice {100 * result['dice_mean']:.2f} % AUPRC {100 * result['auprc_mean']:.2f} % "
           f"(threshold {result['threshold']:.4f}); wrote {', '.join(str(p) for p in paths)}")
 
@@ -244,9 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="take the 'val'/'test' rows of each folder's split.csv instead of all cases")
     p.add_argument("--max-volumes", type=int, help="at most this many volumes of each set (quick CPU runs)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--t-test", type=int)
-    p.add_argument("--stride", type=int)
-    p.add_argument("--save-threshold", action="store_true", help="store the validation threshold in the model card")
+    p.add_argument("--t-test", type=int, nargs="+",
+                   help="noise level of the reconstruction (default: the model's); several: the one with the "
+                        "best validation Dice is used")
+    p.add_argument("--stride", type=int, help="patch stride (default: the model's)")
+    p.add_argument("--save-threshold", action="store_true",
+                   help="store the validation threshold, with the t_test and stride it holds for, in the model card")
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=cmd_evaluate)
 

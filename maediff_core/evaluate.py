@@ -55,20 +55,49 @@ def score_cases(cases: Sequence[PreparedCase], scorer: Scorer,
     return scored
 
 
+def _require_truth(name: str, missing: list[str]) -> None:
+    """``missing``: the cases without a lesion segmentation."""
+    if missing:
+        raise ValueError(f"{name} cases need a lesion segmentation: {', '.join(missing[:5])}")
+
+
+def best_threshold(val: Sequence[Scored], config: PostprocessConfig = PostprocessConfig()) -> tuple[float, float]:
+    """The threshold of the best pooled Dice on validation volumes, lesions filtered as at detection."""
+    return search_threshold([s.score for s in val], [s.truth for s in val],
+                            lambda score, threshold: lesion_labels(score, threshold, config) > 0)
+
+
+def choose_t_test(cases: Sequence[PreparedCase], scorer_at: Callable[[int | None], Scorer],
+                  levels: Sequence[int | None], config: PostprocessConfig = PostprocessConfig(),
+                  ) -> tuple[int | None, list[Scored], dict[int | None, float]]:
+    """The noise level of the reconstruction, chosen on the validation volumes like the threshold:
+    the level whose best pooled Dice is highest (the first given on a tie; None stands for the
+    model's own). Returns that level, the validation volumes scored at it, and every level's pooled Dice."""
+    if not levels:
+        raise ValueError("give at least one noise level")
+    _require_truth("validation", [c.name for c in cases if c.seg is None])
+    best: tuple[int | None, list[Scored]] | None = None
+    dices: dict[int | None, float] = {}
+    for level in levels:
+        scored = score_cases(cases, scorer_at(level), config)
+        dices[level] = best_threshold(scored, config)[1]
+        if best is None or dices[level] > dices[best[0]]:
+            best = (level, scored)
+    return best[0], best[1], dices
+
+
 def evaluate(val: Sequence[Scored], test: Sequence[Scored], healthy: Sequence[Scored] = (),
              config: PostprocessConfig = PostprocessConfig()) -> dict:
     """All numbers of the protocol as a JSON-ready dict (fractions, not per cent)."""
-    for name, group in (("validation", val), ("test", test)):
-        missing = [s.name for s in group if s.truth is None]
-        if missing:
-            raise ValueError(f"{name} cases need a lesion segmentation: {', '.join(missing[:5])}")
+    _require_truth("validation", [s.name for s in val if s.truth is None])
+    _require_truth("test", [s.name for s in test if s.truth is None])
     if not val or not test:
         raise ValueError("the protocol needs unhealthy validation and test cases")
 
     def binarise(score: np.ndarray, threshold: float) -> np.ndarray:
         return lesion_labels(score, threshold, config) > 0
 
-    threshold, val_dice = search_threshold([s.score for s in val], [s.truth for s in val], binarise)
+    threshold, val_dice = best_threshold(val, config)
     dices = [dice(binarise(s.score, threshold), s.truth) for s in test]
     auprcs = [auprc(s.score, s.truth) for s in test]
     result = {
@@ -98,6 +127,10 @@ def write_report(result: dict, test: Sequence[Scored], out_dir: str | Path, titl
              f"| Dice (test, mean +- std) | {100 * result['dice_mean']:.2f} +- {100 * result['dice_std']:.2f} % |",
              f"| AUPRC (test, mean +- std) | {100 * result['auprc_mean']:.2f} +- {100 * result['auprc_std']:.2f} % |",
              f"| threshold (val Dice search) | {result['threshold']:.4f} |"]
+    if "t_test" in result:
+        chosen = ", ".join(f"{t}: {100 * d:.1f} %" for t, d in result.get("t_test_val_dice_pooled", {}).items())
+        lines.append(f"| reconstruction | t_test {result['t_test']}, stride {result['stride']}"
+                     + (f" (val pooled Dice by t_test: {chosen}) |" if chosen else " |"))
     if result.get("l1_mean") is not None:
         lines.append(f"| l1 healthy (1e-3) | {1000 * result['l1_mean']:.2f} |")
     for rate, point in result.get("healthy_fpr", {}).items():

@@ -101,6 +101,15 @@ class ModelCard:
                    data.get("training", {}), data.get("description", ""))
 
 
+def with_operating_point(card: ModelCard, threshold: float, t_test: int, stride: int, chosen_on: dict) -> ModelCard:
+    """The card with a decision threshold and the reconstruction it was chosen for (a threshold
+    holds only for the t_test and stride that made the scores); ``chosen_on`` describes the data."""
+    config = card.config
+    config = replace(config, diffusion=replace(config.diffusion, t_test=t_test), patch=replace(config.patch, stride=stride))
+    config.patch.positions()  # the stride must tile the slice
+    return replace(card, config=config, threshold=threshold, training={**card.training, "threshold_from": chosen_on})
+
+
 def model_paths(path: str | Path) -> tuple[Path, Path]:
     """``x.safetensors`` and ``x.json`` for any of ``x``, ``x.safetensors`` or ``x.json``."""
     path = Path(path)
@@ -190,6 +199,12 @@ def card_markdown(card: ModelCard, weights_mb: float) -> str:
         f"- decision threshold: {card.threshold if card.threshold is not None else 'none (pass --threshold)'}"
         + (f", chosen on {t['threshold_from']['val']} (pooled validation Dice "
            f"{100 * t['threshold_from']['val_dice_pooled']:.1f} %)" if t.get("threshold_from") else ""),
+    ]
+    levels = t.get("threshold_from", {}).get("t_test_val_dice_pooled")
+    if levels:
+        lines.append(f"- t_test {c.diffusion.t_test} chosen on the same validation volumes, by pooled Dice: "
+                     + ", ".join(f"{level}: {100 * d:.1f} %" for level, d in levels.items()))
+    lines += [
         "",
         "## How it was trained",
         f"- data: {t.get('train_volumes', '?')} training and {t.get('val_volumes', '?')} validation volumes"
