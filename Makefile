@@ -24,7 +24,7 @@ test: setup
 demo: setup
 	$(PY) -m maediff_core.cli demo -o demo-output
 
-# Rebuilds the bundled demo model from phantoms (about 90 min on 2 cores); see the script.
+# Rebuilds the bundled demo model from phantoms (about 3 h on 2 cores); see the script.
 demo-model: setup
 	MAEDIFF="$(VENV)/bin/maediff" ./scripts/demo_model.sh
 
