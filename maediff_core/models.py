@@ -104,8 +104,8 @@ class ModelCard:
 def with_operating_point(card: ModelCard, threshold: float, t_test: int, stride: int, chosen_on: dict) -> ModelCard:
     """The card with a decision threshold and the reconstruction it was chosen for (a threshold
     holds only for the t_test and stride that made the scores); ``chosen_on`` describes the data."""
-    config = card.config
-    config = replace(config, diffusion=replace(config.diffusion, t_test=t_test), patch=replace(config.patch, stride=stride))
+    config = replace(card.config, diffusion=replace(card.config.diffusion, t_test=t_test),
+                     patch=replace(card.config.patch, stride=stride))
     config.patch.positions()  # the stride must tile the slice
     return replace(card, config=config, threshold=threshold, training={**card.training, "threshold_from": chosen_on})
 
