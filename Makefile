@@ -6,8 +6,11 @@ PY := $(VENV)/bin/python
 # torch works: `make TORCH_SPEC=torch test` (or install torch into .venv yourself first).
 TORCH_SPEC ?= torch==2.13.0
 export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/.torchinductor
+# Slicer releases the module supports; each has a test Python pinned to what it bundles.
+SLICER_RELEASES := 5.10 5.12
+MODULE_SOURCES := scripts/build_slicer_module.py $(shell git ls-files MAEDiffAnomaly maediff_core Resources/atlas Resources/models Resources/samples)
 
-.PHONY: setup test demo demo-model clean-venv
+.PHONY: setup test test-core test-slicer test-simpleitk23 demo demo-model sample slicer-module clean-venv
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -18,15 +21,54 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 setup: $(VENV)/.installed
 
-test: setup
+# The folder a user adds to Slicer (and its zip): the module with the core vendored into it.
+slicer-module: dist/MAEDiffAnomaly.zip
+dist/MAEDiffAnomaly.zip: $(MODULE_SOURCES)
+	$(PYTHON) scripts/build_slicer_module.py dist
+
+# A Python like Slicer <release>'s: its bundled packages at its versions, torch as the PyTorch
+# extension installs it, what the module's own installer adds, and the MRML library (slicer-core,
+# without vtk's matplotlib, which Slicer does not ship) plus pytest to run the tests.
+.venv-slicer-%/.installed: Testing/slicer_env/slicer-%.txt MAEDiffAnomaly/MAEDiffAnomalyLib/dependencies.py Makefile
+	rm -rf .venv-slicer-$*
+	$(PYTHON) -m venv .venv-slicer-$*
+	.venv-slicer-$*/bin/python -m pip install --quiet "$(TORCH_SPEC)" -r Testing/slicer_env/slicer-$*.txt
+	cd MAEDiffAnomaly && $(CURDIR)/.venv-slicer-$*/bin/python -m MAEDiffAnomalyLib.dependencies install detect
+	.venv-slicer-$*/bin/python -m pip install --quiet --no-deps slicer-core vtk==9.6.2
+	.venv-slicer-$*/bin/python -m pip install --quiet pytest
+	touch $@
+
+# SimpleITK 2.3 (Slicer 5.6/5.8's generation) for the registration, which must not depend on 2.4's API.
+.venv-simpleitk23/.installed: Makefile
+	rm -rf .venv-simpleitk23
+	$(PYTHON) -m venv .venv-simpleitk23
+	.venv-simpleitk23/bin/python -m pip install --quiet "SimpleITK==2.3.1" "numpy<2" pytest
+	touch $@
+
+test-core: setup
 	$(PY) -m pytest -q Testing
+
+test-slicer: dist/MAEDiffAnomaly.zip $(SLICER_RELEASES:%=.venv-slicer-%/.installed)
+	cd Testing/slicer_env && for release in $(SLICER_RELEASES); do \
+	  MAEDIFF_MODULE_DIR=$(CURDIR)/dist/MAEDiffAnomaly MAEDIFF_SLICER_RELEASE=$$release \
+	  $(CURDIR)/.venv-slicer-$$release/bin/python -m pytest -q . || exit 1; \
+	done
+
+test-simpleitk23: .venv-simpleitk23/.installed
+	cd Testing/simpleitk23 && $(CURDIR)/.venv-simpleitk23/bin/python -m pytest -q .
+
+test: test-core test-simpleitk23 test-slicer
 
 demo: setup
 	$(PY) -m maediff_core.cli demo -o demo-output
+
+# The bundled sample (Resources/samples): the tumour phantom of maediff_core.demo.SAMPLE_SEED.
+sample: setup
+	$(PY) -c "from maediff_core.demo import write_sample; print(*write_sample('Resources/samples'))"
 
 # Rebuilds the bundled demo model from phantoms (about 3 h on 2 cores); see the script.
 demo-model: setup
 	MAEDIFF="$(VENV)/bin/maediff" ./scripts/demo_model.sh
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) .venv-slicer-* .venv-simpleitk23

@@ -1,13 +1,15 @@
 """MAEDiff Anomaly: unsupervised anomaly detection in brain T2 MRI, one click from a loaded volume.
 
-The widget is thin: it keeps its state in a parameter node and hands the work to the logic, which
+The widget is thin: it keeps its inputs in a parameter node and hands the work to the logic, which
 calls MAEDiffAnomalyLib (scene building, the detection subprocess) and, through it, the core's
-``maediff detect`` command line.
+``maediff detect`` command line. The core is vendored beside this file (``maediff_core/``).
 """
 
+import hashlib
 import logging
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -15,7 +17,7 @@ import qt
 import slicer
 import vtk
 from MAEDiffAnomalyLib import dependencies, model_card, scene
-from MAEDiffAnomalyLib.runner import DetectionProcess, DetectRequest, core_root, query_device
+from MAEDiffAnomalyLib.runner import CoreProcess, DetectionProcess, DetectRequest, core_command, device_summary
 from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
@@ -26,9 +28,9 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-STAGES = {"starting": "Starting", "load": "Reading the volume", "preprocess": "Registration, brain mask, bias field",
-          "reconstruct": "Reconstructing a healthy brain", "postprocess": "Scores and lesions",
-          "write": "Writing results", "done": "Done"}
+from maediff_core.resources import SAMPLE_NAME, default_model_path, sample_paths
+
+MINIMUM_SLICER = (5, 10)  # Python 3.12 and SimpleITK 2.5; see the README's "Supported releases"
 
 
 class MAEDiffAnomaly(ScriptedLoadableModule):
@@ -42,25 +44,46 @@ class MAEDiffAnomaly(ScriptedLoadableModule):
             "Unsupervised anomaly detection in brain T2 MRI with a masked-autoencoder-enhanced patch "
             "diffusion model (MAEDiff). Select a T2 volume and click <b>Detect anomalies</b>: you get an "
             "anomaly heatmap, a reconstructed healthy volume and lesion candidates on the input's own grid."
-            " Research software, not for clinical use.")
+            " Try it on <i>Sample Data > MAEDiff Anomaly > MAEDiffT2Sample</i>. Needs 3D Slicer 5.10 or newer"
+            " and the PyTorch extension. Research software, not for clinical use.")
         self.parent.acknowledgementText = (
             "Method: Xiong et al., MAEDiff (2024), built on patched DDPMs (Behrendt et al., MIDL 2023). "
             "Bundled atlas: MNI ICBM152 2009a (McConnell Brain Imaging Centre).")
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData():
+    """The bundled sample T2 volume in the Sample Data module, loaded from the module's own folder
+    (a file URI: no network)."""
+    import SampleData
+
+    volume, _ = sample_paths()
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="MAEDiff Anomaly", sampleName=SAMPLE_NAME, uris=volume.as_uri(), fileNames=volume.name,
+        nodeNames=SAMPLE_NAME, thumbnailFileName=str(Path(__file__).parent / "Resources" / "Icons" / "MAEDiffAnomaly.png"),
+        loadFileType="VolumeFile", checksums=f"SHA256:{hashlib.sha256(volume.read_bytes()).hexdigest()}")
+
+
+def unset(path) -> bool:
+    """An empty path parameter (Slicer's default Path is ".")."""
+    return path is None or str(path) in ("", ".")
 
 
 @parameterNodeWrapper
 class MAEDiffAnomalyParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     brainMask: vtkMRMLLabelMapVolumeNode
-    modelPath: str = ""
+    modelPath: Path
     device: Annotated[str, Choice(["auto", "cuda", "cpu"])] = "auto"
     skullStripped: bool = False
     skipRegistration: bool = False
-    tTest: Annotated[int, WithinRange(1, 1000)] = 500
-    stride: Annotated[str, Choice(["16", "48"])] = "16"  # text, for the combo box binding
-    threshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.05
+    # 0 and "model's": the model card's operating point (what its threshold was chosen for).
+    tTest: Annotated[int, WithinRange(0, 1000)] = 0
+    stride: Annotated[str, Choice([model_card.MODEL_DEFAULT, "16", "48"])] = model_card.MODEL_DEFAULT
+    detectThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.0
     opacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     show3D: bool = False
+    exportFolder: Path
 
 
 class MAEDiffAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -70,11 +93,14 @@ class MAEDiffAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self.process = None
+        self.card = None  # the selected model's card (dict), None if unusable
+        self.run = None  # the detection under way
+        self.deviceQuery = None  # `maediff device` under way
         self.results = None
+        self.savedLayout = None  # the layout to go back to from the compare layout
         self.timer = qt.QTimer()
         self.timer.setInterval(250)
-        self.timer.timeout.connect(self.onPoll)
+        self.timer.connect("timeout()", self.onPoll)
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -90,31 +116,34 @@ class MAEDiffAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.thresholdSlider.connect("valueChanged(double)", self.onThresholdChanged)
         self.ui.opacitySlider.connect("valueChanged(double)", self.onOpacityChanged)
         self.ui.lesionTableView.connect("clicked(QModelIndex)", self.onLesionClicked)
-        self.ui.inspectButton.connect("clicked(bool)", self.onInspect)
+        self.ui.inspectButton.connect("toggled(bool)", self.onInspect)
         self.ui.exportButton.connect("clicked(bool)", self.onExport)
         self.ui.show3DCheckBox.connect("toggled(bool)", self.onShow3D)
-        self.ui.detectDeviceButton.connect("clicked(bool)", self.onDetectDevice)
-        # The threshold slider recomputes lesions (a second or so): only when the user lets go.
+        self.ui.detectDeviceButton.connect("clicked(bool)", self.onCheckDevice)
+        # Relabelling takes a fraction of a second: only when the user lets go of the slider.
         self.ui.thresholdSlider.tracking = False
         self.initializeParameterNode()
-        self.onModelChanged(self._parameterNode.modelPath)
+        if self.logic.slicerVersion() < MINIMUM_SLICER:
+            self.ui.statusLabel.text = (f"This module needs 3D Slicer {'.'.join(map(str, MINIMUM_SLICER))} or newer "
+                                        "(Python 3.12, SimpleITK 2.5).")
 
     def cleanup(self):
         self.cancel()
+        self.timer.stop()
+        self.logic.restoreLayout(self.savedLayout)
+        self.logic.removeAllResultFiles()
         self.removeObservers()
 
     def enter(self):
         self.initializeParameterNode()
 
     def exit(self):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+        self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event):
         self.cancel()
-        self.results = None
+        self.setResults(None)
+        self.logic.removeAllResultFiles()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
@@ -123,107 +152,151 @@ class MAEDiffAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def initializeParameterNode(self):
         self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputVolume:
+        parameters = self._parameterNode
+        if not parameters.inputVolume:
             first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if first and not first.GetAttribute(scene.ROLE):
-                self._parameterNode.inputVolume = first
-        if not self._parameterNode.modelPath:
-            self._parameterNode.modelPath = str(self.logic.defaultModelPath())
+                parameters.inputVolume = first
+        if unset(parameters.modelPath):
+            parameters.modelPath = default_model_path()
+        if unset(parameters.exportFolder):
+            parameters.exportFolder = self.logic.defaultExportFolder(parameters.inputVolume)
+        self.onModelChanged()
 
     def setParameterNode(self, parameterNode):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
         self._parameterNode = parameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
-            self.updateButtons()
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUI)
+        self.updateGUI()
 
-    def updateButtons(self, caller=None, event=None):
-        running = self.process is not None
+    def updateGUI(self, caller=None, event=None):
+        running = self.run is not None
+        parameters = self._parameterNode
         self.ui.applyButton.text = "Cancel" if running else "Detect anomalies"
-        self.ui.applyButton.enabled = running or bool(self._parameterNode and self._parameterNode.inputVolume)
+        self.ui.applyButton.enabled = running or bool(
+            parameters and parameters.inputVolume and self.card is not None
+            and self.logic.slicerVersion() >= MINIMUM_SLICER)
+        # The run's input, model and settings are fixed while it runs.
+        for widget in (self.ui.inputsCollapsibleButton, self.ui.preprocessingCollapsibleButton):
+            widget.enabled = not running
         for widget in (self.ui.thresholdSlider, self.ui.opacitySlider, self.ui.inspectButton,
-                       self.ui.exportButton, self.ui.show3DCheckBox):
+                       self.ui.exportButton, self.ui.show3DCheckBox, self.ui.lesionTableView):
             widget.enabled = self.results is not None and not running
 
     # -- model and device ------------------------------------------------------------------
-    def onModelChanged(self, path):
+    def onModelChanged(self, path=None):
         try:
-            card = model_card.read_card(path)
+            self.card = model_card.read_card(self._parameterNode.modelPath)
         except (OSError, ValueError) as error:
+            self.card = None
             self.ui.modelCardLabel.text = f"No usable model: {error}"
             self.ui.syntheticWarningLabel.visible = False
+            self.updateGUI()
             return
-        self.ui.modelCardLabel.text = model_card.summary(card)
-        self.ui.syntheticWarningLabel.visible = model_card.is_synthetic(card)
-        if card.get("threshold") is not None:
-            self._parameterNode.threshold = card["threshold"]
-        self._parameterNode.tTest = card["config"]["diffusion"]["t_test"]
+        point = model_card.operating_point(self.card)
+        self.ui.modelCardLabel.text = model_card.summary(self.card)
+        self.ui.syntheticWarningLabel.visible = model_card.is_synthetic(self.card)
+        self.ui.tTestSpinBox.specialValueText = f"model's ({point['t_test']})"
+        self.ui.strideComboBox.setItemText(0, f"model's ({point['stride']})")
+        self.ui.strideComboBox.enabled = not point["whole_slice"]
+        self.ui.detectThresholdSpinBox.specialValueText = (
+            f"model's ({point['threshold']:.4f})" if point["threshold"] is not None else "none in the model: set one")
+        self.updateGUI()
 
-    def onDetectDevice(self):
+    def onCheckDevice(self):
+        if self.deviceQuery is not None:
+            return
         with slicer.util.tryWithErrorDisplay("Could not query the compute device.", waitCursor=True):
-            if not self.logic.ensureRequirements():
+            if not self.logic.ensureTorch(self._parameterNode.device):
                 return
-            info = query_device()
-        if "error" in info:
-            self.ui.deviceInfoLabel.text = info["error"]
-        elif info.get("cuda"):
-            self.ui.deviceInfoLabel.text = f"GPU: {info['name']} ({info['memory_gb']} GB), torch {info['torch']}"
-        else:
-            self.ui.deviceInfoLabel.text = f"No CUDA GPU: runs on the CPU (slow), torch {info['torch']}"
+            self.deviceQuery = self.logic.startDeviceQuery()
+            self.ui.deviceInfoLabel.text = "Asking PyTorch which devices it sees..."
+            self.timer.start()
 
     # -- running ---------------------------------------------------------------------------
     def onApplyButton(self):
-        if self.process is not None:
+        if self.run is not None:
             self.cancel()
             return
-        if not self.logic.ensureRequirements():
-            return
-        with slicer.util.tryWithErrorDisplay("Could not start the detection.", waitCursor=True):
-            self.process = self.logic.startDetection(self._parameterNode)
-            self.ui.progressBar.value = 0
-            self.ui.statusLabel.text = STAGES["starting"]
-            self.timer.start()
-        self.updateButtons()
+        try:
+            with slicer.util.tryWithErrorDisplay("Could not start the detection.", waitCursor=True):
+                if not (self.logic.ensureTorch(self._parameterNode.device) and self.logic.ensurePackages("detect")):
+                    return
+                self.run = self.logic.startDetection(self._parameterNode, self.card)
+                self.ui.progressBar.value = 0
+                self.ui.logTextEdit.clear()
+                self.ui.statusLabel.text = self.run.process.progress.text
+                self.timer.start()
+        finally:
+            self.updateGUI()
 
     def onPoll(self):
-        progress = self.process.poll()
-        self.ui.progressBar.value = int(100 * progress.fraction)
-        self.ui.statusLabel.text = f"{STAGES.get(progress.stage, progress.stage)} {progress.message}".strip()
-        if self.process.running:
-            return
-        self.timer.stop()
-        process, self.process = self.process, None
-        ok, error = process.finished()
-        for line in progress.log:
-            logging.info(line)
-        if ok:
-            with slicer.util.tryWithErrorDisplay("Could not load the results.", waitCursor=True):
-                self.results = self.logic.finishDetection(self._parameterNode, process)
-                self.ui.lesionTableView.setMRMLTableNode(self.results.table)
-                self.ui.statusLabel.text = f"{len(self.results.rows)} lesion candidate(s)"
-        elif error != "cancelled":
-            slicer.util.errorDisplay("Anomaly detection failed.", detailedText=error)
-            self.ui.statusLabel.text = "Failed: see the details"
-        self.logic.removeWorkFolder(process)
-        self.updateButtons()
+        if self.deviceQuery is not None and not self.deviceQuery.running:
+            query, self.deviceQuery = self.deviceQuery, None
+            query.wait()
+            self.ui.deviceInfoLabel.text = (device_summary(query.output) if query.process.returncode == 0
+                                            else "Could not query the device: " + query.error_text())
+        if self.run is not None:
+            for line in self.run.process.poll():
+                self.ui.logTextEdit.appendPlainText(line)
+            progress = self.run.process.progress
+            self.ui.progressBar.value = round(100 * progress.fraction)
+            self.ui.statusLabel.text = progress.text
+            if not self.run.process.running:
+                self.finishRun()
+        if self.run is None and self.deviceQuery is None:
+            self.timer.stop()
+
+    def finishRun(self):
+        run, self.run = self.run, None
+        try:
+            ok, error = run.process.finished()
+            for line in run.process.poll():
+                self.ui.logTextEdit.appendPlainText(line)
+            if ok:
+                with slicer.util.tryWithErrorDisplay("Could not load the results.", waitCursor=True):
+                    self.setResults(self.logic.finishDetection(run, self._parameterNode.opacity))
+                    self.ui.progressBar.value = 100
+                    self.ui.statusLabel.text = f"{len(self.results.rows)} lesion candidate(s) in {run.placement.name}"
+            elif error == "cancelled":
+                self.ui.progressBar.value = 0
+                self.ui.statusLabel.text = "Cancelled"
+            else:
+                self.ui.statusLabel.text = "Detection failed: see the log below"
+                self.ui.logCollapsibleButton.collapsed = False
+                slicer.util.errorDisplay("Anomaly detection failed.", detailedText=error)
+        finally:
+            self.logic.removeWorkFolder(run)
+            self.updateGUI()
 
     def cancel(self):
-        if self.process is None:
-            return
-        self.timer.stop()
-        self.process.cancel()
-        self.logic.removeWorkFolder(self.process)
-        self.process = None
-        self.ui.statusLabel.text = "Cancelled"
-        self.ui.progressBar.value = 0
-        self.updateButtons()
+        if self.run is not None:
+            self.run.process.cancel()
+            self.finishRun()
 
     # -- results ---------------------------------------------------------------------------
+    def setResults(self, results):
+        if self.results is not None and (results is None or results.input is self.results.input):
+            self.logic.removeResultFiles(self.results)  # its nodes were replaced or the scene closed
+        self.results = results
+        if results is not None:
+            self.ui.lesionTableView.setMRMLTableNode(results.table)
+            low, high = results.threshold_range()
+            slider = self.ui.thresholdSlider
+            wasBlocked = slider.blockSignals(True)
+            slider.minimum, slider.maximum = low, high
+            slider.singleStep = (high - low) / 1000
+            slider.value = results.threshold
+            slider.blockSignals(wasBlocked)
+        self.updateGUI()
+
     def onThresholdChanged(self, value):
-        if self.results is not None and self.process is None:
+        if self.results is not None and self.run is None:
             with slicer.util.tryWithErrorDisplay("Could not update the lesions.", waitCursor=True):
                 rows = scene.update_threshold(slicer.mrmlScene, self.results, value)
                 self.ui.statusLabel.text = f"{len(rows)} lesion candidate(s) at threshold {value:.4f}"
@@ -234,11 +307,14 @@ class MAEDiffAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onLesionClicked(self, index):
         if self.results is not None and index.row() < len(self.results.rows):
-            ras = scene.lesion_position(self.results, index.row())
-            slicer.modules.markups.logic().JumpSlicesToLocation(*ras, True)
+            slicer.modules.markups.logic().JumpSlicesToLocation(*scene.lesion_position(self.results, index.row()), True)
 
-    def onInspect(self):
-        self.logic.showCompareLayout(self.results)
+    def onInspect(self, show):
+        if show and self.results is not None:
+            self.savedLayout = self.logic.showCompareLayout(self.results)
+        elif not show:
+            self.logic.restoreLayout(self.savedLayout)
+            self.savedLayout = None
 
     def onShow3D(self, show):
         if self.results is None:
@@ -248,96 +324,173 @@ class MAEDiffAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.results.lesions.GetDisplayNode().SetVisibility3D(show)
 
     def onExport(self):
-        folder = self.ui.exportDirectoryButton.directory
         with slicer.util.tryWithErrorDisplay("Export failed.", waitCursor=True):
-            written = scene.export_results(slicer.mrmlScene, self.results, folder,
-                                           self.logic.dicomFiles(self.results.input))
-            self.ui.statusLabel.text = "Exported: " + ", ".join(p.name for p in written)
+            dicomFiles = self.logic.dicomFiles(self.results.input)
+            unavailable = dependencies.dicom_seg_unavailable() if dicomFiles else None
+            if dicomFiles and not unavailable and not self.logic.ensurePackages("export"):
+                unavailable = "highdicom, the DICOM SEG writer, was not installed"
+            report = scene.export_results(slicer.mrmlScene, self.results, self._parameterNode.exportFolder,
+                                          dicomFiles, unavailable)
+            self.ui.statusLabel.text = report.text()
+            if report.skipped:
+                slicer.util.infoDisplay("Export finished; some files were not written.", detailedText=report.text())
+
+
+@dataclass
+class Run:
+    """A detection under way: its process, where its input sat when it started, its work folder."""
+
+    process: DetectionProcess
+    placement: scene.Placement
+    work: Path
 
 
 class MAEDiffAnomalyLogic(ScriptedLoadableModuleLogic):
-    """Module logic: thin wrappers that give MAEDiffAnomalyLib what Slicer holds."""
+    """Module logic: what Slicer holds (scene, settings, its Python) handed to MAEDiffAnomalyLib."""
 
     def getParameterNode(self):
         return MAEDiffAnomalyParameterNode(super().getParameterNode())
 
     @staticmethod
-    def defaultModelPath() -> Path:
-        return core_root() / "Resources" / "models" / "maediff-small-demo.json"
+    def slicerVersion():
+        return slicer.app.majorVersion, slicer.app.minorVersion
 
-    def ensureRequirements(self) -> bool:
-        """torch from the PyTorch extension, the rest from pip, each after asking."""
-        if not dependencies.torch_available():
-            try:
-                import PyTorchUtils
-            except ImportError:
-                slicer.util.errorDisplay("This module needs PyTorch: install the 'PyTorch' extension "
-                                         "from the Extensions Manager and restart Slicer.")
-                return False
-            if not slicer.util.confirmOkCancelDisplay("PyTorch is not installed. Install it now "
-                                                      "(several GB for a GPU build)?"):
-                return False
-            if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
-                slicer.util.errorDisplay("PyTorch could not be installed; see the log.")
-                return False
-        missing = dependencies.missing_packages()
-        if missing:
-            if not slicer.util.confirmOkCancelDisplay(
-                    f"This module needs these Python packages: {', '.join(missing)}. Install them now?"):
-                return False
-            with slicer.util.WaitCursor():
-                for arguments in dependencies.pip_arguments(missing):
-                    slicer.util.pip_install(arguments)
+    @staticmethod
+    def pythonExecutable() -> str:
+        """PythonSlicer: Slicer's Python without the GUI. Never ``sys.executable``: inside Slicer
+        that is the Slicer application itself."""
+        python = shutil.which("PythonSlicer")
+        if python is None:
+            raise RuntimeError("PythonSlicer was not found on Slicer's PATH; reinstall 3D Slicer.")
+        return python
+
+    @staticmethod
+    def launch(args, environment):
+        """Slicer's startup environment (not the running application's), no console window on Windows."""
+        return slicer.util.launchConsoleProcess(args, updateEnvironment=environment)
+
+    @staticmethod
+    def ensureTorch(device: str) -> bool:
+        """torch from the PyTorch extension: the CPU build if the user chose the CPU, else the one
+        that fits the GPU driver. Asks first."""
+        if dependencies.torch_available():
+            return True
+        try:
+            import PyTorchUtils
+        except ImportError:
+            slicer.util.errorDisplay("This module needs PyTorch: install the 'PyTorch' extension from the "
+                                     "Extensions Manager, restart Slicer, and click again.")
+            return False
+        backend = "cpu" if device == "cpu" else None
+        if not slicer.util.confirmOkCancelDisplay(
+                "PyTorch is not installed. Install it now? A GPU build is several GB; choose Device 'cpu' "
+                "first for the smaller CPU build."):
+            return False
+        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+            askConfirmation=False, forceComputationBackend=backend,
+            torchVersionRequirement=dependencies.TORCH_REQUIREMENT)
+        if torch is None:
+            slicer.util.errorDisplay("PyTorch could not be installed; see the Python console.")
+            return False
         return True
 
-    def startDetection(self, parameters) -> DetectionProcess:
+    @staticmethod
+    def ensurePackages(group: str) -> bool:
+        """The pip packages of ``group`` ('detect' or 'export'), after asking; Slicer's own packages stay."""
+        missing = dependencies.missing(group)
+        if not missing:
+            return True
+        purpose = "detection" if group == "detect" else "DICOM SEG export"
+        if not slicer.util.confirmOkCancelDisplay(
+                f"{purpose.capitalize()} needs these Python packages: {', '.join(missing)}. Install them now?"):
+            return False
+        with slicer.util.WaitCursor():
+            for arguments in dependencies.pip_arguments(group, missing):
+                slicer.util.pip_install(arguments)
+        return not dependencies.missing(group)
+
+    def startDetection(self, parameters, card) -> Run:
         inputVolume = parameters.inputVolume
         if inputVolume is None:
             raise ValueError("Select a T2 volume first.")
+        if card is None:
+            raise ValueError("Select a usable model first.")
+        override = model_card.overrides(parameters.tTest, parameters.stride, parameters.detectThreshold)
+        if override["threshold"] is None and model_card.operating_point(card)["threshold"] is None:
+            raise ValueError("This model has no decision threshold: set one under Advanced > Detection threshold, "
+                             "or choose a model evaluated with `maediff evaluate --save-threshold`.")
+        placement = scene.Placement.of(slicer.mrmlScene, inputVolume)
         work = Path(tempfile.mkdtemp(prefix="MAEDiffAnomaly-"))
-        inputPath = scene.write_node(slicer.mrmlScene, inputVolume, work / "input.nrrd")
-        maskPath = None
-        if parameters.brainMask is not None:
-            maskPath = scene.write_node(slicer.mrmlScene, parameters.brainMask, work / "mask.nrrd")
-        request = DetectRequest(
-            input_path=inputPath, output_dir=work / "output", model_path=Path(parameters.modelPath),
-            device=parameters.device, mask_path=maskPath,
-            mask_method="file" if maskPath else ("skull-stripped" if parameters.skullStripped else None),
-            no_register=parameters.skipRegistration, t_test=parameters.tTest, stride=int(parameters.stride),
-            threshold=parameters.threshold)
-        process = DetectionProcess(request)
-        process.work = work
-        return process
+        try:
+            inputPath = scene.write_node(slicer.mrmlScene, inputVolume, work / "input.nrrd")
+            maskPath = None
+            if parameters.brainMask is not None:
+                maskPath = scene.write_node(slicer.mrmlScene, parameters.brainMask, work / "mask.nrrd")
+            request = DetectRequest(
+                input_path=inputPath, output_dir=work / "output", model_path=Path(parameters.modelPath),
+                device=parameters.device, mask_path=maskPath,
+                mask_method="file" if maskPath else ("skull-stripped" if parameters.skullStripped else None),
+                no_register=parameters.skipRegistration, **override)
+            process = DetectionProcess(request, self.pythonExecutable(), self.launch)
+        except Exception:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        return Run(process, placement, work)
 
-    def finishDetection(self, parameters, process):
-        resultDir = process.request.output_dir / "input"
-        kept = Path(slicer.app.temporaryPath) / "MAEDiffAnomaly" / parameters.inputVolume.GetID()
-        if kept.exists():
-            shutil.rmtree(kept)
-        shutil.copytree(resultDir, kept)  # the slider and export read from here after cleanup
-        results = scene.load_results(slicer.mrmlScene, parameters.inputVolume, kept)
-        scene.show_overlay(slicer.mrmlScene, results, parameters.opacity)
-        parameters.threshold = results.threshold
+    def finishDetection(self, run: Run, opacity: float):
+        kept = Path(tempfile.mkdtemp(prefix="run-", dir=self.resultsRoot()))
+        shutil.copytree(run.process.result_dir, kept, dirs_exist_ok=True)  # the slider and export read it later
+        try:
+            results = scene.load_results(slicer.mrmlScene, run.placement, kept)
+        except Exception:
+            shutil.rmtree(kept, ignore_errors=True)
+            raise
+        scene.show_overlay(slicer.mrmlScene, results, opacity)
         return results
 
+    def startDeviceQuery(self) -> CoreProcess:
+        return CoreProcess(core_command(self.pythonExecutable(), "device"), self.launch)
+
     @staticmethod
-    def removeWorkFolder(process):
-        work = getattr(process, "work", None)
-        if work is not None and work.exists():
-            shutil.rmtree(work, ignore_errors=True)
+    def removeWorkFolder(run: Run):
+        shutil.rmtree(run.work, ignore_errors=True)
+
+    @staticmethod
+    def resultsRoot() -> Path:
+        root = Path(slicer.app.temporaryPath) / "MAEDiffAnomaly"
+        root.mkdir(parents=True, exist_ok=True)
+        return root
+
+    @staticmethod
+    def removeResultFiles(results):
+        shutil.rmtree(results.result_dir, ignore_errors=True)
+
+    def removeAllResultFiles(self):
+        shutil.rmtree(self.resultsRoot(), ignore_errors=True)
+
+    @staticmethod
+    def defaultExportFolder(volumeNode) -> Path:
+        """Beside the input's file if it has one, else Slicer's default save folder."""
+        storage = volumeNode.GetStorageNode() if volumeNode is not None else None
+        if storage is not None and storage.GetFileName():
+            return Path(storage.GetFileName()).parent
+        return Path(slicer.app.defaultScenePath)
 
     @staticmethod
     def dicomFiles(volumeNode):
-        """Source DICOM files of a volume loaded from the DICOM database, else None."""
+        """Source DICOM files of a volume loaded from the DICOM database, in the series' own
+        instance order (one per slice, as Slicer loaded them), else None."""
         uids = volumeNode.GetAttribute("DICOM.instanceUIDs")
-        if not uids or not hasattr(slicer, "dicomDatabase") or slicer.dicomDatabase is None:
+        if not uids or getattr(slicer, "dicomDatabase", None) is None:
             return None
         return [slicer.dicomDatabase.fileForInstance(uid) for uid in uids.split()]
 
     @staticmethod
     def showCompareLayout(results):
-        """Input | reconstruction | heatmap side by side, with linked slice views."""
+        """Input | reconstruction | heatmap side by side, with linked slice views. Returns what
+        ``restoreLayout`` needs to undo it."""
         layoutManager = slicer.app.layoutManager()
+        saved = {"layout": layoutManager.layout, "linked": {}}
         layoutManager.setLayout(scene.register_compare_layout(layoutManager.layoutLogic().GetLayoutNode()))
         volumes = [results.input, results.reconstruction, results.input]
         foregrounds = [None, None, results.heatmap]
@@ -345,50 +498,69 @@ class MAEDiffAnomalyLogic(ScriptedLoadableModuleLogic):
             widget = layoutManager.sliceWidget(name)
             widget.mrmlSliceNode().SetOrientation("Axial")
             composite = widget.mrmlSliceCompositeNode()
+            saved["linked"][name] = composite.GetLinkedControl()
             composite.SetBackgroundVolumeID(background.GetID())
             composite.SetForegroundVolumeID(foreground.GetID() if foreground else None)
             composite.SetForegroundOpacity(0.5 if foreground else 0.0)
             composite.SetLinkedControl(True)
             widget.sliceLogic().FitSliceToAll()
+        return saved
+
+    @staticmethod
+    def restoreLayout(saved):
+        """Back to the layout and view links from before ``showCompareLayout``."""
+        if not saved:
+            return
+        layoutManager = slicer.app.layoutManager()
+        for name, linked in saved["linked"].items():
+            widget = layoutManager.sliceWidget(name)
+            if widget is not None:
+                widget.mrmlSliceCompositeNode().SetLinkedControl(linked)
+        layoutManager.setLayout(saved["layout"])
 
 
 class MAEDiffAnomalyTest(ScriptedLoadableModuleTest):
-    """Runs inside Slicer (ctest): the bundled demo model on a generated phantom with a tumour."""
+    """Runs inside Slicer (ctest): the bundled demo model on the bundled sample, checked against its
+    known lesion."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
-        self.test_detect_on_phantom()
+        self.test_detect_on_sample()
 
-    def test_detect_on_phantom(self):
-        self.delayDisplay("Generating a phantom with a tumour")
-        from maediff_core.phantom import make_phantom
-        from maediff_core.volume_io import write_volume
+    def test_detect_on_sample(self):
+        import numpy as np
+        import SampleData
 
-        work = Path(tempfile.mkdtemp(prefix="MAEDiffAnomalyTest-"))
-        phantom = make_phantom("tumour", 7)
-        volume = slicer.util.loadVolume(str(write_volume(phantom.image, work / "phantom.nii.gz")))
+        self.delayDisplay("Loading the sample from Sample Data")
+        registerSampleData()
+        volume = SampleData.SampleDataLogic().downloadSample(SAMPLE_NAME)
+        truth = slicer.util.loadLabelVolume(str(sample_paths()[1]))
         logic = MAEDiffAnomalyLogic()
         parameters = logic.getParameterNode()
         parameters.inputVolume = volume
-        parameters.modelPath = str(logic.defaultModelPath())
+        parameters.modelPath = default_model_path()
         parameters.device = "cpu"
-        self.delayDisplay("Running maediff detect")
-        process = logic.startDetection(parameters)
-        while process.running:
+        card = model_card.read_card(parameters.modelPath)
+        self.delayDisplay("Running maediff detect (about 2 minutes on a CPU)")
+        run = logic.startDetection(parameters, card)
+        while run.process.running:
             slicer.app.processEvents()
-            process.poll()
-        ok, error = process.finished()
+            run.process.poll()
+        ok, error = run.process.finished()
         self.assertTrue(ok, error)
-        results = logic.finishDetection(parameters, process)
-        logic.removeWorkFolder(process)
+        results = logic.finishDetection(run, 0.5)
+        logic.removeWorkFolder(run)
         self.assertEqual(results.heatmap.GetImageData().GetDimensions(), volume.GetImageData().GetDimensions())
         self.assertEqual(results.table.GetTable().GetNumberOfRows(), len(results.rows))
-        voxels = sum(row["voxels"] for row in results.rows)
+        found = scene.lesion_label_array(results) > 0
+        known = slicer.util.arrayFromVolume(truth) > 0
+        dice = 2 * np.count_nonzero(found & known) / (np.count_nonzero(found) + np.count_nonzero(known))
+        logging.info(f"Dice against the sample's known lesion: {dice:.3f}")
+        self.assertGreater(dice, 0.05)  # the bundled model: 0.15 (README); a lesion candidate sits on it
         stricter = scene.update_threshold(slicer.mrmlScene, results, results.threshold * 2)
-        self.assertLessEqual(sum(row["voxels"] for row in stricter), voxels)
-        self.assertEqual(results.lesions.GetSegmentation().GetNumberOfSegments(), len(stricter))
-        shutil.rmtree(work, ignore_errors=True)
+        self.assertLessEqual(sum(r["voxels"] for r in stricter), sum(r["voxels"] for r in results.rows) or 0)
+        logic.removeResultFiles(results)
         self.delayDisplay("Test passed")

@@ -103,62 +103,31 @@ def tiny_model(tmp_path_factory, healthy_prepared):
 
 @pytest.fixture(scope="session")
 def detection_run(tmp_path_factory, atlas, tiny_model):
-    """One real `maediff detect` subprocess, started as the Slicer module starts it: a phantom
-    tumour loaded into an MRML scene, written to a temporary file, detected by the tiny model."""
+    """One real `maediff detect --progress json` subprocess, read through the Slicer module's runner:
+    a skull-stripped phantom tumour already in atlas space (registration is tested on its own),
+    detected by the tiny model at 4 patch positions per slice."""
+    import sys
     import time
 
-    import slicer
-    from MAEDiffAnomalyLib import scene as scene_lib
     from MAEDiffAnomalyLib.runner import DetectionProcess, DetectRequest
 
     from maediff_core.volume_io import write_volume
 
     folder = tmp_path_factory.mktemp("detection")
-    phantom, _ = posed_phantom(atlas, "oblique", seed=31, kind="tumour", spacing=(1.0, 1.0, 2.0))
-    path = write_volume(phantom.image, folder / "patient T2.nii.gz")
-    scene = scene_lib.headless_scene()
-    input_node = scene_lib.read_volume_node(scene, path, "patient T2")
-    input_node.CreateDefaultDisplayNodes()
-    # What Slicer's volume loader does: a window from the intensity distribution.
-    low, high = np.percentile(slicer.util.arrayFromVolume(input_node), (1, 99.5))
-    input_node.GetDisplayNode().SetAutoWindowLevel(False)
-    input_node.GetDisplayNode().SetWindowLevelMinMax(low, high)
-    temp_input = scene_lib.write_node(scene, input_node, folder / "work" / "input.nrrd")
-    before = temp_input.read_bytes()
-    process = DetectionProcess(DetectRequest(temp_input, folder / "work" / "out", model_path=tiny_model,
-                                             device="cpu"))
+    phantom = make_phantom("tumour", 31, PhantomConfig(skull_probability=0.0), atlas, native_grid=atlas.template,
+                           pose=sitk.AffineTransform(3))
+    path = write_volume(phantom.image, folder / "input.nii.gz")
+    before = path.read_bytes()
+    request = DetectRequest(path, folder / "out", model_path=tiny_model, device="cpu", no_register=True,
+                            mask_method="skull-stripped", stride=48)
+    process = DetectionProcess(request, sys.executable)
     deadline = time.time() + 900
     while process.running and time.time() < deadline:
         process.poll()
         time.sleep(0.1)
     ok, error = process.finished()
     assert ok, error
-    return {"scene": scene, "input": input_node, "phantom": phantom, "folder": folder,
-            "events": process.progress.events,
-            "log": process.progress.log, "input_unchanged": temp_input.read_bytes() == before,
-            "result_dir": folder / "work" / "out" / "input"}
+    return {"phantom": phantom, "folder": folder, "events": process.progress.events, "log": process.log,
+            "input_unchanged": path.read_bytes() == before, "result_dir": process.result_dir}
 
 
-def write_dicom_series(image: sitk.Image, folder) -> list[str]:
-    """An MR DICOM series, one file per axial slice of an axis-aligned int16 image."""
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    series = "1.2.826.0.1.3680043.2.1125.1.123456"
-    spacing = image.GetSpacing()
-    files = []
-    for z in range(image.GetDepth()):
-        slice_ = image[:, :, z]
-        position = image.TransformIndexToPhysicalPoint((0, 0, z))
-        for tag, value in {
-            "0008|0060": "MR", "0008|0016": "1.2.840.10008.5.1.4.1.1.4", "0020|000e": series,
-            "0020|000d": series + ".1", "0008|0018": f"{series}.2.{z + 1}", "0010|0020": "PHANTOM",
-            "0020|0013": str(z + 1), "0020|0032": "\\".join(f"{v:.4f}" for v in position),
-            "0020|0037": "1\\0\\0\\0\\1\\0", "0018|0050": f"{spacing[2]:.4f}",
-            "0028|0030": f"{spacing[1]:.4f}\\{spacing[0]:.4f}", "0020|0052": series + ".3",
-        }.items():
-            slice_.SetMetaData(tag, value)
-        path = str(folder / f"slice{z:03d}.dcm")
-        writer.SetFileName(path)
-        writer.Execute(slice_)
-        files.append(path)
-    return files

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from maediff_core.detect import reconstruct
-from maediff_core.models import default_model_path, load_model, model_paths
+from maediff_core.models import load_model, model_paths
+from maediff_core.resources import default_model_path
 
 
 def test_bundled_demo_model_loads_and_its_card_is_honest():

@@ -68,7 +68,9 @@ def test_detect_writes_results_on_the_input_grid(detection_run):
         assert set(row) >= {"label", "voxels", "volume_ml", "max_score", "mean_score", "centroid_ras_mm"}
         assert (labels == row["label"]).sum() == row["voxels"]
     record = json.loads((case / "model_space" / "record.json").read_text())
-    assert record["config"]["register"] and record["config"]["mask_method"] == "atlas"  # per input, not the model's
+    # Per input, not the model's training settings (the tiny model's data were registered).
+    assert not record["config"]["register"] and record["config"]["mask_method"] == "skull-stripped"
+    assert summary["detect"]["stride"] == 48
 
 
 def test_native_lesions_follow_the_threshold(tmp_path, atlas):
@@ -104,12 +106,13 @@ def test_detect_errors(tmp_path, tiny_model):
 
 def test_demo_runs_the_whole_job_and_scores_it(tmp_path, tiny_model, capsys):
     from maediff_core.demo import run_demo
+    from maediff_core.resources import sample_paths
 
     summary = run_demo(tmp_path, tiny_model, "cpu", DetectConfig(stride=48))  # 4 patch positions: quick
-    case = tmp_path / "sample_t2"
+    case = tmp_path / "MAEDiffT2Sample"
     for name in ("heatmap.nii.gz", "reconstruction.nii.gz", "lesions.nii.gz", "lesions.json"):
         assert (case / name).is_file()
-    sample = sitk.ReadImage(str(tmp_path / "sample_t2.nii.gz"))
+    sample = sitk.ReadImage(str(sample_paths()[0]))
     assert sitk.ReadImage(str(case / "heatmap.nii.gz")).GetSize() == sample.GetSize()
     assert summary["truth_ml"] > 0 and 0.0 <= summary["dice"] <= 1.0
     assert {"sample", "preprocess", "reconstruct", "write", "figure"} <= set(summary["timings_s"])

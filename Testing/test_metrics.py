@@ -87,10 +87,11 @@ def test_lesion_table_volume_and_ras_centroid():
     labels = np.zeros((10, 20, 20), np.int32)
     labels[2:4, 5:7, 8:10] = 1  # 8 voxels
     score = labels * 0.5
-    geometry = sitk.GetImageFromArray(labels)
-    geometry.SetSpacing((2.0, 2.0, 2.0))
-    geometry.SetOrigin((10.0, 20.0, 30.0))
-    row = lesion_table(labels, score, geometry)[0]
+    images = [sitk.GetImageFromArray(array) for array in (labels, score)]
+    for image in images:
+        image.SetSpacing((2.0, 2.0, 2.0))
+        image.SetOrigin((10.0, 20.0, 30.0))
+    row = lesion_table(*images)[0]
     assert row["voxels"] == 8 and row["volume_ml"] == pytest.approx(8 * 8 / 1000)
     assert row["max_score"] == pytest.approx(0.5) and row["mean_score"] == pytest.approx(0.5)
     # LPS centre (10 + 2*8.5, 20 + 2*5.5, 30 + 2*2.5) -> RAS flips x and y.

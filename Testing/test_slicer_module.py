@@ -1,28 +1,28 @@
-"""Static checks of the Slicer module that need no Slicer process: the widget names the code uses
-exist in the .ui file, parameter names match the parameter node, CMake lists every file."""
+"""Static checks of the Slicer module: the widget names the code uses exist in the .ui file, the
+model card as the panel reads it, the two builds of the module folder (CMake and
+``make slicer-module``) ship the same files, and the built folder is self-contained."""
 
-import ast
 import re
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
+import zipfile
 from pathlib import Path
 
 import pytest
-from MAEDiffAnomalyLib import dependencies, model_card
+from MAEDiffAnomalyLib import model_card
+from MAEDiffAnomalyLib.runner import DetectRequest, overall_fraction
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULE = ROOT / "MAEDiffAnomaly"
 UI = MODULE / "Resources" / "UI" / "MAEDiffAnomaly.ui"
 SOURCE = (MODULE / "MAEDiffAnomaly.py").read_text()
+sys.path.insert(0, str(ROOT / "scripts"))
+import build_slicer_module  # noqa: E402
 
 
 def ui_widgets() -> dict[str, ET.Element]:
     return {w.get("name"): w for w in ET.parse(UI).getroot().iter("widget")}
-
-
-def parameter_fields() -> set[str]:
-    tree = ast.parse(SOURCE)
-    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "MAEDiffAnomalyParameterNode")
-    return {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)}
 
 
 def test_every_widget_the_code_uses_is_in_the_ui_file():
@@ -32,91 +32,69 @@ def test_every_widget_the_code_uses_is_in_the_ui_file():
     assert not missing, f"not in {UI.name}: {sorted(missing)}"
 
 
-def test_parameter_names_bind_to_parameter_node_fields():
-    bound = {}
-    for name, widget in ui_widgets().items():
-        for prop in widget.findall("property"):
-            if prop.get("name") == "SlicerParameterName":
-                bound[name] = prop.find("string").text
-    fields = parameter_fields()
-    assert set(bound.values()) <= fields, set(bound.values()) - fields
-    assert {"inputVolume", "modelPath", "device", "threshold", "opacity"} <= set(bound.values())
+def test_model_card_summary_operating_point_and_overrides(tmp_path):
+    card = {"config": {"name": "pddpm-s48-small", "method": "pddpm", "diffusion": {"t_test": 500},
+                       "patch": {"stride": 48, "whole_slice": False}}, "threshold": 0.0734,
+            "training": {"epoch": 40, "train_volumes": 80, "synthetic_data": True},
+            "description": "Trained on synthetic phantoms."}
+    text = model_card.summary(card)
+    assert "pddpm-s48-small (pddpm)" in text and "threshold 0.0734" in text and "stride 48" in text
+    assert model_card.operating_point(card) == {"t_test": 500, "stride": 48, "threshold": 0.0734,
+                                                "whole_slice": False}
+    assert model_card.is_synthetic(card)
+    assert not model_card.is_synthetic({"training": {}, "description": "IXI fold 0"})
+    # Nothing changed in the panel: the command carries none of the card's settings.
+    untouched = DetectRequest(Path("in.nrrd"), Path("out"), **model_card.overrides(0, model_card.MODEL_DEFAULT, 0.0))
+    assert not {"--t-test", "--stride", "--threshold"} & set(untouched.command("python"))
+    changed = DetectRequest(Path("in.nrrd"), Path("out"), **model_card.overrides(0, "16", 0.02)).command("python")
+    assert changed[changed.index("--stride") + 1] == "16" and changed[changed.index("--threshold") + 1] == "0.02"
+    assert "--t-test" not in changed
+    with pytest.raises(FileNotFoundError):
+        model_card.read_card(tmp_path / "absent.json")
 
 
-def test_cmake_lists_every_module_file():
+def test_progress_is_one_bar_across_stages():
+    stages = ["load", "preprocess", "reconstruct", "postprocess", "write", "done"]
+    points = [overall_fraction(stage, f) for stage in stages for f in (0.0, 0.5, 1.0)]
+    assert points == sorted(points) and points[0] == 0.0 and points[-1] == 1.0
+    assert overall_fraction("preprocess", 0.5) > overall_fraction("preprocess", 0.0)
+
+
+def cmake_file_sets() -> set[str]:
+    """The files MAEDiffAnomaly/CMakeLists.txt installs, as paths in the module folder."""
     cmake = (MODULE / "CMakeLists.txt").read_text().replace("${MODULE_NAME}", "MAEDiffAnomaly")
-    for path in sorted((MODULE / "MAEDiffAnomalyLib").glob("*.py")):
-        assert f"MAEDiffAnomalyLib/{path.name}" in cmake, path.name
-    for resource in ("Resources/Icons/MAEDiffAnomaly.png", "Resources/UI/MAEDiffAnomaly.ui"):
-        assert resource in cmake and (MODULE / resource).is_file()
+    listed = set()
+    for block in ("MODULE_PYTHON_SCRIPTS", "MODULE_PYTHON_RESOURCES"):
+        body = re.search(rf"set\({block}\n(.*?)\n\s*\)", cmake, re.S).group(1)
+        listed |= {line.strip() for line in body.splitlines() if line.strip()}
+    for pattern in re.findall(r"\$\{PROJECT_SOURCE_DIR\}/((?:maediff_core|Resources)/[^\s)]+)", cmake):
+        listed |= {str(p.relative_to(ROOT)) for p in ROOT.glob(pattern) if p.is_file()}
+    return listed
+
+
+def test_cmake_and_make_slicer_module_ship_the_same_files():
+    built = set(build_slicer_module.module_files())
+    assert cmake_file_sets() == built
     top = (ROOT / "CMakeLists.txt").read_text()
     for field in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
                   "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS"):
         assert re.search(rf'set\({field} "[^"]+"\)', top), field
     assert 'set(EXTENSION_DEPENDS "PyTorch")' in top
-    assert (ROOT / "Resources" / "MAEDiffAnomaly.png").is_file()
 
 
-def test_never_installs_simpleitk_or_numpy():
-    for forbidden in ("SimpleITK", "numpy", "torch"):
-        with pytest.raises(ValueError, match="must not be installed"):
-            dependencies.pip_arguments([forbidden])
-    commands = dependencies.pip_arguments(["einops", "monai"])
-    assert all("-c" in command for command in commands)  # numpy pinned to the installed version
-    assert any("--no-deps" in command and "monai>=1.3" in command for command in commands)
-    constraints = Path(commands[0][commands[0].index("-c") + 1]).read_text()
-    assert constraints.startswith("numpy==")
-
-
-def test_model_card_summary_and_synthetic_warning(tmp_path):
-    card = {"config": {"name": "maediff-small", "method": "maediff", "diffusion": {"t_test": 500},
-                       "patch": {"stride": 16}}, "threshold": 0.0734,
-            "training": {"epoch": 40, "train_volumes": 80, "synthetic_data": True},
-            "description": "Trained on synthetic phantoms."}
-    text = model_card.summary(card)
-    assert "maediff-small (maediff)" in text and "threshold 0.0734" in text and "40 epochs on 80" in text
-    assert model_card.is_synthetic(card)
-    assert not model_card.is_synthetic({"training": {}, "description": "IXI fold 0"})
-    with pytest.raises(FileNotFoundError):
-        model_card.read_card(tmp_path / "absent.json")
-
-
-def test_dicom_seg_export_references_the_source_series(tmp_path):
-    import numpy as np
-    import pydicom
-    import SimpleITK as sitk
-    from conftest import write_dicom_series
-    from MAEDiffAnomalyLib.scene import export_dicom_seg
-
-    image = sitk.GetImageFromArray((np.arange(6 * 32 * 32).reshape(6, 32, 32) % 97).astype(np.int16))
-    image.SetSpacing((0.9, 0.9, 3.0))
-    image.SetOrigin((-10.0, 20.0, 5.0))
-    files = write_dicom_series(image, tmp_path)
-    labels = np.zeros((6, 32, 32), np.uint16)
-    labels[1:3, 4:10, 4:10] = 1
-    labels[4, 20:24, 20:24] = 2
-    rows = [{"label": 1}, {"label": 2}]
-    path = export_dicom_seg(labels, rows, list(reversed(files)), tmp_path / "out" / "seg.dcm")
-    seg = pydicom.dcmread(path)
-    assert seg.Modality == "SEG" and len(seg.SegmentSequence) == 2
-    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Lesion 1", "Lesion 2"]
-    source = pydicom.dcmread(files[0])
-    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
-    # One frame per (segment, slice holding it): lesion 1 on slices 1-2, lesion 2 on slice 4.
-    positions = sorted(float(f.PlanePositionSequence[0].ImagePositionPatient[2])
-                       for f in seg.PerFrameFunctionalGroupsSequence)
-    assert positions == [8.0, 11.0, 17.0]
-    with pytest.raises(ValueError, match="do not match"):
-        export_dicom_seg(labels[:3], rows, files, tmp_path / "bad.dcm")
-
-
-def test_compare_layout_registers_on_a_layout_node():
-    import slicer
-    from MAEDiffAnomalyLib.scene import COMPARE_LAYOUT_ID, register_compare_layout
-
-    scene = slicer.vtkMRMLScene()
-    layout = scene.AddNewNodeByClass("vtkMRMLLayoutNode")
-    assert register_compare_layout(layout) == COMPARE_LAYOUT_ID == register_compare_layout(layout)
-    description = layout.GetLayoutDescription(COMPARE_LAYOUT_ID)
-    root = ET.fromstring(description)
-    assert [v.get("singletontag") for v in root.iter("view")] == ["Red", "Yellow", "Green"]
+def test_the_built_folder_holds_the_module_the_core_and_its_resources(tmp_path):
+    archive = build_slicer_module.build(tmp_path)
+    folder = tmp_path / "MAEDiffAnomaly"
+    for relative in ("MAEDiffAnomaly.py", "MAEDiffAnomalyLib/scene.py", "maediff_core/cli.py",
+                     "Resources/UI/MAEDiffAnomaly.ui", "Resources/atlas/atlas.json",
+                     "Resources/models/maediff-small-demo.safetensors", "Resources/samples/MAEDiffT2Sample.nii.gz"):
+        assert (folder / relative).is_file(), relative
+    with zipfile.ZipFile(archive) as zipped:
+        names = set(zipped.namelist())
+    assert names == {f"MAEDiffAnomaly/{p.relative_to(folder)}" for p in folder.rglob("*") if p.is_file()}
+    # With only the module folder on the path (as in Slicer), the core finds its bundled files there.
+    probe = ("import sys; sys.path[:0] = [sys.argv[1]]; from maediff_core import resources as r; "
+             "print(r.resources_dir(), r.default_model_path().is_file(), r.sample_paths()[0].is_file())")
+    done = subprocess.run([sys.executable, "-I", "-c", probe, str(folder)], capture_output=True, text=True,
+                          cwd=tmp_path, check=True)
+    assert done.stdout.split() == [str(folder / "Resources"), "True", "True"]

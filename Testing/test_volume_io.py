@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import write_dicom_series
+from dicom_series import write_dicom_series
 
 from maediff_core.volume_io import VolumeError, read_volume, write_volume
 

@@ -15,17 +15,13 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .resources import resources_dir
 from .volume_io import VolumeError, geometry_of, read_volume, resample_isotropic, write_text_atomic, write_volume
 
 ATLAS_ENV = "MAEDIFF_ATLAS"
 BOX_SIZE = (192, 192, 160)  # the atlas box in voxels of 1 mm (REFERENCE.md, "Data geometry")
 MODEL_DOWNSAMPLE = 2  # REFERENCE.md: downsampled by 2 to 96 x 96 in-plane
 MODEL_SLICES = (15, 65)  # of the 80 downsampled slices: 15 dropped at each end (paper Sec. 4.2)
-
-
-def resources_dir() -> Path:
-    """``Resources/`` of the repository or of the installed Slicer extension."""
-    return Path(__file__).resolve().parent.parent / "Resources"
 
 
 def default_atlas_dir() -> Path:

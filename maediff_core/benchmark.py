@@ -18,9 +18,10 @@ import torch
 
 from .datasets import load_prepared, prepare_dataset, select, split_of
 from .detect import DetectConfig, load_for_detection
+from .device import pick_device
 from .evaluate import Scored, evaluate, intensity_scorer, model_scorer, score_cases
 from .phantom import write_phantom_set
-from .train import RESUMED_SETTINGS, TrainConfig, changed_settings, pick_device, train
+from .train import RESUMED_SETTINGS, TrainConfig, changed_settings, train
 from .volume_io import VolumeError, write_text_atomic
 
 README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"

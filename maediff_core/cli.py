@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -85,7 +87,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         val = score_cases(cases(args.val, "val"), scorer)
     else:
         from .detect import DetectConfig, load_for_detection
-        from .train import pick_device
+        from .device import pick_device
 
         device = pick_device(args.device)
         model, card = load_for_detection(args.model, device)
@@ -126,11 +128,28 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
+def exit_when_orphaned(interval_s: float = 0.5) -> None:
+    """Exit as soon as the process that started this one is gone. A GUI that starts the detector
+    through a launcher (Slicer's PythonSlicer starts the real Python as its child) can stop only
+    the launcher; without this the detector would run on. POSIX only: on Windows the caller ends
+    the whole process tree."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os._exit(3)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def cmd_detect(args: argparse.Namespace) -> None:
     from .detect import DetectConfig, detect_file, json_progress, load_for_detection, preprocess_settings, text_progress
-    from .models import default_model_path
-    from .train import pick_device
+    from .resources import default_model_path
+    from .device import pick_device
 
+    if args.stop_with_parent:
+        exit_when_orphaned()
     device = pick_device(args.device)
     model, card = load_for_detection(args.model or default_model_path(), device)
     overrides = {"mask_method": args.mask_method or ("file" if args.mask else None),
@@ -297,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", help="brain mask on the input grid")
     p.add_argument("--no-register", action="store_true", help="input is already in atlas space")
     p.add_argument("--atlas", help="atlas folder (default: the one the model was trained with)")
+    p.add_argument("--stop-with-parent", action="store_true",
+                   help="exit when the starting process ends (for GUIs that launch through a launcher)")
     p.set_defaults(func=cmd_detect)
 
     p = sub.add_parser("models", help="parameter counts and GFLOPs per forward of the named configurations")

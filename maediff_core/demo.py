@@ -1,4 +1,4 @@
-"""``maediff demo``: the bundled demo model on a generated sample case, end to end, with timings."""
+"""``maediff demo``: the bundled demo model on the bundled sample case, end to end, with timings."""
 
 from __future__ import annotations
 
@@ -9,15 +9,24 @@ import numpy as np
 import SimpleITK as sitk
 
 from .detect import DetectConfig, detect_file, load_for_detection, text_progress
+from .device import pick_device
 from .figures import detection_figure
 from .metrics import dice
-from .models import default_model_path, model_paths
+from .models import model_paths
 from .phantom import make_phantom
+from .resources import default_model_path, sample_paths
 from .timing import Laps
-from .train import pick_device
-from .volume_io import VolumeError, read_volume, write_text_atomic, write_volume
+from .volume_io import VolumeError, case_name, read_volume, write_text_atomic, write_volume
 
-SAMPLE_SEED = 20261122  # the sample case: a tumour phantom in an oblique, anisotropic scan
+SAMPLE_SEED = 20261122  # the bundled sample case (resources.SAMPLE_NAME) is this tumour phantom
+
+
+def write_sample(folder: str | Path) -> tuple[Path, Path]:
+    """Generate the sample case into ``folder`` (how ``Resources/samples`` was made); returns the
+    volume and lesion paths, named as the bundled ones."""
+    sample = make_phantom("tumour", SAMPLE_SEED)
+    volume, lesion = (Path(folder) / p.name for p in sample_paths())
+    return write_volume(sample.image, volume), write_volume(sample.seg, lesion)
 
 
 def run_demo(out_dir: str | Path, model_path: str | Path | None = None, device: str = "auto",
@@ -27,27 +36,24 @@ def run_demo(out_dir: str | Path, model_path: str | Path | None = None, device: 
     if not model_paths(model_path)[1].is_file():
         raise VolumeError(f"{model_path}: no model there; `make demo-model` builds the bundled demo model")
     lap = Laps()
-    sample = make_phantom("tumour", SAMPLE_SEED)
-    input_path = out_dir / "sample_t2.nii.gz"
-    write_volume(sample.image, input_path)
-    write_volume(sample.seg, out_dir / "sample_truth.nii.gz")
+    input_path, truth_path = sample_paths()
+    image, truth = read_volume(input_path), read_volume(truth_path) > 0
     lap("sample")
     torch_device = pick_device(device)
     model, card = load_for_detection(model_path, torch_device)
     lap("load_model")
     result = detect_file(input_path, out_dir, model, card, config, device=torch_device, progress=text_progress)
     lap("detect")  # its stages are timed inside
-    case = out_dir / "sample_t2"
+    case = out_dir / case_name(input_path)
     found = read_volume(case / "lesions.nii.gz")
-    truth = sample.seg > 0
     score = dice(sitk.GetArrayFromImage(found) > 0, sitk.GetArrayFromImage(truth))
-    detection_figure(sample.image, read_volume(case / "reconstruction.nii.gz"), read_volume(case / "heatmap.nii.gz"),
+    detection_figure(image, read_volume(case / "reconstruction.nii.gz"), read_volume(case / "heatmap.nii.gz"),
                      found, truth, out_dir / "demo.png")
     lap("figure")
     timings = {"sample": lap.seconds["sample"], "load_model": lap.seconds["load_model"], **result["timings_s"],
                "figure": lap.seconds["figure"]}
-    summary = {"sample": sample.info, "model": card.config.name, "dice": score,
-               "truth_ml": float(np.count_nonzero(sitk.GetArrayFromImage(truth)) * np.prod(sample.image.GetSpacing()) / 1000),
+    summary = {"sample": str(input_path), "model": card.config.name, "dice": score,
+               "truth_ml": float(np.count_nonzero(sitk.GetArrayFromImage(truth)) * np.prod(image.GetSpacing()) / 1000),
                "lesion_count": result["lesion_count"], "timings_s": timings}
     write_text_atomic(json.dumps(summary, indent=1) + "\n", out_dir / "demo.json")
     for stage, seconds in timings.items():

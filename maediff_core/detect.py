@@ -22,7 +22,7 @@ from .diffusion import Diffusion, noised_input, patch_masks
 from .models import ModelCard, load_model
 from .networks import DiffusionNet, visible_cells
 from .postprocess import PostprocessConfig, lesion_labels, smooth_scores
-from .preprocess import PreprocessConfig, Preprocessed, preprocess, to_native
+from .preprocess import STEPS, PreprocessConfig, Preprocessed, preprocess, to_native
 from .timing import Laps
 from .volume_io import VolumeError, case_name, image_from_array, read_volume, write_text_atomic, write_volume
 from .writeback import labels_to_native
@@ -123,7 +123,8 @@ def detect_file(path: str | Path, out_dir: str | Path, model: DiffusionNet, card
     lap("load")
     progress("preprocess", 0.0, "registration, brain mask, bias field")
     prep_config = preprocess_config or preprocess_settings(card)
-    prepared: Preprocessed = preprocess(native, prep_config, mask=mask)
+    prepared: Preprocessed = preprocess(native, prep_config, mask=mask,
+                                        on_step=lambda step: progress("preprocess", STEPS[step], step))
     lap("preprocess")
     progress("reconstruct", 0.0, f"{card.config.name}, t_test {config.t_test or card.config.diffusion.t_test}")
     rec = reconstruct(model, card, prepared.image, prepared.mask, config, device, progress)

@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from sklearn.metrics import precision_recall_curve
@@ -17,7 +18,8 @@ from .postprocess import PostprocessConfig, lesion_labels, smooth_scores
 from .volume_io import write_text_atomic
 
 # A scorer turns a prepared case into (residual map, reconstruction or None), both (z, y, x).
-Scorer = Callable[[PreparedCase], tuple[np.ndarray, np.ndarray | None]]
+# Optional, not `X | None`: this alias is evaluated at import time.
+Scorer = Callable[[PreparedCase], tuple[np.ndarray, Optional[np.ndarray]]]
 
 
 def intensity_scorer(case: PreparedCase) -> tuple[np.ndarray, None]:

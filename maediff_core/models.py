@@ -68,13 +68,6 @@ for _name, _config in list(CONFIGS.items()):
                                         mae=_SMALL_MAE if _config.mae else None)
 
 
-def default_model_path() -> Path:
-    """The demo model bundled in ``Resources/models``."""
-    from .atlas import resources_dir
-
-    return resources_dir() / "models" / "maediff-small-demo.json"
-
-
 def get_config(name: str) -> ModelConfig:
     if name not in CONFIGS:
         raise ValueError(f"unknown configuration {name!r}; choose one of {', '.join(CONFIGS)}")

@@ -49,18 +49,15 @@ def lesion_labels(score: np.ndarray, threshold: float,
     return sitk.GetArrayFromImage(relabelled).astype(np.int32)
 
 
-def lesion_table(labels: np.ndarray, score: np.ndarray, geometry: sitk.Image) -> list[dict]:
-    """Per lesion: voxels, volume (mL), max and mean score, centroid in RAS millimetres.
-
-    ``geometry`` is an image on the grid of ``labels`` (only its geometry is used).
-    """
-    label_image = sitk.GetImageFromArray(labels.astype(np.int32))
-    label_image.CopyInformation(geometry)
-    score_image = sitk.GetImageFromArray(score.astype(np.float32))
-    score_image.CopyInformation(geometry)
+def lesion_table(labels: sitk.Image, score: sitk.Image) -> list[dict]:
+    """Per lesion: voxels, volume (mL), max and mean score, centroid in RAS millimetres. Images on
+    one grid (the score's geometry is taken to be the labels')."""
+    label_image = sitk.Cast(labels, sitk.sitkUInt32)
+    score_image = sitk.Cast(score, sitk.sitkFloat32)
+    score_image.CopyInformation(label_image)
     stats = sitk.LabelIntensityStatisticsImageFilter()
     stats.Execute(label_image, score_image)
-    voxel_ml = float(np.prod(geometry.GetSpacing())) / 1000.0
+    voxel_ml = float(np.prod(labels.GetSpacing())) / 1000.0
     rows = []
     for label in sorted(stats.GetLabels()):
         x, y, z = stats.GetCentroid(label)  # LPS physical point

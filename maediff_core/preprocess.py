@@ -13,6 +13,7 @@ import json
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,10 @@ from .volume_io import (
     write_volume,
 )
 
+# The steps of the chain, in order, with the share of its time each has ended by (measured on the
+# demo case, 2 cores: registration and mask ~11 s, N4 ~7 s of ~26 s), for progress reports.
+STEPS = {"resample_1mm": 0.05, "register": 0.45, "brain_mask": 0.6, "bias_correction": 0.85, "smoothing": 0.95,
+         "model_space": 1.0}
 MASK_METHODS = ("atlas", "skull-stripped", "file", "hd-bet", "deepbet")
 # Command lines of optional external skull strippers ({input}, {output} are filled in).
 EXTERNAL_STRIPPERS = {
@@ -98,13 +103,15 @@ def preprocess(
     config: PreprocessConfig | None = None,
     atlas: Atlas | None = None,
     mask: sitk.Image | None = None,
+    on_step: Callable[[str], None] | None = None,
 ) -> Preprocessed:
-    """Run the chain on ``native`` (never modified). ``mask`` is needed for ``mask_method='file'``."""
+    """Run the chain on ``native`` (never modified). ``mask`` is needed for ``mask_method='file'``;
+    ``on_step`` hears the name of each step as it ends (:data:`STEPS`)."""
     config = config or PreprocessConfig()
     atlas = atlas or Atlas.load(config.atlas)
     if config.mask_method == "file" and mask is None:
         raise VolumeError("mask_method 'file' needs a brain mask volume")
-    lap = Laps()
+    lap = Laps(on_step)
     moving = sitk.Cast(native, sitk.sitkFloat32)
     if config.resample_1mm:
         moving = resample_isotropic(moving, 1.0)
@@ -173,9 +180,10 @@ def register_affine(moving: sitk.Image, atlas: Atlas, config: PreprocessConfig) 
     fixed = atlas.template
     # The moments initialiser needs non-negative intensities (REFERENCE.md, measured note).
     moving = sitk.Clamp(moving, lowerBound=0.0)
-    initial = sitk.CenteredTransformInitializer(
+    # SimpleITK < 2.4 (Slicer 5.6/5.8) returns a generic Transform here: rewrap it as the rigid type.
+    initial = sitk.Euler3DTransform(sitk.CenteredTransformInitializer(
         fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS
-    )
+    ))
     # The metric looks at the brain and a margin, not at the empty corners of the box. The rigid
     # stage needs the head's outline (8 mm) to be caught from far off; the affine stage looks at the
     # brain and 3 mm only, since the template is skull-stripped and with 8 mm the free scales of

@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from .datasets import load_prepared, select, split_of
+from .device import pick_device
 from .diffusion import Diffusion, noised_input, patch_l1, patch_masks, random_corners
 from .models import ModelCard, ModelConfig, get_config, model_paths, save_model, save_tensors
 from .networks import visible_cells
@@ -42,14 +43,6 @@ class TrainConfig:
     val_slices: int = 8  # evenly spaced brain slices per validation volume
     max_minutes: float | None = None  # stop at the first epoch end past this budget
     device: str = "auto"
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise VolumeError("--device cuda was asked for, but torch sees no CUDA GPU")
-    return torch.device(name)
 
 
 def brain_slices(mask: np.ndarray) -> np.ndarray:

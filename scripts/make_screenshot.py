@@ -17,15 +17,19 @@ sys.path.insert(0, str(ROOT / "MAEDiffAnomaly"))
 import slicer  # noqa: E402
 from MAEDiffAnomalyLib import scene as scene_lib  # noqa: E402
 
+from maediff_core.resources import sample_paths  # noqa: E402
+from maediff_core.volume_io import case_name  # noqa: E402
+
 
 def main(demo_output: Path, png: Path) -> Path:
     scene = scene_lib.headless_scene()
-    node = scene_lib.read_volume_node(scene, demo_output / "sample_t2.nii.gz", "sample T2")
+    sample = sample_paths()[0]
+    node = scene_lib.read_volume_node(scene, sample, case_name(sample))
     node.CreateDefaultDisplayNodes()
     low, high = np.percentile(slicer.util.arrayFromVolume(node), (1, 99.5))  # as Slicer's auto window
     node.GetDisplayNode().SetAutoWindowLevel(False)
     node.GetDisplayNode().SetWindowLevelMinMax(low, high)
-    results = scene_lib.load_results(scene, node, demo_output / "sample_t2")
+    results = scene_lib.load_results(scene, scene_lib.Placement.of(scene, node), demo_output / case_name(sample))
     ras = scene_lib.lesion_position(results, 0) if results.rows else None
     return scene_lib.render_slice(scene, results, png, ras=ras, size=512, opacity=0.6)
 

@@ -1,50 +1,104 @@
-"""What the core needs inside Slicer, and how it may be installed there.
+"""What the module needs in Slicer's Python beyond what Slicer ships, and how it is installed.
 
-torch comes from Slicer's PyTorch extension (the right CUDA build for the user's GPU); the other
-packages from pip after the user agreed. SimpleITK and numpy are never installed or upgraded:
-Slicer ships its own, and replacing them breaks Slicer's image I/O.
+torch comes from Slicer's PyTorch extension (the build that fits the user's GPU, or the CPU);
+the rest from pip after the user agreed, in two groups: what detection imports (asked for at the
+first Detect) and what DICOM SEG export imports (asked for at the first DICOM export). Every
+package already in Slicer's Python - numpy, SimpleITK, pydicom, Pillow, torch, ... - is pinned to
+its installed version while installing, so pip can add packages but never replace Slicer's own
+(PyPI's SimpleITK replaces Slicer's ITK-backed copy; a newer pydicom breaks Slicer's DICOM module).
+
+``Testing/test_slicer_dependencies.py`` checks these lists against the imports on the paths that run
+in Slicer; ``python -m MAEDiffAnomalyLib.dependencies install detect`` installs a group the way
+the module does (the Slicer-environment tests are built with it).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import sys
 import tempfile
 from pathlib import Path
 
-# import name -> pip requirement. Installed with --no-deps where a package would drag in torch or
-# numpy; their remaining needs are listed here explicitly.
-PIP_PACKAGES = {
-    "monai": "monai>=1.3",
-    "einops": "einops>=0.7",
-    "safetensors": "safetensors>=0.4",
-    "highdicom": "highdicom>=0.22",  # DICOM SEG export
+TORCH_REQUIREMENT = ">=2.1"  # torch.compile-era API used by the core; PyTorchUtils installs it
+# import name -> pip requirement, per group.
+GROUPS = {
+    "detect": {"monai": "monai>=1.3", "einops": "einops>=0.7", "safetensors": "safetensors>=0.4"},
+    "export": {"highdicom": "highdicom>=0.23"},  # Slicer 5.12 ships highdicom 0.27
 }
+# Packages whose own requirements are only what Slicer and PyTorch provide (monai: numpy, torch):
+# installed without them, so pip cannot even consider replacing those.
 NO_DEPS = {"monai"}
-NEVER_INSTALL = ("SimpleITK", "numpy")
+# Import names that Slicer's Python provides (the application, its bundled packages, the PyTorch
+# extension); never installed by this module.
+PROVIDED = {"slicer", "qt", "ctk", "vtk", "SampleData", "PyTorchUtils", "DICOMLib", "numpy", "SimpleITK",
+            "pydicom", "PIL", "torch"}
 
 
-def missing_packages() -> list[str]:
-    """Import names of the packages the detector needs and this Python lacks (torch excluded)."""
-    return [name for name in PIP_PACKAGES if importlib.util.find_spec(name) is None]
+def missing(group: str) -> list[str]:
+    """Import names of ``group`` that this Python lacks."""
+    return [name for name in GROUPS[group] if importlib.util.find_spec(name) is None]
+
+
+def dicom_seg_unavailable() -> str | None:
+    """Why DICOM SEG cannot be written in this Python, or None. highdicom >= 0.23 needs pydicom >= 3;
+    the last release for pydicom 2 (0.22) fails on numpy 2. Slicer 5.10 ships pydicom 2.4.4 with
+    numpy 2.3, and its pydicom must not be replaced."""
+    try:
+        major = int(importlib.metadata.version("pydicom").split(".")[0])
+    except importlib.metadata.PackageNotFoundError:
+        return "pydicom is not installed"
+    if major < 3:
+        return (f"DICOM SEG export needs pydicom 3 (Slicer 5.12 or newer); this Slicer has pydicom "
+                f"{importlib.metadata.version('pydicom')}. Export the .seg.nrrd instead.")
+    return None
 
 
 def torch_available() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
-def pip_arguments(names: list[str]) -> list[str]:
-    """Argument lists for ``slicer.util.pip_install``, with numpy pinned to the installed version."""
+def installed_pins() -> list[str]:
+    """``name==version`` for every distribution in this Python: the constraints of any install."""
+    pins = {}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"]
+        if name and dist.version:
+            pins[name.lower()] = f"{name}=={dist.version}"
+    return sorted(pins.values())
+
+
+def pip_arguments(group: str, names: list[str]) -> list[list[str]]:
+    """Argument lists for ``slicer.util.pip_install`` (``python -m pip install ...``) that add
+    ``names`` of ``group`` with every installed distribution held at its version."""
+    requirements = GROUPS[group]
     for name in names:
-        if name in NEVER_INSTALL or name not in PIP_PACKAGES:
+        if name in PROVIDED or name not in requirements:
             raise ValueError(f"{name} must not be installed by this module")
     constraints = Path(tempfile.mkdtemp(prefix="maediff-pip-")) / "constraints.txt"
-    constraints.write_text(f"numpy=={importlib.metadata.version('numpy')}\n")
-    plain = [PIP_PACKAGES[n] for n in names if n not in NO_DEPS]
-    no_deps = [PIP_PACKAGES[n] for n in names if n in NO_DEPS]
+    constraints.write_text("\n".join(installed_pins()) + "\n")
+    plain = [requirements[n] for n in names if n not in NO_DEPS]
+    no_deps = [requirements[n] for n in names if n in NO_DEPS]
     commands = []
     if plain:
         commands.append([*plain, "-c", str(constraints)])
     if no_deps:
         commands.append([*no_deps, "--no-deps", "-c", str(constraints)])
     return commands
+
+
+def main(argv: list[str]) -> int:
+    """``install GROUP...``: what the module's installer runs, for building test environments."""
+    import subprocess
+
+    if len(argv) < 2 or argv[0] != "install" or not set(argv[1:]) <= set(GROUPS):
+        print(f"usage: python -m MAEDiffAnomalyLib.dependencies install {{{','.join(GROUPS)}}}...", file=sys.stderr)
+        return 2
+    for group in argv[1:]:
+        for arguments in pip_arguments(group, missing(group)):
+            subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", *arguments], check=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

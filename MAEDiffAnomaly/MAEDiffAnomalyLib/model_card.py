@@ -1,9 +1,11 @@
-"""A one-paragraph summary of a model card (the JSON beside a model's weights) for the panel."""
+"""The model card (the JSON beside a model's weights) as the panel shows and uses it."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+MODEL_DEFAULT = "model's"  # the stride choice that keeps the card's; 0 does the same for t_test and threshold
 
 
 def read_card(path: str | Path) -> dict:
@@ -20,15 +22,31 @@ def is_synthetic(card: dict) -> bool:
     return bool(training.get("synthetic_data")) or "phantom" in card.get("description", "").lower()
 
 
+def operating_point(card: dict) -> dict:
+    """What ``maediff detect`` uses unless told otherwise: t_test, stride, threshold (None if the
+    card has none), and whether the model noises whole slices (then there is no stride)."""
+    config = card.get("config", {})
+    patch = config.get("patch", {})
+    return {"t_test": config.get("diffusion", {}).get("t_test"), "stride": patch.get("stride"),
+            "threshold": card.get("threshold"), "whole_slice": bool(patch.get("whole_slice"))}
+
+
+def overrides(t_test: int, stride: str, threshold: float) -> dict:
+    """The detect options the user changed (0 or MODEL_DEFAULT: keep the card's), as
+    ``DetectRequest`` fields; everything else comes from the card."""
+    return {"t_test": t_test or None, "stride": None if stride == MODEL_DEFAULT else int(stride),
+            "threshold": threshold or None}
+
+
 def summary(card: dict) -> str:
     config = card.get("config", {})
     training = card.get("training", {})
-    threshold = card.get("threshold")
+    point = operating_point(card)
     parts = [f"{config.get('name', '?')} ({config.get('method', '?')})",
-             f"t_test {config.get('diffusion', {}).get('t_test', '?')}, stride {config.get('patch', {}).get('stride', '?')}"]
+             f"t_test {point['t_test']}" + ("" if point["whole_slice"] else f", stride {point['stride']}")]
     if training.get("epoch") is not None:
         parts.append(f"{training['epoch']} epochs on {training.get('train_volumes', '?')} volumes")
-    parts.append(f"threshold {threshold:.4f}" if threshold is not None else "no threshold")
+    parts.append(f"threshold {point['threshold']:.4f}" if point["threshold"] is not None else "no threshold")
     text = "; ".join(parts)
     if card.get("description"):
         text += "\n" + card["description"]

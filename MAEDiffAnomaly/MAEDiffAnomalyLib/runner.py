@@ -1,8 +1,11 @@
-"""Running ``maediff detect`` in a separate Python process, polled without blocking.
+"""The core's command line (``maediff detect``, ``maediff device``) in a separate Python process,
+polled without blocking.
 
-Slicer must never freeze during a run of minutes: the process prints one JSON object per line
-(``--progress json``), a reader thread queues them, and the GUI's timer calls :meth:`poll`.
-Cancelling kills the whole process tree (the detector may start worker processes).
+Slicer must never freeze during a run of minutes: the child prints one line at a time (JSON
+progress lines for ``detect``), a reader thread queues them, and the GUI's timer calls ``poll``.
+How the child is started is the caller's: inside Slicer ``slicer.util.launchConsoleProcess``
+(Slicer's startup environment, no console window on Windows) with ``PythonSlicer``; in tests a
+plain ``subprocess.Popen``. Qt-free and Slicer-free, so that it runs the same in both.
 """
 
 from __future__ import annotations
@@ -10,29 +13,101 @@ from __future__ import annotations
 import json
 import os
 import queue
-import shutil
-import signal
 import subprocess
-import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# (arguments, variables to set on top of the starting environment) -> a process whose stdout
+# carries its stdout and stderr, as text.
+Launch = Callable[[list, dict], subprocess.Popen]
 
-def core_root() -> Path:
-    """Folder holding the ``maediff_core`` package: the repository root or, in an installed
-    extension, the scripted-modules folder that holds the vendored copy."""
-    here = Path(__file__).resolve().parent.parent
-    for candidate in (here, here.parent):
-        if (candidate / "maediff_core" / "__init__.py").is_file():
-            return candidate
-    raise FileNotFoundError("maediff_core is not installed next to the MAEDiffAnomaly module")
+# Share of the whole run that each stage of ``maediff detect`` ends at (2-core CPU, demo case:
+# preprocessing ~26 s, reconstruction ~104 s of ~140 s): one progress bar across all stages.
+STAGE_END = {"starting": 0.0, "load": 0.02, "preprocess": 0.2, "reconstruct": 0.97, "postprocess": 0.99,
+             "write": 1.0, "done": 1.0}
+STAGE_NAMES = {"starting": "Starting", "load": "Reading the volume", "preprocess": "Registration, brain mask, bias field",
+               "reconstruct": "Reconstructing a healthy brain", "postprocess": "Scores and lesions",
+               "write": "Writing results", "done": "Done"}
 
 
-def python_executable() -> str:
-    """PythonSlicer inside Slicer (Slicer's Python without the GUI), this interpreter elsewhere."""
-    launcher = shutil.which("PythonSlicer")
-    return launcher or sys.executable
+def module_dir() -> Path:
+    """The module's folder: ``MAEDiffAnomaly.py``, ``MAEDiffAnomalyLib/`` and the vendored ``maediff_core/``."""
+    return Path(__file__).resolve().parent.parent
+
+
+def child_environment() -> dict[str, str]:
+    """What the child needs on top of the environment it starts from: the module folder, where the
+    core is vendored, on its path, and unbuffered output so that progress arrives as it happens."""
+    return {"PYTHONPATH": str(module_dir()), "PYTHONUNBUFFERED": "1"}
+
+
+def plain_launch(args: list, update: dict) -> subprocess.Popen:
+    """Outside Slicer: this process's environment plus ``update``."""
+    return subprocess.Popen([str(a) for a in args], env={**os.environ, **update}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, universal_newlines=True, errors="replace")
+
+
+def core_command(python: str, *args) -> list[str]:
+    return [python, "-m", "maediff_core.cli", *map(str, args)]
+
+
+class CoreProcess:
+    """One core command in a child process: its output lines, its end, cancelling it."""
+
+    def __init__(self, args: list, launch: Launch = plain_launch):
+        self.args = [str(a) for a in args]
+        self.process = launch(self.args, child_environment())
+        self.output: list[str] = []
+        self.cancelled = False
+        self._lines: queue.Queue[str] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self._lines.put(line.rstrip("\n"))
+
+    def new_lines(self) -> list[str]:
+        """Lines printed since the last call."""
+        lines = []
+        while True:
+            try:
+                lines.append(self._lines.get_nowait())
+            except queue.Empty:
+                self.output += lines
+                return lines
+
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def wait(self) -> int:
+        """Wait for the end and for its last lines; returns the exit code."""
+        code = self.process.wait()
+        self._reader.join(timeout=10)
+        self.new_lines()
+        return code
+
+    def error_text(self, lines: list[str] | None = None) -> str:
+        """The error lines of ``lines`` (default: all output), else its last lines."""
+        lines = self.output if lines is None else lines
+        errors = [line for line in lines if "error" in line.lower()] or lines[-5:]
+        return "\n".join(errors) or f"{' '.join(self.args[2:4])} exited with code {self.process.returncode}"
+
+    def cancel(self) -> None:
+        """Stop the child. Through a launcher (PythonSlicer starts the real Python as its child)
+        only the launcher is ours to kill: on Windows ``taskkill /T`` ends the whole tree; on POSIX
+        the core exits by itself when its parent is gone (``--stop-with-parent``)."""
+        if not self.running:
+            return
+        self.cancelled = True
+        if os.name == "nt":
+            subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.process.pid)], capture_output=True)
+        else:
+            self.process.kill()
+        self.process.wait()
 
 
 @dataclass
@@ -44,13 +119,14 @@ class DetectRequest:
     mask_method: str | None = None
     mask_path: Path | None = None
     no_register: bool = False
+    # None: the model card's operating point (the core's defaults); set only what the user changed.
     t_test: int | None = None
     stride: int | None = None
     threshold: float | None = None
 
-    def command(self) -> list[str]:
-        args = [python_executable(), "-m", "maediff_core.cli", "detect", str(self.input_path),
-                "-o", str(self.output_dir), "--progress", "json", "--device", self.device]
+    def command(self, python: str) -> list[str]:
+        args = core_command(python, "detect", self.input_path, "-o", self.output_dir, "--progress", "json",
+                            "--device", self.device, "--stop-with-parent")
         optional = {"--model": self.model_path, "--mask-method": self.mask_method, "--mask": self.mask_path,
                     "--t-test": self.t_test, "--stride": self.stride, "--threshold": self.threshold}
         for flag, value in optional.items():
@@ -64,84 +140,73 @@ class DetectRequest:
 @dataclass
 class Progress:
     stage: str = "starting"
-    fraction: float = 0.0
+    fraction: float = 0.0  # of the whole run
     message: str = ""
-    events: list[tuple[str, float]] = field(default_factory=list)  # every (stage, fraction) seen
-    log: list[str] = field(default_factory=list)  # lines that were not progress
-
-
-class DetectionProcess:
-    """One detection run in a child process."""
-
-    def __init__(self, request: DetectRequest, env: dict[str, str] | None = None):
-        self.request = request
-        environment = {**os.environ, **(env or {})}
-        root = str(core_root())
-        environment["PYTHONPATH"] = os.pathsep.join(p for p in (root, environment.get("PYTHONPATH")) if p)
-        environment["PYTHONUNBUFFERED"] = "1"
-        popen_extra = ({"start_new_session": True} if os.name == "posix"
-                       else {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP})
-        self.process = subprocess.Popen(request.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        encoding="utf-8", errors="replace", env=environment, **popen_extra)
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.progress = Progress()
-        self.cancelled = False
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            self.lines.put(line.rstrip("\n"))
-
-    def poll(self) -> Progress:
-        """Take the lines printed so far; progress lines update ``progress``, others go to its log."""
-        while True:
-            try:
-                line = self.lines.get_nowait()
-            except queue.Empty:
-                return self.progress
-            try:
-                event = json.loads(line)
-                self.progress.stage = event["stage"]
-                self.progress.fraction = float(event["fraction"])
-                self.progress.message = event.get("message", "")
-                self.progress.events.append((self.progress.stage, self.progress.fraction))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                self.progress.log.append(line)
+    events: list[tuple[str, float]] = field(default_factory=list)  # every (stage, fraction of the run)
 
     @property
-    def running(self) -> bool:
-        return self.process.poll() is None
+    def text(self) -> str:
+        return f"{STAGE_NAMES.get(self.stage, self.stage)} {self.message}".strip()
+
+
+def overall_fraction(stage: str, fraction: float) -> float:
+    """A stage's own fraction as a fraction of the whole run."""
+    stages = list(STAGE_END)
+    start = STAGE_END[stages[stages.index(stage) - 1]] if stage in stages and stage != stages[0] else 0.0
+    end = STAGE_END.get(stage, start)
+    return start + (end - start) * min(max(fraction, 0.0), 1.0)
+
+
+class DetectionProcess(CoreProcess):
+    """``maediff detect --progress json``: progress lines update ``progress``, others are the log."""
+
+    def __init__(self, request: DetectRequest, python: str, launch: Launch = plain_launch):
+        self.request = request
+        self.progress = Progress()
+        self.log: list[str] = []
+        super().__init__(request.command(python), launch)
+
+    def poll(self) -> list[str]:
+        """Take the lines printed so far; returns the new log lines (those that are not progress)."""
+        new_log = []
+        for line in self.new_lines():
+            try:
+                event = json.loads(line)
+                stage, fraction = event["stage"], float(event["fraction"])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                new_log.append(line)
+                continue
+            self.progress.stage = stage
+            self.progress.fraction = overall_fraction(stage, fraction)
+            self.progress.message = event.get("message", "")
+            self.progress.events.append((stage, self.progress.fraction))
+        self.log += new_log
+        return new_log
 
     def finished(self) -> tuple[bool, str]:
-        """(success, error text) once the process has ended and its output is read."""
-        self.process.wait()
-        self._reader.join(timeout=5)
+        """(success, error text) once the process has ended."""
+        code = self.wait()
         self.poll()
         if self.cancelled:
             return False, "cancelled"
-        if self.process.returncode != 0:
-            errors = [l for l in self.progress.log if "error" in l.lower()] or self.progress.log[-5:]
-            return False, "\n".join(errors) or f"maediff detect exited with code {self.process.returncode}"
+        if code != 0:
+            return False, self.error_text(self.log)
         return True, ""
 
-    def cancel(self) -> None:
-        """Kill the child and everything it started."""
-        if not self.running:
-            return
-        self.cancelled = True
-        if os.name == "posix":
-            os.killpg(self.process.pid, signal.SIGKILL)
-        else:
-            subprocess.run(["taskkill", "/F", "/T", "/PID", str(self.process.pid)], capture_output=True)
-        self.process.wait()
+    @property
+    def result_dir(self) -> Path:
+        """Where ``maediff detect`` writes this input's results (one folder per input, named by its file)."""
+        from maediff_core.volume_io import case_name
+
+        return Path(self.request.output_dir) / case_name(self.request.input_path)
 
 
-def query_device(timeout: float = 120.0) -> dict:
-    """What the core sees: torch version, CUDA GPU name and memory (``maediff device``)."""
-    environment = {**os.environ, "PYTHONPATH": str(core_root())}
-    done = subprocess.run([python_executable(), "-m", "maediff_core.cli", "device"], capture_output=True,
-                          encoding="utf-8", errors="replace", timeout=timeout, env=environment)
-    if done.returncode != 0:
-        return {"error": (done.stderr.strip().splitlines() or ["maediff device failed"])[-1]}
-    return json.loads(done.stdout)
+def device_summary(output: list[str]) -> str:
+    """One line for the panel from the JSON of ``maediff device``."""
+    try:
+        info = json.loads(output[-1])
+    except (IndexError, json.JSONDecodeError):
+        return "Could not query the device: " + ("\n".join(output[-3:]) or "no output")
+    if info.get("cuda"):
+        return f"GPU: {info['name']} ({info['memory_gb']} GB), torch {info['torch']}"
+    return f"No CUDA GPU: detection runs on the CPU (minutes per volume), torch {info['torch']}"

@@ -7,18 +7,19 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import slicer
 import vtk
 
-ROLE = "MAEDiffAnomaly.Role"  # node attribute: heatmap | reconstruction | lesions | table | labels
+ROLE = "MAEDiffAnomaly.Role"  # node attribute: heatmap | reconstruction | lesions | table
 INPUT = "MAEDiffAnomaly.InputNodeID"
 RESULT_DIR = "MAEDiffAnomaly.ResultDir"
 ROLES = ("heatmap", "reconstruction", "lesions", "table")
 HEAT_TABLE = "MAEDiffAnomaly heat"
+LESION_ID = "MAEDiffAnomaly_lesion_"  # + label: the segments this module made (users may add others)
 # Segment terminology: SNOMED CT "Morphologically altered structure" / "Lesion".
 TERMINOLOGY = ("Segmentation category and type - 3D Slicer General Anatomy list"
                "~SCT^49755003^Morphologically Altered Structure~SCT^52988006^Lesion~^^~"
@@ -49,19 +50,47 @@ def headless_scene():
 
 
 @dataclass
+class Placement:
+    """Where an input sits in the scene, taken when a run starts: the results go there even if the
+    user selects another volume, moves or renames this one while the run goes on."""
+
+    input: object
+    name: str
+    transform_id: str | None
+    parent_item: int  # subject hierarchy: the input's study (or folder), else the scene
+
+    @classmethod
+    def of(cls, scene, input_node) -> "Placement":
+        hierarchy = slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(scene)
+        item = hierarchy.GetItemByDataNode(input_node)
+        parent = hierarchy.GetItemParent(item) if item else hierarchy.GetSceneItemID()
+        return cls(input_node, input_node.GetName(), input_node.GetTransformNodeID(), parent)
+
+
+@dataclass
 class Results:
     """The output nodes of one run and what the threshold slider needs to relabel them."""
 
-    input: object
+    placement: Placement
     heatmap: object
     reconstruction: object
     lesions: object
     table: object
     result_dir: Path
     score: np.ndarray  # model-space score (z, y, x)
+    heat: object  # the score on the input grid (SimpleITK image)
     record: dict  # the preprocessing record: the way back to the input grid
     threshold: float
-    rows: list[dict]
+    score_max: float
+    rows: list[dict] = field(default_factory=list)
+
+    @property
+    def input(self):
+        return self.placement.input
+
+    def threshold_range(self) -> tuple[float, float]:
+        """Slider range: up to twice the model's threshold or the highest score, whichever is higher."""
+        return 0.0, max(2.0 * self.threshold, self.score_max)
 
 
 # -- files <-> nodes ------------------------------------------------------------------------------
@@ -126,8 +155,9 @@ def previous_outputs(scene, input_node) -> list:
     return nodes
 
 
-def load_results(scene, input_node, result_dir: str | Path) -> Results:
-    """Make the output nodes of a finished run, replacing this input's earlier outputs."""
+def load_results(scene, placement: Placement, result_dir: str | Path) -> Results:
+    """Make the output nodes of a finished run where its input sat when the run started (its
+    parent transform, its study), replacing that input's earlier outputs."""
     import SimpleITK as sitk
 
     from maediff_core.volume_io import read_volume
@@ -136,9 +166,10 @@ def load_results(scene, input_node, result_dir: str | Path) -> Results:
     summary = json.loads((result_dir / "lesions.json").read_text())
     record = json.loads((result_dir / "model_space" / "record.json").read_text())
     score = sitk.GetArrayFromImage(read_volume(result_dir / "model_space" / "heatmap.nii.gz"))
+    heat = sitk.ReadImage(str(result_dir / "heatmap.nii.gz"))
+    input_node, name = placement.input, placement.name
     for node in previous_outputs(scene, input_node):
         scene.RemoveNode(node)
-    name = input_node.GetName()
     heatmap = read_volume_node(scene, result_dir / "heatmap.nii.gz", f"{name} anomaly heatmap")
     reconstruction = read_volume_node(scene, result_dir / "reconstruction.nii.gz", f"{name} reconstruction")
     lesions = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{name} lesions")
@@ -149,11 +180,14 @@ def load_results(scene, input_node, result_dir: str | Path) -> Results:
         node.SetAttribute(ROLE, role)
         node.SetAttribute(INPUT, input_node.GetID())
         node.SetAttribute(RESULT_DIR, str(result_dir))
+    for node in (heatmap, reconstruction, lesions):
+        node.SetAndObserveTransformNodeID(placement.transform_id)
 
+    score_max = float(summary.get("score_max", score.max()))
     display = _display(heatmap)
     display.SetAndObserveColorNodeID(heat_color_table(scene).GetID())
     display.SetAutoWindowLevel(False)
-    top = max(float(score.max()), 1e-6)
+    top = max(score_max, 1e-6)
     display.SetWindowLevelMinMax(0.0, top)
     display.SetApplyThreshold(True)  # below half the threshold: transparent over the input
     display.SetLowerThreshold(0.5 * summary["threshold"])
@@ -165,12 +199,17 @@ def load_results(scene, input_node, result_dir: str | Path) -> Results:
         shown.SetAutoWindowLevel(False)
         shown.SetWindowLevel(input_display.GetWindow(), input_display.GetLevel())
 
-    results = Results(input_node, heatmap, reconstruction, lesions, table, result_dir, score, record,
-                      summary["threshold"], [])
-    labels_path = result_dir / "lesions.nii.gz"
-    _fill_lesions(scene, results, read_volume_node(scene, labels_path, f"{name} lesion labels", labelmap=True),
-                  summary["lesions"])
-    place_under_input_study(scene, input_node, [heatmap, reconstruction, lesions, table])
+    results = Results(placement, heatmap, reconstruction, lesions, table, result_dir, score, heat, record,
+                      summary["threshold"], score_max)
+    label_node = read_volume_node(scene, result_dir / "lesions.nii.gz", f"{name} lesion labels", labelmap=True)
+    try:
+        set_lesion_segments(results, label_node, summary["lesions"])
+    finally:
+        scene.RemoveNode(label_node)
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(scene)
+    for node in (heatmap, reconstruction, lesions, table):
+        item = hierarchy.GetItemByDataNode(node) or hierarchy.CreateItem(placement.parent_item, node)
+        hierarchy.SetItemParent(item, placement.parent_item)
     return results
 
 
@@ -180,28 +219,56 @@ def _display(volume):
     return volume.GetDisplayNode()
 
 
-def _fill_lesions(scene, results: Results, label_node, rows: list[dict]) -> None:
-    """Segments "Lesion 1..n" from a label volume on the input grid, and the table rows."""
+def set_lesion_segments(results: Results, label_node, rows: list[dict]) -> None:
+    """Segments "Lesion 1..n" from a label volume on the input grid, and the table rows.
+
+    Updated in place: the module's segments share one labelmap layer whose voxels are replaced, a
+    lesion keeps its segment (and its display settings) across thresholds, and segments a user
+    added are left as they are.
+    """
     segmentation = results.lesions.GetSegmentation()
-    segmentation.RemoveAllSegments()
-    if rows:
-        logic = slicer.vtkSlicerSegmentationsModuleLogic
-        if not logic.ImportLabelmapToSegmentationNode(label_node, results.lesions, ""):
-            raise RuntimeError("could not turn the lesion labels into segments")
-    scene.RemoveNode(label_node)
-    colours = _lesion_colours(len(rows))
-    by_label = {row["label"]: row for row in rows}
+    ours = {}
     for index in range(segmentation.GetNumberOfSegments()):
-        segment = segmentation.GetNthSegment(index)
-        label = segment.GetLabelValue()
+        segment_id = segmentation.GetNthSegmentID(index)
+        if segment_id.startswith(LESION_ID):
+            ours[int(segment_id[len(LESION_ID):])] = segment_id
+    labels = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(label_node)
+    binary = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    wanted = {row["label"] for row in rows}
+    if ours:
+        first = next(iter(ours.values()))
+        layer = segmentation.GetSegment(first).GetRepresentation(binary)
+        for segment_id in segmentation.GetSegmentIDsForLayer(segmentation.GetLayerIndex(first, binary), binary):
+            if not segment_id.startswith(LESION_ID):  # a user's segment in our layer: give it its own
+                segmentation.SeparateSegmentLabelmap(segment_id)
+        stale = [segment_id for label, segment_id in ours.items() if label not in wanted]
+        if stale:
+            # Removing a segment from a shared layer erases its voxels one by one (80 ms per segment
+            # on 256^3): empty the layer first, its new voxels come next anyway.
+            layer.ShallowCopy(slicer.vtkOrientedImageData())
+            for segment_id in stale:
+                segmentation.RemoveSegment(segment_id)
+        layer.ShallowCopy(labels)
+    else:
+        layer = labels
+    colours = _lesion_colours(len(rows))
+    for row in rows:
+        label = row["label"]
+        segment = segmentation.GetSegment(ours[label]) if label in ours else None
+        if segment is None:
+            segment = slicer.vtkSegment()
+            segment.AddRepresentation(binary, layer)
+            segmentation.AddSegment(segment, f"{LESION_ID}{label}")
+        segment.SetLabelValue(label)
         segment.SetName(f"Lesion {label}")
         segment.SetNameAutoGenerated(False)
         segment.SetColor(*colours[label - 1])
         segment.SetColorAutoGenerated(False)
         segment.SetTerminology(TERMINOLOGY)
-        row = by_label[label]
         segment.SetTag("MAEDiffAnomaly.VolumeML", f"{row['volume_ml']:.3f}")
         segment.SetTag("MAEDiffAnomaly.MaxScore", f"{row['max_score']:.4f}")
+    layer.Modified()
+    segmentation.InvokeEvent(slicer.vtkSegmentation.SourceRepresentationModified)
     results.rows = rows
     fill_table(results.table, rows)
 
@@ -239,25 +306,17 @@ def update_threshold(scene, results: Results, threshold: float) -> list[dict]:
 
     from maediff_core.writeback import native_lesions
 
-    labels, rows = native_lesions(results.score, threshold, results.record)
+    labels, rows = native_lesions(results.score, threshold, results.record, results.heat)
     label_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "lesion labels")
-    slicer.util.updateVolumeFromArray(label_node, sitk.GetArrayFromImage(labels).astype(np.int16))
-    label_node.CopyOrientation(results.input)
-    _fill_lesions(scene, results, label_node, rows)
+    try:
+        slicer.util.updateVolumeFromArray(label_node, sitk.GetArrayFromImage(labels).astype(np.int16))
+        label_node.CopyOrientation(results.heatmap)  # the input's own grid, as written by detect
+        set_lesion_segments(results, label_node, rows)
+    finally:
+        scene.RemoveNode(label_node)
     results.threshold = threshold
-    display = results.heatmap.GetDisplayNode()
-    display.SetLowerThreshold(0.5 * threshold)
+    results.heatmap.GetDisplayNode().SetLowerThreshold(0.5 * threshold)
     return rows
-
-
-def place_under_input_study(scene, input_node, nodes: list) -> None:
-    """Outputs go where the input sits in the subject hierarchy (its study, for DICOM data)."""
-    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(scene)
-    input_item = hierarchy.GetItemByDataNode(input_node)
-    parent = hierarchy.GetItemParent(input_item) if input_item else hierarchy.GetSceneItemID()
-    for node in nodes:
-        item = hierarchy.GetItemByDataNode(node) or hierarchy.CreateItem(parent, node)
-        hierarchy.SetItemParent(item, parent)
 
 
 def show_overlay(scene, results: Results, opacity: float = 0.5) -> None:
@@ -286,48 +345,128 @@ def lesion_position(results: Results, row_index: int) -> list[float]:
 
 # -- export ---------------------------------------------------------------------------------------
 
-def export_results(scene, results: Results, folder: str | Path, dicom_files: list[str] | None = None) -> list[Path]:
-    """Segmentation .seg.nrrd, labelmap and heatmap .nii.gz, and DICOM SEG for DICOM inputs."""
+@dataclass
+class ExportReport:
+    """What an export wrote, and what it did not write and why (each file stands on its own)."""
+
+    written: list[Path] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+
+    def text(self) -> str:
+        lines = [f"Wrote {p}" for p in self.written] + [f"Not written: {name}: {why}" for name, why in self.skipped]
+        return "\n".join(lines)
+
+
+def export_results(scene, results: Results, folder: str | Path, dicom_files: list[str] | None = None,
+                   dicom_unavailable: str | None = None) -> ExportReport:
+    """Label map and heatmap .nii.gz, segmentation .seg.nrrd, and DICOM SEG for DICOM inputs.
+
+    ``dicom_unavailable``: why DICOM SEG cannot be written here (None: it can)."""
     folder = Path(folder)
-    name = _safe(results.input.GetName())
-    written = [write_node(scene, results.lesions, folder / f"{name}_lesions.seg.nrrd"),
-               write_node(scene, results.heatmap, folder / f"{name}_heatmap.nii.gz")]
+    name = _safe(results.placement.name)
+    report = ExportReport()
+    no_lesions = f"no lesion candidates at threshold {results.threshold:.4f}"
+
+    def attempt(file_name: str, write) -> None:
+        try:
+            report.written.append(write(folder / file_name))
+        except Exception as error:  # one file's failure must not hide what the others wrote
+            report.skipped.append((file_name, str(error) or type(error).__name__))
+
+    attempt(f"{name}_heatmap.nii.gz", lambda path: write_node(scene, results.heatmap, path))
     label_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"{name} lesion labels")
     try:
-        slicer.vtkSlicerSegmentationsModuleLogic.ExportAllSegmentsToLabelmapNode(
-            results.lesions, label_node, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY)
-        written.append(write_node(scene, label_node, folder / f"{name}_lesions.nii.gz"))
-        if dicom_files:
-            labels = slicer.util.arrayFromVolume(label_node)
-            written.append(export_dicom_seg(labels, results.rows, dicom_files, folder / f"{name}_lesions_seg.dcm"))
+        label_node.CopyOrientation(results.heatmap)
+        labels = lesion_label_array(results)
+        slicer.util.updateVolumeFromArray(label_node, labels)
+        attempt(f"{name}_lesions.nii.gz", lambda path: write_node(scene, label_node, path))
+        if results.rows:
+            attempt(f"{name}_lesions.seg.nrrd", lambda path: write_node(scene, results.lesions, path))
+        else:
+            report.skipped.append((f"{name}_lesions.seg.nrrd", no_lesions))
+        seg_name = f"{name}_lesions_seg.dcm"
+        if not dicom_files:
+            report.skipped.append((seg_name, "the input was not loaded from DICOM"))
+        elif not results.rows:
+            report.skipped.append((seg_name, no_lesions))
+        elif dicom_unavailable:
+            report.skipped.append((seg_name, dicom_unavailable))
+        else:
+            attempt(seg_name, lambda path: export_dicom_seg(labels, results.rows, dicom_files, path,
+                                                            slice_origins_lps(results.heatmap)))
     finally:
         scene.RemoveNode(label_node)
-    return written
+    return report
 
 
-def export_dicom_seg(labels: np.ndarray, rows: list[dict], dicom_files: list[str], path: Path) -> Path:
-    """DICOM SEG (highdicom) of the lesion labels over the source series, slice by slice."""
+def lesion_label_array(results: Results) -> np.ndarray:
+    """The module's lesion segments as labels 1..n on the input grid (k, j, i); segments a user
+    added are not lesions of this run and stay out."""
+    labels = np.zeros(slicer.util.arrayFromVolume(results.heatmap).shape, np.uint16)
+    if not results.rows:
+        return labels
+    ids = vtk.vtkStringArray()
+    for row in results.rows:
+        ids.InsertNextValue(f"{LESION_ID}{row['label']}")
+    scene = results.lesions.GetScene()
+    merged = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    try:
+        slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(results.lesions, ids, merged,
+                                                                             results.heatmap)
+        exported = slicer.util.arrayFromVolume(merged)
+        # Exported labels follow the order of ``ids``: 1 -> first row's lesion, and so on.
+        for index, row in enumerate(results.rows, start=1):
+            labels[exported == index] = row["label"]
+    finally:
+        scene.RemoveNode(merged)
+    return labels
+
+
+def slice_origins_lps(volume_node) -> np.ndarray:
+    """LPS position of the first voxel of each slice k of a volume (k, 3)."""
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    m = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+    k = np.arange(volume_node.GetImageData().GetDimensions()[2])
+    ras = (m[:3, 2][None, :] * k[:, None]) + m[:3, 3][None, :]
+    return ras * np.array([-1.0, -1.0, 1.0])
+
+
+def export_dicom_seg(labels: np.ndarray, rows: list[dict], dicom_files: list[str], path: Path,
+                     slice_origins: np.ndarray | None = None) -> Path:
+    """DICOM SEG (highdicom) of the lesion labels (k, j, i) over the source series.
+
+    ``dicom_files`` in the series' own instance order: one file per slice k of the volume, or one
+    multi-frame file. ``slice_origins`` (LPS, one per slice) checks that file k holds slice k."""
     import highdicom as hd
     import pydicom
     from pydicom.sr.codedict import codes
 
-    sources = [pydicom.dcmread(f) for f in dicom_files]
-    normal = np.cross(*np.array(sources[0].ImageOrientationPatient, float).reshape(2, 3))
-    sources.sort(key=lambda ds: float(np.dot(normal, np.array(ds.ImagePositionPatient, float))))
-    if labels.shape != (len(sources), sources[0].Rows, sources[0].Columns):
-        raise ValueError(f"labels {labels.shape} do not match the DICOM series "
-                         f"({len(sources)} x {sources[0].Rows} x {sources[0].Columns})")
     if not rows:
         raise ValueError("no lesion to export as DICOM SEG")
+    sources = [pydicom.dcmread(f) for f in dicom_files]
+    frames = int(getattr(sources[0], "NumberOfFrames", 1)) if len(sources) == 1 else len(sources)
+    if labels.shape != (frames, sources[0].Rows, sources[0].Columns):
+        raise ValueError(f"labels {labels.shape} do not match the DICOM series "
+                         f"({frames} x {sources[0].Rows} x {sources[0].Columns})")
+    if slice_origins is not None and len(sources) > 1:
+        positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in sources])
+        worst = float(np.abs(positions - slice_origins).max())
+        if worst > 0.1:  # mm; DICOM positions carry a few decimals
+            raise ValueError(f"the DICOM files are not in the volume's slice order (off by {worst:.2f} mm)")
     algorithm = hd.AlgorithmIdentificationSequence(name="MAEDiffAnomaly", version="0.1",
                                                    family=codes.cid7162.ArtificialIntelligence)
     descriptions = [hd.seg.SegmentDescription(
-        segment_number=row["label"], segment_label=f"Lesion {row['label']}",
+        segment_number=number, segment_label=f"Lesion {row['label']}",
         segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
         segmented_property_type=codes.SCT.Lesion, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algorithm) for row in rows]
+        algorithm_identification=algorithm) for number, row in enumerate(rows, start=1)]
+    # Segment numbers must run 1..n: map each lesion label to its row's position.
+    numbered = np.zeros(labels.shape, np.uint16)
+    for number, row in enumerate(rows, start=1):
+        numbered[labels == row["label"]] = number
     seg = hd.seg.Segmentation(
-        source_images=sources, pixel_array=labels.astype(np.uint16), segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        source_images=sources, pixel_array=numbered, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=901,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="MAEDiffAnomaly",
         manufacturer_model_name="MAEDiff", software_versions="0.1", device_serial_number="none",

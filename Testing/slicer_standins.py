@@ -1,0 +1,362 @@
+"""Stand-ins for the parts of the Slicer application that cannot exist here: Qt widgets, the .ui
+loader, the parameter-node GUI binding, ScriptedLoadableModule, ``slicer.app``. Everything else is
+real: the MRML scene and ``slicer.util`` of PyPI's slicer-core (``launchConsoleProcess``,
+``tryWithErrorDisplay``, ``VTKObservationMixin``), the module's logic and Lib, the core.
+
+The binding follows Slicer's own rule, from Base/Python/slicer/parameterNodeWrapper/guiConnectors.py
+(5.6.2 to main): each connector's ``canRepresent`` accepts one exact widget class with certain
+declared types, and ``connectGui`` raises when none accepts a binding. ``CONNECTORS`` is that
+table; the stand-in ``connectGui`` and the static binding test both use it.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import pathlib
+import sys
+import types
+import typing
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+PATHS = {pathlib.Path, pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePath, pathlib.PurePosixPath,
+         pathlib.PureWindowsPath}
+NODE = "MRML node"  # any vtkMRML*Node class (or a Union of them)
+
+# widget class -> (accepted declared types, needs Choice, needs bounds): guiConnectors.py's
+# QCheckBoxToBoolConnector, QCheckablePushButtonToBoolConnector, QSliderOrSpinBoxToIntConnector,
+# QDoubleSpinBoxCtkSliderWidgetToFloatConnector, QComboBoxToStringableConnector /
+# QComboBoxToEnumConnector, QLineEditToStrConnector, QTextEditPlainTextToStrConnector,
+# ctkPathLineEditToPathConnector, ctkDirectoryButtonToPathConnector,
+# qMRMLNodeComboBoxToNodeConnector, qMRMLSubjectHierarchyTreeViewToNodeConnector.
+CONNECTORS = {
+    "QCheckBox": ({bool}, False, False),
+    "QPushButton": ({bool}, False, False),
+    "QSpinBox": ({int}, False, False),
+    "QSlider": ({int}, False, True),
+    "QDoubleSpinBox": ({float}, False, False),
+    "ctkSliderWidget": ({float}, False, True),
+    "QComboBox": ({int, float, str, bool, enum.Enum}, True, False),
+    "QLineEdit": ({str}, False, False),
+    "QTextEdit": ({str}, False, False),
+    "ctkPathLineEdit": (PATHS, False, False),
+    "ctkDirectoryButton": (PATHS, False, False),
+    "qMRMLNodeComboBox": ({NODE}, False, False),
+    "qMRMLSubjectHierarchyTreeView": ({NODE}, False, False),
+}
+
+
+@dataclass
+class Choice:
+    choices: list
+
+
+@dataclass
+class WithinRange:
+    minimum: float
+    maximum: float
+
+
+def split(annotation) -> tuple[object, list]:
+    """(declared type, its Annotated extras)."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        base, *extras = typing.get_args(annotation)
+        return base, extras
+    return annotation, []
+
+
+def kind(base) -> object:
+    if isinstance(base, type) and base.__name__.startswith("vtkMRML"):
+        return NODE
+    if isinstance(base, type) and issubclass(base, enum.Enum) and base is not enum.Enum:
+        return enum.Enum
+    return base
+
+
+def binding_error(widget_class: str, annotation) -> str | None:
+    """Why Slicer's connectGui would refuse to bind this widget class to this declared type."""
+    if widget_class not in CONNECTORS:
+        return f"no connector for widget class {widget_class}"
+    accepted, needs_choice, needs_bounds = CONNECTORS[widget_class]
+    base, extras = split(annotation)
+    if kind(base) not in accepted:
+        return f"{widget_class} binds to {sorted(map(str, accepted))}, not {base}"
+    if needs_choice and kind(base) is not enum.Enum and not any(isinstance(e, Choice) for e in extras):
+        return f"{widget_class} needs a Choice annotation"
+    if needs_bounds and not any(isinstance(e, WithinRange) for e in extras):
+        return f"{widget_class} needs WithinRange bounds"
+    return None
+
+
+# -- Qt --------------------------------------------------------------------------------------------
+
+class Widget:
+    """Any Qt widget: properties as attributes, signals by their signature."""
+
+    def __init__(self, cls: str = "QWidget", name: str = "", **properties):
+        self.className, self.objectName = cls, name
+        self.enabled, self.visible, self.text, self.toolTip = True, True, "", ""
+        self.value, self.minimum, self.maximum, self.singleStep = 0, 0, 99, 1
+        self.checked, self.collapsed, self.tracking, self.specialValueText = False, False, True, ""
+        self.currentPath, self.directory, self.currentIndex, self.items = "", "", 0, []
+        self.plainText, self.tableNode, self.node = "", None, None
+        self.__dict__.update(properties)
+        self.handlers: dict[str, list] = {}
+        self.blocked = False
+
+    def connect(self, signal: str, slot) -> None:
+        self.handlers.setdefault(signal.split("(")[0], []).append(slot)
+
+    def emit(self, signal: str, *args) -> None:
+        """What a user's action does: the slots run; an exception in a slot is printed and the
+        application goes on, as PythonQt does."""
+        if self.blocked:
+            return
+        for slot in self.handlers.get(signal.split("(")[0], []):
+            try:
+                slot(*args[:accepted(slot, len(args))])  # PythonQt drops what a slot does not take
+            except Exception as error:  # noqa: BLE001 - PythonQt's behaviour
+                UNCAUGHT.append(error)
+
+    def blockSignals(self, block: bool) -> bool:
+        was, self.blocked = self.blocked, block
+        return was
+
+    # the few methods the module calls
+    def setMRMLScene(self, scene) -> None:
+        self.scene = scene
+
+    def setMRMLTableNode(self, node) -> None:
+        self.tableNode = node
+
+    def setItemText(self, index: int, text: str) -> None:
+        self.items[index] = text
+
+    def addItem(self, text: str) -> None:
+        self.items.append(text)
+
+    def clear(self) -> None:
+        self.items, self.plainText = [], ""
+
+    def appendPlainText(self, line: str) -> None:
+        self.plainText += line + "\n"
+
+    def currentNode(self):
+        return self.node
+
+    def setCurrentNode(self, node) -> None:
+        self.node = node
+
+
+UNCAUGHT: list[Exception] = []
+
+
+def accepted(slot, offered: int) -> int:
+    parameters = inspect.signature(slot).parameters.values()
+    if any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        return offered
+    return min(offered, sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in parameters))
+
+
+class QTimer:
+    def __init__(self):
+        self.active, self.interval, self.handlers = False, 0, []
+
+    def setInterval(self, ms: int) -> None:
+        self.interval = ms
+
+    def connect(self, signal: str, slot) -> None:
+        self.handlers.append(slot)
+
+    def start(self) -> None:
+        self.active = True
+
+    def stop(self) -> None:
+        self.active = False
+
+    def fire(self) -> None:
+        for slot in self.handlers:
+            slot()
+
+
+def load_ui(path) -> Widget:
+    """The .ui file's top widget; ``children`` maps every widget's name to it."""
+    root = ET.parse(path).getroot()
+    widgets = {}
+    for element in root.iter("widget"):
+        properties = {}
+        for prop in element.findall("property"):
+            child = prop[0]
+            value = child.text
+            if child.tag == "bool":
+                value = value == "true"
+            elif child.tag in ("number", "double"):
+                value = float(value)
+            properties[prop.get("name")] = value
+        widget = Widget(element.get("class"), element.get("name"), **properties)
+        widget.items = [i.find("property/string").text for i in element.findall("item")]
+        widgets[widget.objectName] = widget
+    top = widgets[root.find("widget").get("name")]
+    top.children = widgets
+    return top
+
+
+# -- parameter node --------------------------------------------------------------------------------
+
+def parameterNodeWrapper(cls):
+    """Typed parameters stored in a scripted-module node, bound to widgets by SlicerParameterName
+    under Slicer's connector rule (``binding_error``)."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    defaults = {name: getattr(cls, name, None) for name in hints}
+
+    values_of_node: dict[str, dict] = {}  # the values live with the node, as in Slicer
+
+    class Wrapped:
+        def __init__(self, node):
+            object.__setattr__(self, "parameterNode", node)
+            object.__setattr__(self, "_values", values_of_node.setdefault(node.GetID(), dict(defaults)))
+
+        def __getattr__(self, name):
+            if name in hints:
+                return self._values.get(name)
+            return getattr(self.parameterNode, name)  # AddObserver & co., as Slicer's wrapper
+
+        def __setattr__(self, name, value):
+            if name not in hints:
+                raise AttributeError(f"{cls.__name__} has no parameter {name}")
+            base, extras = split(hints[name])
+            if kind(base) in PATHS and value is not None:
+                value = pathlib.Path(value)
+            self._values[name] = value
+            self.parameterNode.SetParameter(name, str(value))  # fires ModifiedEvent, as Slicer's does
+            for widget, bound in getattr(self, "_bound", []):
+                if bound == name:
+                    write(widget, value)
+
+        def connectGui(self, ui):
+            bound = []
+            for widget in vars(ui).values():
+                name = getattr(widget, "SlicerParameterName", None)
+                if name is None:
+                    continue
+                if name not in hints:
+                    raise RuntimeError(f"no parameter {name} for widget {widget.objectName}")
+                error = binding_error(widget.className, hints[name])
+                if error:
+                    raise RuntimeError(f"Unable to create GUI connector from datatype '{hints[name]}' to "
+                                       f"widget '{widget.objectName}': {error}")
+                base, extras = split(hints[name])
+                for extra in extras:
+                    if isinstance(extra, Choice):
+                        widget.items = [str(c) for c in extra.choices]
+                    if isinstance(extra, WithinRange):
+                        widget.minimum, widget.maximum = extra.minimum, extra.maximum
+                write(widget, self._values.get(name))
+                bound.append((widget, name))
+            object.__setattr__(self, "_bound", bound)
+            return bound
+
+        def disconnectGui(self, tag):
+            object.__setattr__(self, "_bound", [])
+
+    Wrapped.__name__ = cls.__name__
+    return Wrapped
+
+
+def write(widget: Widget, value) -> None:
+    attribute = {"QCheckBox": "checked", "QPushButton": "checked", "ctkPathLineEdit": "currentPath",
+                 "ctkDirectoryButton": "directory", "qMRMLNodeComboBox": "node"}.get(widget.className, "value")
+    if widget.className == "QComboBox":
+        widget.currentIndex = widget.items.index(str(value)) if str(value) in widget.items else 0
+        return
+    setattr(widget, attribute, str(value) if attribute in ("currentPath", "directory") and value else value)
+
+
+# -- the modules Slicer provides -------------------------------------------------------------------
+
+class App:
+    """``slicer.app``: a version, a temporary folder, the startup environment, cursor calls."""
+
+    def __init__(self, temporary: pathlib.Path, environment: dict, version=(5, 12)):
+        self.temporaryPath, self.defaultScenePath = str(temporary), str(temporary / "scenes")
+        self.majorVersion, self.minorVersion = version
+        self._environment = environment
+
+    def startupEnvironment(self):
+        environment = self._environment
+        return types.SimpleNamespace(keys=lambda: list(environment), value=lambda key: environment[key])
+
+    def setOverrideCursor(self, cursor) -> None:
+        pass
+
+    def restoreOverrideCursor(self) -> None:
+        pass
+
+    def testingEnabled(self) -> bool:
+        return False
+
+    def connect(self, signal, slot) -> None:
+        pass
+
+
+class ScriptedLoadableModuleLogic:
+    """Slicer's base: one parameter node per module, in the scene."""
+
+    moduleName = "MAEDiffAnomaly"
+
+    def getParameterNode(self):
+        import slicer
+
+        node = slicer.mrmlScene.GetSingletonNode(self.moduleName, "vtkMRMLScriptedModuleNode")
+        if node is None:
+            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScriptedModuleNode")
+            node.SetSingletonTag(self.moduleName)
+        return node
+
+
+class ScriptedLoadableModuleWidget:
+    def __init__(self, parent=None):
+        self.parent = parent or types.SimpleNamespace(isEntered=True)
+        self.layout = types.SimpleNamespace(addWidget=lambda widget: None)
+
+    def setup(self):
+        pass
+
+    def resourcePath(self, relative: str) -> str:
+        return str(MODULE_DIR / "Resources" / relative)
+
+
+MODULE_DIR = pathlib.Path()
+DIALOGS: list[tuple[str, str, str]] = []  # (kind, text, details) of every message box shown
+
+
+def install(module_dir: pathlib.Path, temporary: pathlib.Path, environment: dict, confirm: bool = True):
+    """Put the stand-ins where the module imports them; returns ``slicer``."""
+    import slicer
+    import slicer.util
+
+    global MODULE_DIR
+    MODULE_DIR = module_dir
+    qt = types.ModuleType("qt")
+    qt.QTimer = QTimer
+    qt.Qt = types.SimpleNamespace(WaitCursor=3)
+    sys.modules["qt"] = qt
+    sys.modules["ctk"] = types.ModuleType("ctk")
+    wrapper = types.ModuleType("slicer.parameterNodeWrapper")
+    wrapper.parameterNodeWrapper, wrapper.Choice, wrapper.WithinRange = parameterNodeWrapper, Choice, WithinRange
+    sys.modules["slicer.parameterNodeWrapper"] = wrapper
+    scripted = types.ModuleType("slicer.ScriptedLoadableModule")
+    scripted.ScriptedLoadableModule = type("ScriptedLoadableModule", (), {
+        "__init__": lambda self, parent: setattr(self, "parent", parent)})
+    scripted.ScriptedLoadableModuleWidget = ScriptedLoadableModuleWidget
+    scripted.ScriptedLoadableModuleLogic = ScriptedLoadableModuleLogic
+    scripted.ScriptedLoadableModuleTest = type("ScriptedLoadableModuleTest", (), {})
+    sys.modules["slicer.ScriptedLoadableModule"] = scripted
+    slicer.app = App(temporary, environment)
+    slicer.util.loadUI = lambda path: load_ui(path)
+    slicer.util.childWidgetVariables = lambda top: types.SimpleNamespace(**top.children)
+    slicer.util.errorDisplay = lambda text, detailedText="", **kw: DIALOGS.append(("error", text, detailedText))
+    slicer.util.infoDisplay = lambda text, detailedText="", **kw: DIALOGS.append(("info", text, detailedText))
+    slicer.util.confirmOkCancelDisplay = lambda text, **kw: DIALOGS.append(("confirm", text, "")) or confirm
+    return slicer

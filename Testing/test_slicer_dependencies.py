@@ -1,0 +1,106 @@
+"""The module's install lists, checked against what the code that runs in Slicer imports.
+
+Two paths run there: Slicer's own process (the module, its Lib, and the parts of the core they
+import: scene building, the threshold slider, export) and the detector process (``maediff
+detect`` and ``maediff device``). Every third-party import on them must be something Slicer or
+the PyTorch extension provides, or in the module's installer; heavy research-only packages must
+stay off them."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+from MAEDiffAnomalyLib import dependencies
+
+ROOT = Path(__file__).resolve().parent.parent
+# The CLI holds every command; the detector runs only these functions of it.
+CLI_FUNCTIONS_RUN = {"main", "build_parser", "cmd_detect", "cmd_device", "exit_when_orphaned"}
+OWN = {"maediff_core", "MAEDiffAnomalyLib", "MAEDiffAnomaly"}
+
+
+def source_of(module: str) -> Path | None:
+    parts = module.split(".")
+    base = ROOT / "MAEDiffAnomaly" if parts[0] in ("MAEDiffAnomalyLib", "MAEDiffAnomaly") else ROOT
+    path = base.joinpath(*parts).with_suffix(".py")
+    return path if path.is_file() else None
+
+
+def imports_of(module: str) -> set[str]:
+    """Absolute names ``module`` imports: at module level and in its functions (for the CLI, only
+    the functions the detector runs)."""
+    tree = ast.parse(source_of(module).read_text())
+    package = module.rsplit(".", 1)[0] if "." in module else module
+    nodes = []
+    for statement in tree.body:
+        if module == "maediff_core.cli" and isinstance(statement, ast.FunctionDef) \
+                and statement.name not in CLI_FUNCTIONS_RUN:
+            continue
+        nodes += list(ast.walk(statement))
+    found = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = f"{package}.{node.module}" if node.level else node.module
+            base = base.rstrip(".") if node.module else package
+            found.add(base)
+            found |= {f"{base}.{alias.name}" for alias in node.names if source_of(f"{base}.{alias.name}")}
+    return found
+
+
+def third_party_closure(*starts: str) -> set[str]:
+    """Top-level names of the third-party packages imported, transitively through our own code."""
+    seen, todo, third = set(), list(starts), set()
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        for name in imports_of(module):
+            top = name.split(".")[0]
+            if top in OWN:
+                if source_of(name) and name not in seen:
+                    todo.append(name)
+            elif top not in sys.stdlib_module_names:
+                third.add(top)
+    return third
+
+
+def test_the_detector_needs_only_slicer_torch_and_the_detect_installs():
+    needed = third_party_closure("maediff_core.cli")
+    allowed = dependencies.PROVIDED | set(dependencies.GROUPS["detect"])
+    assert needed <= allowed, f"not installed inside Slicer: {sorted(needed - allowed)}"
+    assert {"torch", "monai", "safetensors", "SimpleITK", "numpy"} <= needed  # the walk does see the path
+
+
+def test_slicers_process_needs_no_torch_and_installs_export_needs_itself():
+    needed = third_party_closure("MAEDiffAnomaly", "MAEDiffAnomalyLib.scene", "MAEDiffAnomalyLib.runner",
+                                 "MAEDiffAnomalyLib.model_card", "MAEDiffAnomalyLib.dependencies")
+    allowed = dependencies.PROVIDED | set(dependencies.GROUPS["export"])
+    assert needed <= allowed, f"not available in Slicer's process: {sorted(needed - allowed)}"
+    assert "torch" not in needed  # the panel loads, and shows results, before torch is installed
+    assert {"highdicom", "pydicom", "SimpleITK", "slicer"} <= needed
+
+
+def test_research_only_packages_stay_off_both_paths():
+    on_paths = third_party_closure("maediff_core.cli", "MAEDiffAnomaly")
+    assert not {"tqdm", "tensorboard", "matplotlib", "sklearn"} & on_paths
+
+
+def test_installs_never_replace_what_slicer_ships():
+    for forbidden in ("SimpleITK", "numpy", "torch", "pydicom"):
+        try:
+            dependencies.pip_arguments("detect", [forbidden])
+        except ValueError as error:
+            assert "must not be installed" in str(error)
+        else:
+            raise AssertionError(f"{forbidden} would be installed")
+    commands = dependencies.pip_arguments("detect", ["einops", "monai"])
+    assert any("--no-deps" in command and "monai>=1.3" in command for command in commands)
+    constraints = Path(commands[0][commands[0].index("-c") + 1]).read_text().splitlines()
+    import importlib.metadata
+
+    for name in ("numpy", "SimpleITK", "torch", "pydicom"):
+        assert f"{importlib.metadata.metadata(name)['Name']}=={importlib.metadata.version(name)}" in constraints

@@ -1,0 +1,268 @@
+"""The module's panel as a user drives it: Detect -> running (inputs locked, the button is Cancel)
+-> finished / cancelled / failed, on the real MRML scene, with a real detection subprocess started
+by Slicer's own ``launchConsoleProcess`` through a PythonSlicer launcher. Only Qt, the .ui loader
+and the parameter-node binding are stand-ins (slicer_standins.py), and the binding follows Slicer's
+connector rule, so a panel Slicer could not load cannot load here either."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import sys
+import time
+import types
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicer_standins as standins
+
+from maediff_core.phantom import PhantomConfig, make_phantom
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE = ROOT / "MAEDiffAnomaly"
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    """The module imported as Slicer imports it, PythonSlicer on the PATH, a fresh scene."""
+    temporary = tmp_path_factory.mktemp("slicer-app")
+    bin_dir = temporary / "bin"
+    bin_dir.mkdir()
+    launcher = bin_dir / "PythonSlicer"
+    launcher.write_text(f"#!{sys.executable}\nimport subprocess, sys\n"
+                        f"sys.exit(subprocess.call([{sys.executable!r}, *sys.argv[1:]]))\n")
+    launcher.chmod(launcher.stat().st_mode | stat.S_IXUSR)
+    saved_path = os.environ["PATH"]
+    os.environ["PATH"] = f"{bin_dir}{os.pathsep}{saved_path}"
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    slicer = standins.install(MODULE, temporary, environment)
+    from MAEDiffAnomalyLib import scene as scene_lib
+
+    scene = scene_lib.headless_scene()
+    sys.modules.pop("MAEDiffAnomaly", None)
+    import MAEDiffAnomaly
+
+    yield types.SimpleNamespace(module=MAEDiffAnomaly, slicer=slicer, scene=scene, scene_lib=scene_lib,
+                                temporary=temporary)
+    os.environ["PATH"] = saved_path
+    for name in ("qt", "ctk", "slicer.parameterNodeWrapper", "slicer.ScriptedLoadableModule", "MAEDiffAnomaly"):
+        sys.modules.pop(name, None)
+
+
+@pytest.fixture(scope="module")
+def panel(app):
+    standins.UNCAUGHT.clear()
+    widget = app.module.MAEDiffAnomalyWidget()
+    widget.setup()
+    assert not standins.UNCAUGHT
+    return widget
+
+
+@pytest.fixture(scope="module")
+def volumes(app, atlas, tmp_path_factory):
+    """Two skull-stripped T2 volumes already in atlas space (the panel's Advanced switches skip
+    registration, which other tests cover), in the scene; the first under a transform."""
+    folder = tmp_path_factory.mktemp("volumes")
+    nodes = []
+    for name, seed in (("patient A", 31), ("patient B", 32)):
+        phantom = make_phantom("tumour", seed, PhantomConfig(skull_probability=0.0), atlas,
+                               native_grid=atlas.template, pose=sitk.AffineTransform(3))
+        path = folder / f"{name}.nii.gz"
+        sitk.WriteImage(phantom.image, str(path))
+        nodes.append(app.scene_lib.read_volume_node(app.scene, path, name))
+    transform = app.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    nodes[0].SetAndObserveTransformNodeID(transform.GetID())
+    return nodes
+
+
+def drive(panel, until, timeout_s: float = 600.0) -> list[int]:
+    """Let the panel's timer tick until ``until()``; returns the progress bar values seen."""
+    seen = []
+    deadline = time.time() + timeout_s
+    while not until() and time.time() < deadline:
+        panel.timer.fire()
+        seen.append(panel.ui.progressBar.value)
+        time.sleep(0.1)
+    assert until(), "timed out"
+    return seen
+
+
+def select_model(panel, path) -> None:
+    panel._parameterNode.modelPath = path
+    panel.ui.modelPathLineEdit.emit("currentPathChanged(QString)", str(path))
+
+
+def test_panel_loads_with_the_bundled_model(app, panel):
+    from maediff_core.resources import default_model_path
+
+    parameters = panel._parameterNode
+    assert parameters.modelPath == default_model_path()
+    assert "maediff-small (maediff)" in panel.ui.modelCardLabel.text
+    assert panel.ui.syntheticWarningLabel.visible
+    assert panel.ui.tTestSpinBox.specialValueText == "model's (150)"
+    assert panel.ui.strideComboBox.items == ["model's (16)", "16", "48"]
+    assert panel.ui.detectThresholdSpinBox.specialValueText.startswith("model's (0.09")
+    assert parameters.exportFolder == Path(app.slicer.app.defaultScenePath)
+    assert not panel.ui.applyButton.enabled  # no volume yet
+
+
+@pytest.fixture(scope="module")
+def s48_model(tiny_model, tmp_path_factory):
+    """The tiny model with a card whose operating point is stride 48 (as a pDDPM-s48 card's)."""
+    card = json.loads(Path(tiny_model).read_text())
+    card["config"]["patch"]["stride"] = 48
+    path = tmp_path_factory.mktemp("s48") / "s48.json"
+    path.write_text(json.dumps(card))
+    shutil.copy(Path(tiny_model).with_suffix(".safetensors"), path.with_suffix(".safetensors"))
+    return path
+
+
+def test_detect_runs_with_inputs_locked_and_results_where_the_input_was(app, panel, volumes, s48_model):
+    first, second = volumes
+    parameters = panel._parameterNode
+    parameters.inputVolume = first
+    parameters.device = "cpu"
+    parameters.skullStripped = parameters.skipRegistration = True
+    select_model(panel, s48_model)
+    assert panel.ui.strideComboBox.items[0] == "model's (48)"
+    assert panel.ui.applyButton.enabled
+    panel.ui.applyButton.emit("clicked(bool)", False)
+    assert not standins.UNCAUGHT and panel.run is not None
+    args = panel.run.process.args
+    assert not {"--t-test", "--stride", "--threshold"} & set(args)  # the card's operating point
+    assert "--no-register" in args and args[args.index("--mask-method") + 1] == "skull-stripped"
+    assert panel.ui.applyButton.text == "Cancel" and panel.ui.applyButton.enabled
+    assert not panel.ui.inputsCollapsibleButton.enabled and not panel.ui.preprocessingCollapsibleButton.enabled
+    assert panel.timer.active
+    parameters.inputVolume = second  # whatever the selection does now, the run belongs to the first volume
+    work = panel.run.work
+
+    seen = drive(panel, lambda: panel.run is None)
+    assert seen == sorted(seen) and panel.ui.progressBar.value == 100
+    assert len(set(seen)) > 5  # one bar that moves through every stage
+    results = panel.results
+    assert results is not None and results.input is first
+    assert json.loads((results.result_dir / "lesions.json").read_text())["detect"]["stride"] == 48  # the card's
+    assert results.heatmap.GetName() == "patient A anomaly heatmap"
+    assert results.heatmap.GetAttribute(app.scene_lib.INPUT) == first.GetID()
+    assert results.heatmap.GetTransformNodeID() == first.GetTransformNodeID()
+    assert panel.ui.applyButton.text == "Detect anomalies" and panel.ui.inputsCollapsibleButton.enabled
+    assert panel.ui.thresholdSlider.enabled and panel.ui.exportButton.enabled
+    assert not work.exists() and results.result_dir.is_dir()
+    assert Path(app.slicer.app.temporaryPath) / "MAEDiffAnomaly" in results.result_dir.parents
+    assert (panel.ui.thresholdSlider.minimum, panel.ui.thresholdSlider.maximum) == results.threshold_range()
+    assert panel.ui.thresholdSlider.value == 0.05 and results.threshold_range()[1] >= 0.1
+
+    panel.ui.thresholdSlider.emit("valueChanged(double)", 0.08)
+    assert not standins.UNCAUGHT and panel.ui.statusLabel.text.endswith("at threshold 0.0800")
+    assert panel.results.threshold == 0.08
+
+
+def test_cancel_returns_to_idle_and_leaves_nothing(app, panel, volumes):
+    panel._parameterNode.inputVolume = volumes[1]
+    nodes = app.scene.GetNumberOfNodes()
+    panel.ui.applyButton.emit("clicked(bool)", False)
+    work = panel.run.work
+    drive(panel, lambda: panel.run is None or panel.run.process.progress.stage == "preprocess", 120)
+    panel.ui.applyButton.emit("clicked(bool)", False)  # the button is Cancel now
+    assert panel.run is None and panel.ui.statusLabel.text == "Cancelled"
+    assert panel.ui.applyButton.text == "Detect anomalies" and panel.ui.inputsCollapsibleButton.enabled
+    assert app.scene.GetNumberOfNodes() == nodes and not work.exists()
+
+
+def test_a_model_without_threshold_is_refused_before_running(app, panel, volumes, tiny_model, tmp_path):
+    card = json.loads(Path(tiny_model).read_text())
+    card["threshold"] = None
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps(card))
+    shutil.copy(Path(tiny_model).with_suffix(".safetensors"), bare.with_suffix(".safetensors"))
+    select_model(panel, bare)
+    assert panel.ui.detectThresholdSpinBox.specialValueText == "none in the model: set one"
+    standins.DIALOGS.clear()
+    panel.ui.applyButton.emit("clicked(bool)", False)
+    assert panel.run is None and panel.ui.applyButton.text == "Detect anomalies"
+    assert any("no decision threshold" in text for kind, text, _ in standins.DIALOGS if kind == "error")
+    select_model(panel, tiny_model)
+
+
+def test_a_failed_run_shows_the_cores_message(app, panel, tmp_path):
+    flat = tmp_path / "flat.nii.gz"
+    sitk.WriteImage(sitk.Image([40, 40, 20], sitk.sitkInt16) + 7, str(flat))
+    node = app.scene_lib.read_volume_node(app.scene, flat, "flat")
+    panel._parameterNode.inputVolume = node
+    panel._parameterNode.tTest = 300
+    standins.DIALOGS.clear()
+    panel.ui.applyButton.emit("clicked(bool)", False)
+    assert panel.run.process.args[panel.run.process.args.index("--t-test") + 1] == "300"  # only what was set
+    drive(panel, lambda: panel.run is None, 120)
+    panel._parameterNode.tTest = 0
+    errors = [(text, details) for kind, text, details in standins.DIALOGS if kind == "error"]
+    assert errors and errors[0][0] == "Anomaly detection failed." and "same value" in errors[0][1]
+    assert panel.ui.statusLabel.text.startswith("Detection failed")
+    assert panel.ui.applyButton.text == "Detect anomalies" and panel.ui.inputsCollapsibleButton.enabled
+
+
+def test_check_device_does_not_block(panel):
+    start = time.perf_counter()
+    panel.ui.detectDeviceButton.emit("clicked(bool)", False)
+    assert time.perf_counter() - start < 2.0 and panel.deviceQuery is not None
+    assert panel.ui.deviceInfoLabel.text.startswith("Asking")
+    drive(panel, lambda: panel.deviceQuery is None, 120)
+    assert panel.ui.deviceInfoLabel.text.startswith(("No CUDA GPU", "GPU:"))
+
+
+def test_compare_layout_gives_back_the_views_it_linked(app, panel):
+    scene = app.scene
+    import slicer
+
+    layout_node = scene.AddNewNodeByClass("vtkMRMLLayoutNode")
+    views = {}
+    for name in ("Red", "Yellow", "Green"):
+        slice_node = scene.AddNewNodeByClass("vtkMRMLSliceNode")
+        slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene, True)
+        composite = scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+        views[name] = types.SimpleNamespace(mrmlSliceNode=lambda s=slice_node: s,
+                                            mrmlSliceCompositeNode=lambda c=composite: c,
+                                            sliceLogic=lambda: types.SimpleNamespace(FitSliceToAll=lambda: None))
+    manager = types.SimpleNamespace(layout=3, sliceWidget=views.get,
+                                    layoutLogic=lambda: types.SimpleNamespace(GetLayoutNode=lambda: layout_node))
+    manager.setLayout = lambda layout: setattr(manager, "layout", layout)
+    app.slicer.app.layoutManager = lambda: manager
+    panel.ui.inspectButton.emit("toggled(bool)", True)
+    assert manager.layout == app.scene_lib.COMPARE_LAYOUT_ID
+    assert all(v.mrmlSliceCompositeNode().GetLinkedControl() for v in views.values())
+    panel.ui.inspectButton.emit("toggled(bool)", False)
+    assert manager.layout == 3
+    assert not any(v.mrmlSliceCompositeNode().GetLinkedControl() for v in views.values())
+
+
+def test_sample_data_loads_from_the_module_folder(app, tmp_path):
+    registered = {}
+    sample_data = types.ModuleType("SampleData")
+    sample_data.SampleDataLogic = types.SimpleNamespace(registerCustomSampleDataSource=lambda **kw: registered.update(kw))
+    sys.modules["SampleData"] = sample_data
+    try:
+        app.module.registerSampleData()
+    finally:
+        del sys.modules["SampleData"]
+    assert registered["sampleName"] == "MAEDiffT2Sample" and registered["uris"].startswith("file://")
+    # What the Sample Data module does with it (SampleDataLogic.downloadFile): no network.
+    copy = tmp_path / registered["fileNames"]
+    urllib.request.urlretrieve(registered["uris"], copy)
+    import hashlib
+
+    assert registered["checksums"] == f"SHA256:{hashlib.sha256(copy.read_bytes()).hexdigest()}"
+    assert sitk.ReadImage(str(copy)).GetSize() == (227, 245, 58)
+
+
+def test_scene_close_cleans_up_result_files(app, panel):
+    root = Path(app.slicer.app.temporaryPath) / "MAEDiffAnomaly"
+    assert any(root.iterdir())
+    panel.onSceneStartClose(None, None)
+    assert panel.results is None and not root.exists()
+    np.testing.assert_equal(panel.run, None)
