@@ -48,16 +48,22 @@ dist/MAEDiffAnomaly.zip: $(MODULE_SOURCES)
 test-core: setup
 	$(PY) -m pytest -q Testing
 
+# The module as a user installs it: the zip, unpacked.
 test-slicer: dist/MAEDiffAnomaly.zip $(SLICER_RELEASES:%=.venv-slicer-%/.installed)
+	rm -rf build/slicer-module && $(PYTHON) -m zipfile -e dist/MAEDiffAnomaly.zip build/slicer-module
 	cd Testing/slicer_env && for release in $(SLICER_RELEASES); do \
-	  MAEDIFF_MODULE_DIR=$(CURDIR)/dist/MAEDiffAnomaly MAEDIFF_SLICER_RELEASE=$$release \
+	  MAEDIFF_MODULE_DIR=$(CURDIR)/build/slicer-module/MAEDiffAnomaly MAEDIFF_SLICER_RELEASE=$$release \
 	  $(CURDIR)/.venv-slicer-$$release/bin/python -m pytest -q . || exit 1; \
 	done
 
 test-simpleitk23: .venv-simpleitk23/.installed
 	cd Testing/simpleitk23 && $(CURDIR)/.venv-simpleitk23/bin/python -m pytest -q .
 
-test: test-core test-simpleitk23 test-slicer
+# Every test Python is set up first, side by side (each set-up is one pip process, mostly waiting on
+# downloads and unpacking), then the suites run one after the other.
+test:
+	$(MAKE) -j4 setup .venv-simpleitk23/.installed $(SLICER_RELEASES:%=.venv-slicer-%/.installed) dist/MAEDiffAnomaly.zip
+	$(MAKE) test-core test-simpleitk23 test-slicer
 
 demo: setup
 	$(PY) -m maediff_core.cli demo -o demo-output

@@ -260,7 +260,8 @@ class MAEDiffAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.logTextEdit.appendPlainText(line)
             if ok:
                 with slicer.util.tryWithErrorDisplay("Could not load the results.", waitCursor=True):
-                    self.setResults(self.logic.finishDetection(run, self._parameterNode.opacity))
+                    # The panel may be closed (no parameter node bound) when a run ends.
+                    self.setResults(self.logic.finishDetection(run, self.logic.getParameterNode().opacity))
                     self.ui.progressBar.value = 100
                     self.ui.statusLabel.text = f"{len(self.results.rows)} lesion candidate(s) in {run.placement.name}"
             elif error == "cancelled":

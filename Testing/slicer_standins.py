@@ -331,7 +331,8 @@ MODULE_DIR = pathlib.Path()
 DIALOGS: list[tuple[str, str, str]] = []  # (kind, text, details) of every message box shown
 
 
-def install(module_dir: pathlib.Path, temporary: pathlib.Path, environment: dict, confirm: bool = True):
+def install(module_dir: pathlib.Path, temporary: pathlib.Path, environment: dict, confirm: bool = True,
+            version: tuple[int, int] = (5, 12)):
     """Put the stand-ins where the module imports them; returns ``slicer``."""
     import slicer
     import slicer.util
@@ -353,7 +354,7 @@ def install(module_dir: pathlib.Path, temporary: pathlib.Path, environment: dict
     scripted.ScriptedLoadableModuleLogic = ScriptedLoadableModuleLogic
     scripted.ScriptedLoadableModuleTest = type("ScriptedLoadableModuleTest", (), {})
     sys.modules["slicer.ScriptedLoadableModule"] = scripted
-    slicer.app = App(temporary, environment)
+    slicer.app = App(temporary, environment, version)
     slicer.util.loadUI = lambda path: load_ui(path)
     slicer.util.childWidgetVariables = lambda top: types.SimpleNamespace(**top.children)
     slicer.util.errorDisplay = lambda text, detailedText="", **kw: DIALOGS.append(("error", text, detailedText))

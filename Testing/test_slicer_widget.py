@@ -204,7 +204,18 @@ def test_a_failed_run_shows_the_cores_message(app, panel, tmp_path):
     errors = [(text, details) for kind, text, details in standins.DIALOGS if kind == "error"]
     assert errors and errors[0][0] == "Anomaly detection failed." and "same value" in errors[0][1]
     assert panel.ui.statusLabel.text.startswith("Detection failed")
+    assert "same value" in panel.ui.logTextEdit.plainText  # the live log holds what the detector printed
     assert panel.ui.applyButton.text == "Detect anomalies" and panel.ui.inputsCollapsibleButton.enabled
+
+
+def test_without_pythonslicer_there_is_no_run(app, panel, volumes, monkeypatch):
+    """Inside Slicer sys.executable is the Slicer application: never a fallback for PythonSlicer."""
+    monkeypatch.setenv("PATH", "/nonexistent")
+    panel._parameterNode.inputVolume = volumes[0]
+    standins.DIALOGS.clear()
+    panel.ui.applyButton.emit("clicked(bool)", False)
+    assert panel.run is None
+    assert any("PythonSlicer was not found" in text for kind, text, _ in standins.DIALOGS if kind == "error")
 
 
 def test_check_device_does_not_block(panel):

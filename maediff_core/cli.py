@@ -145,8 +145,8 @@ def exit_when_orphaned(interval_s: float = 0.5) -> None:
 
 def cmd_detect(args: argparse.Namespace) -> None:
     from .detect import DetectConfig, detect_file, json_progress, load_for_detection, preprocess_settings, text_progress
-    from .resources import default_model_path
     from .device import pick_device
+    from .resources import default_model_path
 
     if args.stop_with_parent:
         exit_when_orphaned()

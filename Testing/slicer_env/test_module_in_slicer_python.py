@@ -11,18 +11,20 @@ import json
 import os
 import sys
 import time
+import types
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import slicer
+import slicer_standins as standins
 import vtk
-from conftest import MODULE, PINS, RELEASE, wait_for
+from conftest import MODULE, NOT_IN_STARTUP, PINS, RELEASE
 from dicom_series import write_dicom_series
 from MAEDiffAnomalyLib import dependencies, model_card
 from MAEDiffAnomalyLib import scene as scene_lib
-from MAEDiffAnomalyLib.runner import CoreProcess, DetectionProcess, DetectRequest, core_command, device_summary
 
 from maediff_core.resources import default_model_path, resources_dir, sample_paths
 
@@ -63,10 +65,38 @@ def test_slicer_packages_are_slicers_and_only_the_installers_were_added():
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, python_slicer, launch):
-    """The bundled sample as the Sample Data module loads it (its file URI into the cache, checksum
-    checked), into a study and under a transform; detection as the module starts it."""
-    scene = scene_lib.headless_scene()
+def panel(tmp_path_factory, python_slicer):
+    """The module's panel, imported from the module folder as Slicer imports it. Qt, the .ui loader
+    and the parameter-node binding are stand-ins (slicer_standins.py); slicer.util, the MRML scene
+    and everything the module calls are real."""
+    temporary = tmp_path_factory.mktemp("slicer-app")
+    os.environ["PATH"] = f"{Path(python_slicer).parent}{os.pathsep}{os.environ['PATH']}"
+    startup = {k: v for k, v in os.environ.items() if k not in NOT_IN_STARTUP}
+    standins.install(MODULE, temporary, startup, version=tuple(int(p) for p in RELEASE.split(".")))
+    scene_lib.headless_scene()
+    import MAEDiffAnomaly
+
+    assert MAEDiffAnomaly.__file__ == str(MODULE / "MAEDiffAnomaly.py")
+    widget = MAEDiffAnomaly.MAEDiffAnomalyWidget()
+    widget.setup()
+    assert not standins.UNCAUGHT, standins.UNCAUGHT
+    return widget
+
+
+def tick(panel, until, timeout_s: float = 1200.0) -> None:
+    """The panel's timer, until ``until()``."""
+    deadline = time.time() + timeout_s
+    while not until() and time.time() < deadline:
+        panel.timer.fire()
+        time.sleep(0.2)
+    assert until(), "timed out"
+
+
+@pytest.fixture(scope="module")
+def run(panel, tmp_path_factory, python_slicer):
+    """Sample Data -> MAEDiffT2Sample (its file URI into the cache, checksum checked), in a study
+    and under a transform; MAEDiff Anomaly -> Detect anomalies, as a user clicks it."""
+    scene = slicer.mrmlScene
     folder = tmp_path_factory.mktemp("sample")
     volume, truth = sample_paths()
     cached = folder / "cache" / volume.name
@@ -80,28 +110,33 @@ def run(tmp_path_factory, python_slicer, launch):
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(scene)
     study = hierarchy.CreateStudyItem(hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), "patient"), "MR")
     hierarchy.SetItemParent(hierarchy.GetItemByDataNode(input_node) or hierarchy.CreateItem(study, input_node), study)
-    placement = scene_lib.Placement.of(scene, input_node)
+    before = slicer.util.arrayFromVolume(input_node).copy()
 
-    work = folder / "work"
-    input_path = scene_lib.write_node(scene, input_node, work / "input.nrrd")
-    before = input_path.read_bytes()
-    card = model_card.read_card(default_model_path())
+    parameters = panel._parameterNode
+    parameters.inputVolume = input_node
+    parameters.device = "cpu"
     # Slicer 5.12 (current): the card's operating point, as a user gets it. Slicer 5.10: the same
-    # code at stride 48 (4 patch positions instead of 16), to keep the suite's time in bounds.
-    override = model_card.overrides(0, model_card.MODEL_DEFAULT if RELEASE == "5.12" else "48", 0.0)
-    request = DetectRequest(input_path, work / "output", model_path=default_model_path(), device="cpu", **override)
-    process = DetectionProcess(request, python_slicer, launch)
+    # path with the user's choice of stride 48 (4 patch positions instead of 16), to keep the time.
+    parameters.stride = model_card.MODEL_DEFAULT if RELEASE == "5.12" else "48"
     start = time.perf_counter()
-    ok, error = wait_for(process)
-    assert ok, error + "\n" + "\n".join(process.log[-20:])
+    panel.ui.applyButton.emit("clicked(bool)", False)
+    started = panel.run
+    assert started is not None, (standins.DIALOGS, standins.UNCAUGHT)
+    input_node.SetName("renamed during the run")  # the results keep the name the run started with
+    tick(panel, lambda: panel.run is None)
     seconds = time.perf_counter() - start
-    # Slicer renames the input while the run goes on; the results keep the name it started with.
-    input_node.SetName("renamed during the run")
-    results = scene_lib.load_results(scene, placement, process.result_dir)
-    print(f"\nSlicer {RELEASE}: detect {seconds:.0f} s, {len(results.rows)} candidates")
-    return {"scene": scene, "input": input_node, "transform": transform, "study": study, "process": process,
-            "results": results, "card": card, "truth": sitk.ReadImage(str(truth)), "folder": folder,
-            "input_unchanged": input_path.read_bytes() == before, "python": python_slicer}
+    assert panel.results is not None, (standins.DIALOGS, standins.UNCAUGHT, started.process.log[-20:])
+    print(f"\nSlicer {RELEASE}: Detect click to results {seconds:.0f} s, {len(panel.results.rows)} candidates")
+    return {"scene": scene, "input": input_node, "transform": transform, "study": study, "process": started.process,
+            "results": panel.results, "truth": sitk.ReadImage(str(truth)), "folder": folder,
+            "input_unchanged": np.array_equal(before, slicer.util.arrayFromVolume(input_node)),
+            "python": python_slicer}
+
+
+def test_the_panel_shows_the_bundled_model_from_the_module_folder(panel):
+    assert panel._parameterNode.modelPath == MODULE / "Resources" / "models" / "maediff-small-demo.json"
+    assert "maediff-small (maediff)" in panel.ui.modelCardLabel.text and panel.ui.syntheticWarningLabel.visible
+    assert panel.ui.applyButton.text == "Detect anomalies"
 
 
 def test_detection_reports_one_rising_progress(run):
@@ -192,21 +227,32 @@ def test_dicom_seg_is_refused_clearly_on_5_10(run):
         assert reason is None and dependencies.missing("export") == []  # Slicer 5.12 ships highdicom
 
 
-@pytest.mark.skipif(RELEASE == "5.10", reason=DICOM_SEG_ON_5_10)
-def test_export_writes_every_format(run):
+def test_export_button_writes_every_format(run, panel):
+    """Export from the panel for a volume loaded from the DICOM database (a stand-in database that
+    maps the volume's instance UIDs to its files, as Slicer's does)."""
+    import pydicom
+
     scene, results = run["scene"], run["results"]
     files = dicom_series_of(run)
+    uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files]
+    run["input"].SetAttribute("DICOM.instanceUIDs", " ".join(uids))
+    slicer.dicomDatabase = types.SimpleNamespace(fileForInstance=dict(zip(uids, files)).get)
     out = run["folder"] / "export"
-    report = scene_lib.export_results(scene, results, out, files)
-    names = {p.name for p in report.written}
-    assert names == {"MAEDiffT2Sample_heatmap.nii.gz", "MAEDiffT2Sample_lesions.nii.gz",
-                     "MAEDiffT2Sample_lesions.seg.nrrd", "MAEDiffT2Sample_lesions_seg.dcm"}, report.text()
+    panel._parameterNode.exportFolder = out
+    standins.DIALOGS.clear()
+    panel.ui.exportButton.emit("clicked(bool)", False)
+    assert not standins.UNCAUGHT, standins.UNCAUGHT
+    written = {p.name for p in out.iterdir()}
+    expected = {"MAEDiffT2Sample_heatmap.nii.gz", "MAEDiffT2Sample_lesions.nii.gz", "MAEDiffT2Sample_lesions.seg.nrrd"}
+    if RELEASE == "5.10":  # DICOM SEG is not written, and the panel says why
+        assert written == expected
+        assert "pydicom 3" in panel.ui.statusLabel.text and standins.DIALOGS[-1][0] == "info"
+        return
+    assert written == expected | {"MAEDiffT2Sample_lesions_seg.dcm"}, panel.ui.statusLabel.text
     labels = sitk.ReadImage(str(out / "MAEDiffT2Sample_lesions.nii.gz"))
     sample = sitk.ReadImage(str(sample_paths()[0]))
     assert labels.GetSize() == sample.GetSize()
     np.testing.assert_allclose(labels.GetDirection(), sample.GetDirection(), atol=1e-5)
-    import pydicom
-
     seg = pydicom.dcmread(out / "MAEDiffT2Sample_lesions_seg.dcm")
     assert seg.Modality == "SEG" and len(seg.SegmentSequence) == len(results.rows)
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == pydicom.dcmread(files[0]).SeriesInstanceUID
@@ -251,21 +297,18 @@ def test_no_lesions_is_a_message_not_a_failure(run):
     scene_lib.update_threshold(scene, results, results.threshold)
 
 
-def test_cancel_stops_the_detector_behind_the_launcher(run, launch, tmp_path):
-    input_path = scene_lib.write_node(run["scene"], run["input"], tmp_path / "input.nrrd")
-    marker = str(tmp_path / "cancelled-output")
-    process = DetectionProcess(DetectRequest(input_path, marker, device="cpu"), run["python"], launch)
-    deadline = time.time() + 120
-    while process.progress.stage in ("starting", "load") and time.time() < deadline:
-        process.poll()
-        time.sleep(0.1)
-    assert process.progress.stage == "preprocess"
-    process.cancel()
-    assert process.finished() == (False, "cancelled")
+def test_cancel_stops_the_detector_behind_the_launcher(run, panel):
+    panel.ui.applyButton.emit("clicked(bool)", False)
+    marker = str(panel.run.work)
+    tick(panel, lambda: panel.run is None or panel.run.process.progress.stage == "preprocess", 120)
+    assert detectors_writing_to(marker)
+    panel.ui.applyButton.emit("clicked(bool)", False)  # Cancel
+    assert panel.run is None and panel.ui.statusLabel.text == "Cancelled"
     deadline = time.time() + 10
     while time.time() < deadline and detectors_writing_to(marker):
         time.sleep(0.2)
     assert not detectors_writing_to(marker), "the detector outlived its launcher"
+    assert panel.results is run["results"]  # the earlier results stay
 
 
 def detectors_writing_to(marker: str) -> list[int]:
@@ -281,7 +324,7 @@ def detectors_writing_to(marker: str) -> list[int]:
     return pids
 
 
-def test_device_query_through_the_launcher(run, launch):
-    query = CoreProcess(core_command(run["python"], "device"), launch)
-    assert query.wait() == 0, query.error_text()
-    assert device_summary(query.output).startswith(("No CUDA GPU", "GPU:"))
+def test_check_device_through_the_launcher(panel):
+    panel.ui.detectDeviceButton.emit("clicked(bool)", False)
+    tick(panel, lambda: panel.deviceQuery is None, 120)
+    assert panel.ui.deviceInfoLabel.text.startswith(("No CUDA GPU", "GPU:")), panel.ui.deviceInfoLabel.text
