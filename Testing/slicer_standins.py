@@ -329,11 +329,44 @@ class ScriptedLoadableModuleWidget:
 
 MODULE_DIR = pathlib.Path()
 DIALOGS: list[tuple[str, str, str]] = []  # (kind, text, details) of every message box shown
+NOT_IN_STARTUP = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")  # not carried to a Slicer session's children
 
 
-def install(module_dir: pathlib.Path, temporary: pathlib.Path, environment: dict, confirm: bool = True,
+def python_slicer(folder: pathlib.Path) -> str:
+    """A launcher named PythonSlicer in ``folder``, put first on PATH. Like Slicer's, it starts the
+    real Python as its child and waits for it, so a caller holds the launcher, not the detector."""
+    import os
+    import stat
+
+    launcher = folder / "PythonSlicer"
+    launcher.write_text(f"#!{sys.executable}\nimport subprocess, sys\n"
+                        f"sys.exit(subprocess.call([{sys.executable!r}, *sys.argv[1:]]))\n")
+    launcher.chmod(launcher.stat().st_mode | stat.S_IXUSR)
+    os.environ["PATH"] = f"{folder}{os.pathsep}{os.environ['PATH']}"
+    return str(launcher)
+
+
+def drive(panel, until, timeout_s: float = 1200.0) -> list[int]:
+    """The panel's timer ticks until ``until()``; returns the progress bar values seen."""
+    import time
+
+    seen = []
+    deadline = time.time() + timeout_s
+    while not until() and time.time() < deadline:
+        panel.timer.fire()
+        seen.append(panel.ui.progressBar.value)
+        time.sleep(0.1)
+    assert until(), "timed out"
+    return seen
+
+
+def install(module_dir: pathlib.Path, temporary: pathlib.Path, confirm: bool = True,
             version: tuple[int, int] = (5, 12)):
-    """Put the stand-ins where the module imports them; returns ``slicer``."""
+    """Put the stand-ins where the module imports them; returns ``slicer``. The startup
+    environment is this process's, less what Slicer's children do not inherit."""
+    import os
+
+    environment = {k: v for k, v in os.environ.items() if k not in NOT_IN_STARTUP}
     import slicer
     import slicer.util
 

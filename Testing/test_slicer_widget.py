@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import stat
 import sys
 import time
 import types
@@ -31,16 +30,9 @@ MODULE = ROOT / "MAEDiffAnomaly"
 def app(tmp_path_factory):
     """The module imported as Slicer imports it, PythonSlicer on the PATH, a fresh scene."""
     temporary = tmp_path_factory.mktemp("slicer-app")
-    bin_dir = temporary / "bin"
-    bin_dir.mkdir()
-    launcher = bin_dir / "PythonSlicer"
-    launcher.write_text(f"#!{sys.executable}\nimport subprocess, sys\n"
-                        f"sys.exit(subprocess.call([{sys.executable!r}, *sys.argv[1:]]))\n")
-    launcher.chmod(launcher.stat().st_mode | stat.S_IXUSR)
     saved_path = os.environ["PATH"]
-    os.environ["PATH"] = f"{bin_dir}{os.pathsep}{saved_path}"
-    environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    slicer = standins.install(MODULE, temporary, environment)
+    standins.python_slicer(tmp_path_factory.mktemp("bin"))
+    slicer = standins.install(MODULE, temporary)
     from MAEDiffAnomalyLib import scene as scene_lib
 
     scene = scene_lib.headless_scene()
@@ -78,18 +70,6 @@ def volumes(app, atlas, tmp_path_factory):
     transform = app.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
     nodes[0].SetAndObserveTransformNodeID(transform.GetID())
     return nodes
-
-
-def drive(panel, until, timeout_s: float = 600.0) -> list[int]:
-    """Let the panel's timer tick until ``until()``; returns the progress bar values seen."""
-    seen = []
-    deadline = time.time() + timeout_s
-    while not until() and time.time() < deadline:
-        panel.timer.fire()
-        seen.append(panel.ui.progressBar.value)
-        time.sleep(0.1)
-    assert until(), "timed out"
-    return seen
 
 
 def select_model(panel, path) -> None:
@@ -142,7 +122,7 @@ def test_detect_runs_with_inputs_locked_and_results_where_the_input_was(app, pan
     parameters.inputVolume = second  # whatever the selection does now, the run belongs to the first volume
     work = panel.run.work
 
-    seen = drive(panel, lambda: panel.run is None)
+    seen = standins.drive(panel, lambda: panel.run is None)
     assert seen == sorted(seen) and panel.ui.progressBar.value == 100
     assert len(set(seen)) > 5  # one bar that moves through every stage
     results = panel.results
@@ -168,7 +148,7 @@ def test_cancel_returns_to_idle_and_leaves_nothing(app, panel, volumes):
     nodes = app.scene.GetNumberOfNodes()
     panel.ui.applyButton.emit("clicked(bool)", False)
     work = panel.run.work
-    drive(panel, lambda: panel.run is None or panel.run.process.progress.stage == "preprocess", 120)
+    standins.drive(panel, lambda: panel.run is None or panel.run.process.progress.stage == "preprocess", 120)
     panel.ui.applyButton.emit("clicked(bool)", False)  # the button is Cancel now
     assert panel.run is None and panel.ui.statusLabel.text == "Cancelled"
     assert panel.ui.applyButton.text == "Detect anomalies" and panel.ui.inputsCollapsibleButton.enabled
@@ -199,7 +179,7 @@ def test_a_failed_run_shows_the_cores_message(app, panel, tmp_path):
     standins.DIALOGS.clear()
     panel.ui.applyButton.emit("clicked(bool)", False)
     assert panel.run.process.args[panel.run.process.args.index("--t-test") + 1] == "300"  # only what was set
-    drive(panel, lambda: panel.run is None, 120)
+    standins.drive(panel, lambda: panel.run is None, 120)
     panel._parameterNode.tTest = 0
     errors = [(text, details) for kind, text, details in standins.DIALOGS if kind == "error"]
     assert errors and errors[0][0] == "Anomaly detection failed." and "same value" in errors[0][1]
@@ -223,7 +203,7 @@ def test_check_device_does_not_block(panel):
     panel.ui.detectDeviceButton.emit("clicked(bool)", False)
     assert time.perf_counter() - start < 2.0 and panel.deviceQuery is not None
     assert panel.ui.deviceInfoLabel.text.startswith("Asking")
-    drive(panel, lambda: panel.deviceQuery is None, 120)
+    standins.drive(panel, lambda: panel.deviceQuery is None, 120)
     assert panel.ui.deviceInfoLabel.text.startswith(("No CUDA GPU", "GPU:"))
 
 

@@ -21,7 +21,6 @@ sys.path.insert(0, str(ROOT / "MAEDiffAnomaly"))
 from MAEDiffAnomalyLib import scene as scene_lib  # noqa: E402
 
 from maediff_core.preprocess import to_native  # noqa: E402
-from maediff_core.volume_io import reference_image  # noqa: E402
 from maediff_core.writeback import native_lesions  # noqa: E402
 
 

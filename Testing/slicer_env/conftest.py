@@ -2,7 +2,7 @@
 Makefile's .venv-slicer-<release>: Slicer's numpy, SimpleITK, pydicom, Pillow, highdicom, plus
 torch as the PyTorch extension installs it and exactly what the module's installer adds).
 
-- sys.path: the built module folder (dist/MAEDiffAnomaly) and nothing of the repository, as
+- sys.path: the module folder unpacked from dist/MAEDiffAnomaly.zip and nothing of the repository, as
   Slicer's scripted-module factory gives a module; maediff_core is not installed in this Python.
 - The module is driven through its panel (slicer_standins.py: Qt, the .ui loader and the
   parameter-node binding are stand-ins); the detector starts as Slicer starts it, through Slicer's
@@ -14,7 +14,6 @@ torch as the PyTorch extension installs it and exactly what the module's install
 from __future__ import annotations
 
 import os
-import stat
 import sys
 from pathlib import Path
 
@@ -26,17 +25,10 @@ PINS = Path(__file__).with_name(f"slicer-{RELEASE}.txt")
 sys.path.insert(0, str(MODULE))  # qSlicerScriptedLoadableModuleFactory: the module's folder only
 sys.path.append(str(Path(__file__).resolve().parent.parent))  # test helpers (stand-ins, DICOM), no module code
 
-# Variables a Slicer session's startup environment does not carry to its children.
-NOT_IN_STARTUP = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")
-
 
 @pytest.fixture(scope="session")
 def python_slicer(tmp_path_factory) -> str:
-    """A launcher named PythonSlicer: like Slicer's, it starts the real Python as its child and
-    waits for it, so a caller holds the launcher, not the detector."""
-    folder = tmp_path_factory.mktemp("slicer-bin")
-    launcher = folder / "PythonSlicer"
-    launcher.write_text(f"#!{sys.executable}\nimport subprocess, sys\n"
-                        f"sys.exit(subprocess.call([{sys.executable!r}, *sys.argv[1:]]))\n")
-    launcher.chmod(launcher.stat().st_mode | stat.S_IXUSR)
-    return str(launcher)
+    """PythonSlicer on the PATH: a launcher that starts the real Python as its child."""
+    import slicer_standins
+
+    return slicer_standins.python_slicer(tmp_path_factory.mktemp("slicer-bin"))

@@ -13,7 +13,6 @@ import sys
 import time
 import types
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ import SimpleITK as sitk
 import slicer
 import slicer_standins as standins
 import vtk
-from conftest import MODULE, NOT_IN_STARTUP, PINS, RELEASE
+from conftest import MODULE, PINS, RELEASE
 from dicom_series import write_dicom_series
 from MAEDiffAnomalyLib import dependencies, model_card
 from MAEDiffAnomalyLib import scene as scene_lib
@@ -69,10 +68,7 @@ def panel(tmp_path_factory, python_slicer):
     """The module's panel, imported from the module folder as Slicer imports it. Qt, the .ui loader
     and the parameter-node binding are stand-ins (slicer_standins.py); slicer.util, the MRML scene
     and everything the module calls are real."""
-    temporary = tmp_path_factory.mktemp("slicer-app")
-    os.environ["PATH"] = f"{Path(python_slicer).parent}{os.pathsep}{os.environ['PATH']}"
-    startup = {k: v for k, v in os.environ.items() if k not in NOT_IN_STARTUP}
-    standins.install(MODULE, temporary, startup, version=tuple(int(p) for p in RELEASE.split(".")))
+    standins.install(MODULE, tmp_path_factory.mktemp("slicer-app"), version=tuple(int(p) for p in RELEASE.split(".")))
     scene_lib.headless_scene()
     import MAEDiffAnomaly
 
@@ -81,15 +77,6 @@ def panel(tmp_path_factory, python_slicer):
     widget.setup()
     assert not standins.UNCAUGHT, standins.UNCAUGHT
     return widget
-
-
-def tick(panel, until, timeout_s: float = 1200.0) -> None:
-    """The panel's timer, until ``until()``."""
-    deadline = time.time() + timeout_s
-    while not until() and time.time() < deadline:
-        panel.timer.fire()
-        time.sleep(0.2)
-    assert until(), "timed out"
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +110,7 @@ def run(panel, tmp_path_factory, python_slicer):
     started = panel.run
     assert started is not None, (standins.DIALOGS, standins.UNCAUGHT)
     input_node.SetName("renamed during the run")  # the results keep the name the run started with
-    tick(panel, lambda: panel.run is None)
+    standins.drive(panel, lambda: panel.run is None)
     seconds = time.perf_counter() - start
     assert panel.results is not None, (standins.DIALOGS, standins.UNCAUGHT, started.process.log[-20:])
     print(f"\nSlicer {RELEASE}: Detect click to results {seconds:.0f} s, {len(panel.results.rows)} candidates")
@@ -300,7 +287,7 @@ def test_no_lesions_is_a_message_not_a_failure(run):
 def test_cancel_stops_the_detector_behind_the_launcher(run, panel):
     panel.ui.applyButton.emit("clicked(bool)", False)
     marker = str(panel.run.work)
-    tick(panel, lambda: panel.run is None or panel.run.process.progress.stage == "preprocess", 120)
+    standins.drive(panel, lambda: panel.run is None or panel.run.process.progress.stage == "preprocess", 120)
     assert detectors_writing_to(marker)
     panel.ui.applyButton.emit("clicked(bool)", False)  # Cancel
     assert panel.run is None and panel.ui.statusLabel.text == "Cancelled"
@@ -326,5 +313,5 @@ def detectors_writing_to(marker: str) -> list[int]:
 
 def test_check_device_through_the_launcher(panel):
     panel.ui.detectDeviceButton.emit("clicked(bool)", False)
-    tick(panel, lambda: panel.deviceQuery is None, 120)
+    standins.drive(panel, lambda: panel.deviceQuery is None, 120)
     assert panel.ui.deviceInfoLabel.text.startswith(("No CUDA GPU", "GPU:")), panel.ui.deviceInfoLabel.text
