@@ -255,8 +255,9 @@ class MAEDiffAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def finishRun(self):
         run, self.run = self.run, None
         try:
-            ok, error = run.process.finished()
-            for line in run.process.poll():
+            shown = len(run.process.log)
+            ok, error = run.process.finished()  # takes the last lines too
+            for line in run.process.log[shown:]:
                 self.ui.logTextEdit.appendPlainText(line)
             if ok:
                 with slicer.util.tryWithErrorDisplay("Could not load the results.", waitCursor=True):

@@ -69,7 +69,7 @@ class CoreProcess:
         for line in self.process.stdout:
             self._lines.put(line.rstrip("\n"))
 
-    def new_lines(self) -> list[str]:
+    def poll(self) -> list[str]:
         """Lines printed since the last call."""
         lines = []
         while True:
@@ -84,10 +84,10 @@ class CoreProcess:
         return self.process.poll() is None
 
     def wait(self) -> int:
-        """Wait for the end and for its last lines; returns the exit code."""
+        """Wait for the end and take its last lines (through ``poll``); returns the exit code."""
         code = self.process.wait()
         self._reader.join(timeout=10)
-        self.new_lines()
+        self.poll()
         return code
 
     def error_text(self, lines: list[str] | None = None) -> str:
@@ -169,7 +169,7 @@ class DetectionProcess(CoreProcess):
     def poll(self) -> list[str]:
         """Take the lines printed so far; returns the new log lines (those that are not progress)."""
         new_log = []
-        for line in self.new_lines():
+        for line in super().poll():
             try:
                 event = json.loads(line)
                 stage, fraction = event["stage"], float(event["fraction"])
@@ -186,7 +186,6 @@ class DetectionProcess(CoreProcess):
     def finished(self) -> tuple[bool, str]:
         """(success, error text) once the process has ended."""
         code = self.wait()
-        self.poll()
         if self.cancelled:
             return False, "cancelled"
         if code != 0:
