@@ -60,7 +60,6 @@ def posed_phantom(atlas: Atlas, frame: str, seed: int, kind: str = "healthy",
 def healthy_prepared(tmp_path_factory, atlas):
     """Four healthy phantoms through the real (fast-configured) preprocessing: a tiny cohort."""
     from maediff_core.datasets import prepare_dataset
-    from maediff_core.preprocess import PreprocessConfig
     from maediff_core.volume_io import write_volume
 
     source = tmp_path_factory.mktemp("healthy")
@@ -70,9 +69,15 @@ def healthy_prepared(tmp_path_factory, atlas):
                                native_grid=atlas.template, pose=sitk.AffineTransform(3))
         write_volume(phantom.image, source / f"PHH{i:03d}-T2.nii.gz")
     out = tmp_path_factory.mktemp("healthy_prepared")
-    fast = PreprocessConfig(register=False, mask_method="skull-stripped", bias_correction=False, smoothing=False)
-    prepare_dataset(source, out, fast, workers=2)
+    prepare_dataset(source, out, fast_preprocessing(), workers=2)
     return out
+
+
+def fast_preprocessing():
+    """For phantoms written on the atlas grid without a skull: no registration, mask, N4 or smoothing."""
+    from maediff_core.preprocess import PreprocessConfig
+
+    return PreprocessConfig(register=False, mask_method="skull-stripped", bias_correction=False, smoothing=False)
 
 
 # A MAEDiff with every part of the architecture, small enough to train in seconds.

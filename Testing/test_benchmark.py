@@ -13,9 +13,9 @@ from maediff_core.volume_io import VolumeError
 def summary():
     metrics = {"dice_mean": 0.4231, "auprc_mean": 0.5, "l1_mean": 0.0123}
     return {"config": {"healthy": 100, "tumour": 20, "ms": 20, "seed": 0, "minutes": 10.0, "batch_size": 16,
-                       "lr": 2e-4, "slices_per_volume": 8},
+                       "lr": 2e-4, "slices_per_volume": 8, "protocol": "reference"},
             "device": "CPU (x86_64, 2 cores, 2 threads)",
-            "counts": {"tumour": {"val": 4, "test": 16}, "ms": {"val": 4, "test": 16}, "healthy_test": 28},
+            "counts": {"tumour": {"val": 4, "test": 16}, "ms": {"val": 4, "test": 16}, "healthy_test": 28, "healthy_val": 14},
             "rows": [{"method": "thresh", "training": None, "tumour": {**metrics, "l1_mean": None},
                       "ms": metrics, "detect_seconds_per_volume": 0.01},
                      {"method": "maediff-small", "training": {"epoch": 12, "step": 96}, "tumour": metrics,
@@ -27,6 +27,8 @@ def test_table_rows_in_per_cent():
     assert "| thresh | 42.3 | 50.0 | 42.3 | 50.0 | - | 0.0 | - |" in table
     assert "| maediff-small | 42.3 | 50.0 | 42.3 | 50.0 | 12.3 | 140.2 | 12 epochs, 96 steps |" in table
     assert "10 training minutes per method, batch 16, learning rate 0.0002, 8 slices per volume" in table
+    assert "Evaluation protocol: reference (the steps of the protocol authors' utils_eval.py)" in table
+    assert "healthy l1 over the whole volume" in table
 
 
 def test_readme_section_is_replaced(tmp_path):

@@ -8,9 +8,9 @@ import SimpleITK as sitk
 
 from maediff_core.cli import main
 from maediff_core.datasets import PreparedCase
-from maediff_core.evaluate import Scored, choose_t_test, evaluate
+from maediff_core.evaluate import PROTOCOLS, Scored, choose_t_test, evaluate
 from maediff_core.models import ModelCard, card_markdown, load_card, with_operating_point
-from maediff_core.metrics import auprc, dice, fpr_thresholds, l1_error, search_threshold
+from maediff_core.metrics import auprc, bisect_threshold, brain_fpr_thresholds, dice, l1_error, roc_fpr_thresholds
 from maediff_core.postprocess import PostprocessConfig, erode_slices, lesion_labels, lesion_table, smooth_scores
 
 
@@ -22,7 +22,8 @@ def test_dice_by_hand():
     assert dice(a, b) == pytest.approx(2 * 2 / 6)
     assert dice(a, a) == 1.0
     assert dice(a, np.zeros_like(a)) == 0.0
-    assert dice(np.zeros_like(a), np.zeros_like(a)) == 1.0
+    assert np.isnan(dice(np.zeros_like(a), np.zeros_like(a)))  # the reference's 0 / 0
+    assert dice(np.zeros_like(a), np.zeros_like(a), both_empty=1.0) == 1.0
 
 
 def test_auprc_by_hand():
@@ -30,14 +31,15 @@ def test_auprc_by_hand():
     score = np.array([0.9, 0.8, 0.7, 0.1])
     truth = np.array([1, 0, 1, 0])
     assert auprc(score, truth) == pytest.approx(0.5 * (1 + 2 / 3))
-    assert np.isnan(auprc(score, np.zeros(4)))
+    assert auprc(score, np.zeros(4)) == 0.0  # what scikit-learn returns without positives
+    assert np.isnan(auprc(score, np.zeros(4), no_lesion=float("nan")))
 
 
-def test_l1_inside_mask_only():
+def test_l1_over_the_volume_or_inside_a_mask():
     image = np.array([1.0, 2.0, 3.0, 100.0])
     rec = np.array([1.5, 2.0, 2.0, 0.0])
-    mask = np.array([1, 1, 1, 0])
-    assert l1_error(image, rec, mask) == pytest.approx((0.5 + 0 + 1) / 3)
+    assert l1_error(image, rec) == pytest.approx((0.5 + 0 + 1 + 100) / 4)
+    assert l1_error(image, rec, np.array([1, 1, 1, 0])) == pytest.approx((0.5 + 0 + 1) / 3)
 
 
 def test_threshold_search_finds_the_separating_value():
@@ -45,14 +47,34 @@ def test_threshold_search_finds_the_separating_value():
     truth = np.zeros((10, 20, 20), bool)
     truth[3:7, 5:12, 5:12] = True
     score = np.where(truth, rng.uniform(0.55, 1.0, truth.shape), rng.uniform(0.0, 0.45, truth.shape))
-    threshold, best = search_threshold([score], [truth])
+    threshold, best = bisect_threshold(lambda t: dice(score > t, truth), score.max())
     assert 0.45 <= threshold <= 0.55 and best == 1.0
 
 
-def test_fpr_thresholds_flag_the_asked_fraction():
+def test_threshold_search_keeps_the_latest_of_equal_dice():
+    # Every quarter point ties, so each step keeps the lower half and its lower quarter replaces the
+    # running best: after 10 steps the answer is max * 0.25 / 2**9, not the first point 0.25.
+    assert bisect_threshold(lambda t: 0.5, 1.0) == (0.25 / 2**9, 0.5)
+    # No Dice above 0 (and NaN, which loses every comparison): the reference answers its start, 0.
+    assert bisect_threshold(lambda t: float("nan"), 1.0) == (0.0, 0.0)
+    # An all-zero map: the reference searches [0, 1] instead of [0, 0].
+    assert bisect_threshold(lambda t: 1.0 if t < 0.3 else 0.0, 0.0)[0] == 0.25 / 2**9
+
+
+def test_reference_fpr_thresholds_are_roc_points():
+    # roc_curve keeps only the corners of the curve (drop_intermediate): 1000 healthy voxels at 0.9 (10),
+    # 0.7 (40), 0.5 (50) and 0 (900) give false-positive rates 1, 5, 10 and 100 %, and the reference
+    # takes the first point whose rate EXCEEDS 1 / 5 / 10 %.
+    values = np.repeat([0.9, 0.7, 0.5, 0.0], [10, 40, 50, 900]).astype(np.float32)
+    assert roc_fpr_thresholds([values]) == {0.01: pytest.approx(0.7), 0.05: 0.5, 0.10: 0.0}
+    # Distinct values lie on one line, so only the end points are kept: every rate lands on the minimum.
+    assert set(roc_fpr_thresholds([np.linspace(0, 1, 1001)]).values()) == {0.0}
+
+
+def test_brain_fpr_thresholds_flag_the_asked_fraction():
     scores = [np.linspace(0, 1, 1001)]
     masks = [np.ones(1001, bool)]
-    thresholds = fpr_thresholds(scores, masks, rates=(0.01, 0.10))
+    thresholds = brain_fpr_thresholds(scores, masks, rates=(0.01, 0.10))
     assert thresholds[0.01] == pytest.approx(0.99) and thresholds[0.10] == pytest.approx(0.90)
 
 
@@ -69,9 +91,25 @@ def test_small_components_dropped_and_labels_ordered_by_size():
     score[1:3, 1:3, 1:3] = 1.0  # 8 voxels: kept (more than 7)
     score[5, 5, 5:12] = 1.0  # 7 voxels: dropped
     score[6:9, 10:15, 10:15] = 1.0  # 75 voxels
+    # 7 voxels around an empty centre (its 6 faces, plus one): scikit-image's filled_area fills holes
+    # with a 26-connected background, so the centre stays a hole only inside 26 voxels: 7, dropped.
+    for offset in np.vstack([np.eye(3, dtype=int), -np.eye(3, dtype=int), [[1, 1, 0]]]):
+        score[tuple(np.array([5, 15, 4]) + offset)] = 1.0
     labels = lesion_labels(score, 0.5, PostprocessConfig())
     assert sorted(np.unique(labels)) == [0, 1, 2]
     assert (labels == 1).sum() == 75 and (labels == 2).sum() == 8
+
+
+def test_median_reflects_at_the_first_and_last_slices():
+    # Constant in-plane, so the 5x5x5 median is the median of 5 values along z. With the slice
+    # profile 1, 0, 0, ... the first slice sees (0, 1, 1, 0, 0) under reflection (scipy's default, the
+    # reference): 0; repeating the edge voxel would give (1, 1, 1, 0, 0): 1. Mirrored for the last.
+    residual = np.zeros((8, 15, 15), np.float32)
+    residual[0] = residual[-1] = 1.0
+    score = smooth_scores(residual, np.ones_like(residual, bool))
+    assert score[0, 7, 7] == score[-1, 7, 7] == 0.0
+    residual[1] = 1.0  # (1, 1, 1, 1, 0) at the first slice: 1
+    assert smooth_scores(residual, np.ones_like(residual, bool))[0, 7, 7] == 1.0
 
 
 def test_smooth_scores_masks_then_filters():
@@ -108,11 +146,14 @@ def test_protocol_end_to_end_on_synthetic_scores():
         mask = np.zeros_like(truth)
         mask[2:18, 4:36, 4:36] = True
         score = (rng.uniform(0, 0.3, truth.shape) + 0.6 * truth) * mask
-        return Scored(name, smooth_scores(score, mask), mask, truth if lesion else None, 0.01)
+        return Scored(name, smooth_scores(score, mask), mask, truth if lesion else None, 0.01, 0.02)
 
-    result = evaluate([case("v1"), case("v2")], [case("t1"), case("t2")], [case("h1", False)])
-    assert result["dice_mean"] > 0.85 and result["auprc_mean"] > 0.85
-    assert set(result["healthy_fpr"]) == {"1%", "5%", "10%"}
+    healthy = [case("h1", False)]
+    for protocol in PROTOCOLS.values():
+        result = evaluate([case("v1"), case("v2")], [case("t1"), case("t2")], healthy, healthy, protocol)
+        assert result["dice_mean"] > 0.85 and result["auprc_mean"] > 0.85 and result["protocol"] == protocol.name
+        assert set(result["brain_fpr"]) == set(result["fpr_thresholds"]) == {"1%", "5%", "10%"}
+        assert result["l1_mean"] == (0.02 if protocol.l1_in_brain else 0.01)
     with pytest.raises(ValueError, match="need a lesion segmentation"):
         evaluate([case("h", False)], [case("t")])
 
@@ -144,11 +185,12 @@ def test_noise_level_is_chosen_on_validation_dice():
 
 def test_a_threshold_is_saved_with_its_reconstruction(tiny_model):
     card = load_card(tiny_model)
-    saved = with_operating_point(card, 0.12, 150, 48, {"val": "tumour", "val_dice_pooled": 0.4,
+    saved = with_operating_point(card, 0.12, 150, 48, {"val": "tumour", "protocol": "reference", "val_dice_pooled": 0.4,
                                                        "t_test_val_dice_pooled": {"150": 0.4, "500": 0.3}})
     again = ModelCard.from_dict(json.loads(json.dumps(saved.to_dict())))
     assert "t_test 150 chosen on the same validation volumes, by pooled Dice: 150: 40.0 %, 500: 30.0 %" \
         in card_markdown(again, 1.0)
+    assert "(pooled validation Dice 40.0 %, reference evaluation protocol)" in card_markdown(again, 1.0)
     assert again.threshold == 0.12 and again.config.diffusion.t_test == 150 and again.config.patch.stride == 48
     assert again.training["threshold_from"]["val"] == "tumour" and "threshold_from" not in card.training
     assert card.config.diffusion.t_test == 500 and card.config.patch.stride == 16  # the original is untouched
@@ -160,3 +202,36 @@ def test_thresh_has_no_reconstruction_to_set(tmp_path, capsys):
     data = ["--val", str(tmp_path), "--test", str(tmp_path)]
     assert main(["evaluate", "--model", "thresh", *data, "--t-test", "100", "-o", str(tmp_path / "out")]) == 2
     assert "'thresh' has none" in capsys.readouterr().err
+
+
+def test_evaluate_command_takes_the_reference_protocol_and_the_healthy_validation_fold(
+        tmp_path, atlas, healthy_prepared):
+    from conftest import fast_preprocessing
+
+    from maediff_core.datasets import prepare_dataset
+    from maediff_core.volume_io import write_volume
+
+    # A lesion set of 3 (1 validation, 2 test volumes): the skull-stripped template with a bright sphere.
+    brain = sitk.GetArrayFromImage(sitk.Mask(atlas.template, atlas.brain_mask))
+    centre = np.argwhere(brain > 0).mean(axis=0)
+    grid = np.indices(brain.shape, sparse=True)
+    raw = tmp_path / "tumour"
+    for i, offset in enumerate(([0, 0, 0], [6, 12, -15], [-8, -10, 12]), start=1):
+        seg = sum((g - c) ** 2 for g, c in zip(grid, centre + offset)) <= 8**2
+        for name, array in (("t2", np.where(seg, brain.max(), brain)), ("seg", seg.astype(np.uint8))):
+            image = sitk.GetImageFromArray(array)
+            image.CopyInformation(atlas.template)
+            write_volume(image, raw / f"PHT{i:03d}" / f"PHT{i:03d}_{name}.nii.gz")
+    prepare_dataset(raw, tmp_path / "prepared", fast_preprocessing(), workers=2)
+
+    data = ["--val", str(tmp_path / "prepared"), "--test", str(tmp_path / "prepared")]
+    assert main(["evaluate", "--model", "thresh", *data, "--healthy", str(healthy_prepared), "--use-splits",
+                 "-o", str(tmp_path / "eval")]) == 0
+    result = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert result["protocol"] == "reference" and 0 < result["dice_mean"] <= 1
+    # healthy_prepared (4 subjects): 1 test volume, and fold 0 of the other 3 for the FPR thresholds.
+    assert (result["n_val"], result["n_test"], result["n_healthy"], result["n_healthy_val"]) == (1, 2, 1, 1)
+    assert set(result["fpr_thresholds"]) == set(result["brain_fpr"]) == {"1%", "5%", "10%"}
+    assert "Protocol: reference" in (tmp_path / "eval" / "metrics.md").read_text()
+    assert main(["evaluate", "--model", "thresh", *data, "--protocol", "ours", "-o", str(tmp_path / "ours")]) == 0
+    assert json.loads((tmp_path / "ours" / "metrics.json").read_text())["protocol"] == "ours"

@@ -19,7 +19,7 @@ import torch
 from .datasets import load_prepared, prepare_dataset, select, split_of
 from .detect import DetectConfig, load_for_detection
 from .device import pick_device
-from .evaluate import Scored, evaluate, intensity_scorer, model_scorer, score_cases
+from .evaluate import Scored, evaluate, intensity_scorer, model_scorer, PROTOCOLS, protocol_named, score_cases
 from .phantom import write_phantom_set
 from .train import RESUMED_SETTINGS, TrainConfig, changed_settings, train
 from .volume_io import VolumeError, write_text_atomic
@@ -43,6 +43,7 @@ class BenchmarkConfig:
     eval_test: int | None = None  # (None: all); CPU runs subsample, GPU runs need not
     eval_healthy: int | None = None
     device: str = "auto"
+    protocol: str = "reference"  # evaluate.PROTOCOLS: the protocol authors' steps, comparable with the papers
 
 
 def build_data(out: Path, config: BenchmarkConfig, workers: int = 2) -> dict[str, Path]:
@@ -78,17 +79,20 @@ def trained_run(method: str, healthy: Path, out: Path, config: BenchmarkConfig) 
     return run_dir / "best.json"
 
 
-def _cases(folder: Path, split: str, limit: int | None):
-    return load_prepared(folder, select(split_of(folder), split), limit)
+def _cases(folder: Path, split: str, limit: int | None, fold: int | None = None):
+    return load_prepared(folder, select(split_of(folder), split, fold), limit)
 
 
 def run_benchmark(out_dir: str | Path, config: BenchmarkConfig = BenchmarkConfig()) -> dict:
     out = Path(out_dir)
+    protocol = protocol_named(config.protocol)
     data = build_data(out, config)
     device = pick_device(config.device)
     sets = {kind: {"val": _cases(data[kind], "val", config.eval_val),
                    "test": _cases(data[kind], "test", config.eval_test)} for kind in ("tumour", "ms")}
     healthy = _cases(data["healthy"], "test", config.eval_healthy)
+    # Every method trains on fold 0 (TrainConfig); its validation fold gives the reference's FPR thresholds.
+    healthy_val = _cases(data["healthy"], "val", config.eval_healthy, fold=0)
     rows = []
     for method in ("thresh", *config.methods):
         if method == "thresh":
@@ -107,8 +111,10 @@ def run_benchmark(out_dir: str | Path, config: BenchmarkConfig = BenchmarkConfig
 
         row = {"method": method, "training": training}
         healthy_scored: list[Scored] = score_cases(healthy, timed)
+        healthy_val_scored: list[Scored] = score_cases(healthy_val, timed)
         for kind, split in sets.items():
-            result = evaluate(score_cases(split["val"], timed), score_cases(split["test"], timed), healthy_scored)
+            result = evaluate(score_cases(split["val"], timed), score_cases(split["test"], timed), healthy_scored,
+                              healthy_val_scored, protocol)
             row[kind] = {k: v for k, v in result.items() if k != "per_case"}
         row["detect_seconds_per_volume"] = sum(seconds) / len(seconds)
         rows.append(row)
@@ -116,7 +122,7 @@ def run_benchmark(out_dir: str | Path, config: BenchmarkConfig = BenchmarkConfig
               f" {row['detect_seconds_per_volume']:.1f} s/volume", flush=True)
     summary = {"config": asdict(config), "device": _device_name(device), "rows": rows,
                "counts": {kind: {s: len(v) for s, v in split.items()} for kind, split in sets.items()}
-               | {"healthy_test": len(healthy)}}
+               | {"healthy_test": len(healthy), "healthy_val": len(healthy_val)}}
     write_text_atomic(json.dumps(summary, indent=1) + "\n", out / "benchmark.json")
     write_text_atomic(markdown_table(summary), out / "benchmark.md")
     return summary
@@ -148,10 +154,13 @@ def markdown_table(summary: dict) -> str:
         f"Phantoms: {config['healthy']} healthy, {config['tumour']} tumour, {config['ms']} MS (seed {config['seed']}); "
         f"evaluated on {counts['tumour']['val']}+{counts['tumour']['test']} tumour and "
         f"{counts['ms']['val']}+{counts['ms']['test']} MS validation+test volumes, {counts['healthy_test']} healthy test "
-        f"volumes. Budget: {config['minutes']:g} training minutes per method, batch {config['batch_size']}, "
+        f"volumes ({counts['healthy_val']} healthy validation volumes for the FPR thresholds). "
+        f"Budget: {config['minutes']:g} training minutes per method, batch {config['batch_size']}, "
         f"learning rate {config['lr']:g}, {config['slices_per_volume']} slices per volume per epoch, "
-        f"on {summary['device']}. Dice and AUPRC in per cent, per volume then averaged; threshold from the "
-        "validation volumes of each set.",
+        f"on {summary['device']}. Evaluation protocol: {config['protocol']} "
+        f"({PROTOCOLS[config['protocol']].summary}): Dice and AUPRC in per cent, per volume then averaged; "
+        f"threshold from the validation volumes of each set; healthy l1 over the "
+        f"{'brain' if PROTOCOLS[config['protocol']].l1_in_brain else 'whole volume'}.",
     ]
     return "\n".join(lines) + "\n"
 

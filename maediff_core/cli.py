@@ -74,16 +74,18 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .datasets import load_prepared, select, split_of
-    from .evaluate import choose_t_test, evaluate, intensity_scorer, model_scorer, score_cases, write_report
+    from .evaluate import choose_t_test, evaluate, intensity_scorer, model_scorer, protocol_named, score_cases, write_report
 
-    def cases(folder: str, split: str):
-        names = select(split_of(folder), split) if args.use_splits else None
+    protocol = protocol_named(args.protocol)
+
+    def cases(folder: str, split: str, fold: int | None = None):
+        names = select(split_of(folder), split, fold) if args.use_splits else None
         return load_prepared(folder, names, limit=args.max_volumes)
 
     if args.model == "thresh":
         if args.t_test or args.stride:
             raise ValueError("--t-test and --stride set a model's reconstruction; 'thresh' has none")
-        scorer, card = intensity_scorer, None
+        scorer, card, fold = intensity_scorer, None, 0
         val = score_cases(cases(args.val, "val"), scorer)
     else:
         from .detect import DetectConfig, load_for_detection
@@ -91,15 +93,21 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
         device = pick_device(args.device)
         model, card = load_for_detection(args.model, device)
+        fold = card.training.get("fold", 0)
 
         def scorer_at(t_test: int | None):
             return model_scorer(model, card, DetectConfig(t_test=t_test, stride=args.stride), device)
 
-        t_test, val, level_dice = choose_t_test(cases(args.val, "val"), scorer_at, args.t_test or [None])
+        t_test, val, level_dice = choose_t_test(cases(args.val, "val"), scorer_at, args.t_test or [None], protocol)
         scorer = scorer_at(t_test)
     test = score_cases(cases(args.test, "test"), scorer)
-    healthy = score_cases(cases(args.healthy, "test"), scorer) if args.healthy else []
-    result = evaluate(val, test, healthy)
+    healthy, healthy_val = [], []
+    if args.healthy:
+        healthy = score_cases(cases(args.healthy, "test"), scorer)
+        # The reference's FPR thresholds come from the healthy validation fold (the model never
+        # trained on it); without splits the healthy volumes serve for both.
+        healthy_val = score_cases(cases(args.healthy, "val", fold), scorer) if args.use_splits else healthy
+    result = evaluate(val, test, healthy, healthy_val, protocol)
     result["model"] = args.model
     if card is not None:
         result["t_test"] = t_test or card.config.diffusion.t_test
@@ -110,14 +118,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.save_threshold and card is not None:
         from .models import model_paths, with_operating_point
 
-        chosen_on = {"val": str(args.val), "val_dice_pooled": result["val_dice_pooled"]}
+        chosen_on = {"val": str(args.val), "protocol": protocol.name, "val_dice_pooled": result["val_dice_pooled"]}
         if "t_test_val_dice_pooled" in result:
             chosen_on["t_test_val_dice_pooled"] = result["t_test_val_dice_pooled"]
         card = with_operating_point(card, result["threshold"], result["t_test"], result["stride"], chosen_on)
         write_text_atomic(json.dumps(card.to_dict(), indent=1) + "\n", model_paths(args.model)[1])
         print(f"threshold {card.threshold:.4f} and t_test {result['t_test']} saved in {model_paths(args.model)[1]}")
     print(f"Dice {100 * result['dice_mean']:.2f} % AUPRC {100 * result['auprc_mean']:.2f} % "
-          f"(threshold {result['threshold']:.4f}); wrote {', '.join(str(p) for p in paths)}")
+          f"(threshold {result['threshold']:.4f}, {protocol.name} protocol); wrote {', '.join(str(p) for p in paths)}")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -271,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="checkpoint, or 'thresh' for the intensity baseline")
     p.add_argument("--val", required=True, help="prepared unhealthy validation set")
     p.add_argument("--test", required=True, help="prepared unhealthy test set")
-    p.add_argument("--healthy", help="prepared healthy set (l1, false-positive operating points)")
+    p.add_argument("--healthy", help="prepared healthy set: l1 and operating points on its test split, the "
+                                          "reference's FPR thresholds on the model's validation fold (with --use-splits)")
     p.add_argument("--use-splits", action="store_true",
                    help="take the 'val'/'test' rows of each folder's split.csv instead of all cases")
     p.add_argument("--max-volumes", type=int, help="at most this many volumes of each set (quick CPU runs)")
@@ -282,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, help="patch stride (default: the model's)")
     p.add_argument("--save-threshold", action="store_true",
                    help="store the validation threshold, with the t_test and stride it holds for, in the model card")
+    p.add_argument("--protocol", default="reference", choices=["reference", "ours"],
+                   help="reference: the protocol authors' steps, comparable with the papers (default); "
+                        "ours: threshold searched on size-filtered lesions, l1 inside the brain")
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=cmd_evaluate)
 
@@ -345,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slices-per-volume", type=int)
     p.add_argument("--eval-val", type=int, help="at most this many validation volumes per lesion set")
     p.add_argument("--eval-test", type=int, help="at most this many test volumes per lesion set")
-    p.add_argument("--eval-healthy", type=int, help="at most this many healthy test volumes")
+    p.add_argument("--eval-healthy", type=int, help="at most this many healthy test (and validation) volumes")
+    p.add_argument("--protocol", choices=["reference", "ours"], help="evaluation protocol (default: reference)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--readme", help="write the table into this README between the benchmark markers")
     p.set_defaults(func=cmd_benchmark)

@@ -1,5 +1,10 @@
 """The evaluation protocol: threshold on unhealthy validation volumes, Dice/AUPRC on test volumes,
-l1 and false-positive operating points on healthy volumes (REFERENCE.md, "Evaluation protocol")."""
+l1 and false-positive operating points on healthy volumes (REFERENCE.md, "Evaluation protocol").
+
+Two protocols share the post-processed score maps. ``reference`` repeats the protocol authors'
+``src/utils/utils_eval.py`` step by step, so numbers compare with the papers' tables; ``ours`` keeps
+this project's earlier choices, which describe what a user sees at detection more closely.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +18,43 @@ import numpy as np
 from sklearn.metrics import precision_recall_curve
 
 from .datasets import PreparedCase
-from .metrics import auprc, dice, fpr_thresholds, l1_error, mean_std, search_threshold
+from .metrics import auprc, bisect_threshold, brain_fpr_thresholds, dice, l1_error, mean_std, roc_fpr_thresholds
 from .postprocess import PostprocessConfig, lesion_labels, smooth_scores
 from .volume_io import write_text_atomic
 
 # A scorer turns a prepared case into (residual map, reconstruction or None), both (z, y, x).
 # Optional, not `X | None`: this alias is evaluated at import time.
 Scorer = Callable[[PreparedCase], tuple[np.ndarray, Optional[np.ndarray]]]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Where the two protocols differ; everything else (post-processing, the bisection and its tie
+    rule, per-volume means without NaN) is shared."""
+    name: str
+    filter_in_search: bool  # binarise with the lesion-size filter inside the threshold search
+    l1_in_brain: bool  # healthy l1 inside the brain mask instead of over the whole volume
+    both_empty_dice: float  # Dice of a volume with no lesion found and none in its truth
+    no_lesion_auprc: float  # AUPRC of a volume without lesion voxels
+    summary: str
+
+
+PROTOCOLS = {
+    # utils_eval.py: raw `score > q` in the search, l1 over all voxels, NaN Dice (nanmean), sklearn's AP.
+    "reference": Protocol("reference", filter_in_search=False, l1_in_brain=False,
+                          both_empty_dice=float("nan"), no_lesion_auprc=0.0,
+                          summary="the steps of the protocol authors' utils_eval.py"),
+    # The threshold is searched on the lesions detection reports; l1 where the model reconstructs.
+    "ours": Protocol("ours", filter_in_search=True, l1_in_brain=True, both_empty_dice=1.0,
+                     no_lesion_auprc=float("nan"),
+                     summary="threshold searched on size-filtered lesions, l1 inside the brain"),
+}
+
+
+def protocol_named(name: str) -> Protocol:
+    if name not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {name!r}: choose {' or '.join(PROTOCOLS)}")
+    return PROTOCOLS[name]
 
 
 def intensity_scorer(case: PreparedCase) -> tuple[np.ndarray, None]:
@@ -44,16 +79,18 @@ class Scored:
     score: np.ndarray  # post-processed anomaly score
     mask: np.ndarray
     truth: np.ndarray | None
-    l1: float | None
+    l1_volume: float | None = None  # mean |x - x_rec| over the whole volume (None: no reconstruction)
+    l1_brain: float | None = None  # ... inside the brain mask
 
 
 def score_cases(cases: Sequence[PreparedCase], scorer: Scorer,
                 config: PostprocessConfig = PostprocessConfig()) -> list[Scored]:
     scored = []
     for case in cases:
-        residual, reconstruction = scorer(case)
-        l1 = l1_error(case.image, reconstruction, case.mask) if reconstruction is not None else None
-        scored.append(Scored(case.name, smooth_scores(residual, case.mask, config), case.mask, case.seg, l1))
+        residual, rec = scorer(case)
+        scored.append(Scored(case.name, smooth_scores(residual, case.mask, config), case.mask, case.seg,
+                             None if rec is None else l1_error(case.image, rec),
+                             None if rec is None else l1_error(case.image, rec, case.mask)))
     return scored
 
 
@@ -63,18 +100,32 @@ def _require_truth(name: str, missing: list[str]) -> None:
         raise ValueError(f"{name} cases need a lesion segmentation: {', '.join(missing[:5])}")
 
 
-def best_threshold(val: Sequence[Scored], config: PostprocessConfig = PostprocessConfig()) -> tuple[float, float]:
-    """The threshold of the best pooled Dice on validation volumes, lesions filtered as at detection."""
-    return search_threshold([s.score for s in val], [s.truth for s in val],
-                            lambda score, threshold: lesion_labels(score, threshold, config) > 0)
+def best_threshold(val: Sequence[Scored], protocol: Protocol = PROTOCOLS["reference"],
+                   config: PostprocessConfig = PostprocessConfig()) -> tuple[float, float]:
+    """The threshold of the best Dice over the pooled voxels of the validation volumes (bisection of
+    [0, max]); the reference binarises the raw map, ours filters lesions as detection does."""
+    truth = np.concatenate([s.truth.ravel() for s in val]).astype(bool)
+    maximum = max(float(s.score.max()) for s in val)
+    if protocol.filter_in_search:
+        def dice_at(threshold: float) -> float:
+            found = np.concatenate([(lesion_labels(s.score, threshold, config) > 0).ravel() for s in val])
+            return dice(found, truth, protocol.both_empty_dice)
+    else:
+        pooled = np.concatenate([s.score.ravel() for s in val])
+
+        def dice_at(threshold: float) -> float:
+            return dice(pooled > threshold, truth, protocol.both_empty_dice)
+    return bisect_threshold(dice_at, maximum)
 
 
 def choose_t_test(cases: Sequence[PreparedCase], scorer_at: Callable[[int | None], Scorer],
-                  levels: Sequence[int | None], config: PostprocessConfig = PostprocessConfig(),
+                  levels: Sequence[int | None], protocol: Protocol = PROTOCOLS["reference"],
+                  config: PostprocessConfig = PostprocessConfig(),
                   ) -> tuple[int | None, list[Scored], dict[int | None, float]]:
-    """The noise level of the reconstruction, chosen on the validation volumes like the threshold:
-    the level whose best pooled Dice is highest (the first given on a tie; None stands for the
-    model's own). Returns that level, the validation volumes scored at it, and every level's pooled Dice."""
+    """The noise level of the reconstruction, chosen on the validation volumes like the threshold (ours:
+    the reference keeps t_test fixed): the level whose best pooled Dice is highest (the first given on
+    a tie; None stands for the model's own). Returns that level, the validation volumes scored at it,
+    and every level's pooled Dice."""
     if not levels:
         raise ValueError("give at least one noise level")
     _require_truth("validation", [c.name for c in cases if c.seg is None])
@@ -82,42 +133,49 @@ def choose_t_test(cases: Sequence[PreparedCase], scorer_at: Callable[[int | None
     dices: dict[int | None, float] = {}
     for level in levels:
         scored = score_cases(cases, scorer_at(level), config)
-        dices[level] = best_threshold(scored, config)[1]
+        dices[level] = best_threshold(scored, protocol, config)[1]
         if best is None or dices[level] > dices[best[0]]:
             best = (level, scored)
     return best[0], best[1], dices
 
 
 def evaluate(val: Sequence[Scored], test: Sequence[Scored], healthy: Sequence[Scored] = (),
+             healthy_val: Sequence[Scored] = (), protocol: Protocol = PROTOCOLS["reference"],
              config: PostprocessConfig = PostprocessConfig()) -> dict:
-    """All numbers of the protocol as a JSON-ready dict (fractions, not per cent)."""
+    """All numbers of the protocol as a JSON-ready dict (fractions, not per cent). ``healthy``: healthy
+    test volumes (l1, our brain-FPR operating points); ``healthy_val``: healthy validation volumes
+    (the reference's FPR thresholds)."""
     _require_truth("validation", [s.name for s in val if s.truth is None])
     _require_truth("test", [s.name for s in test if s.truth is None])
     if not val or not test:
         raise ValueError("the protocol needs unhealthy validation and test cases")
 
-    def binarise(score: np.ndarray, threshold: float) -> np.ndarray:
-        return lesion_labels(score, threshold, config) > 0
+    def test_dice(threshold: float) -> list[float]:
+        return [dice(lesion_labels(s.score, threshold, config) > 0, s.truth, protocol.both_empty_dice) for s in test]
 
-    threshold, val_dice = best_threshold(val, config)
-    dices = [dice(binarise(s.score, threshold), s.truth) for s in test]
-    auprcs = [auprc(s.score, s.truth) for s in test]
+    threshold, val_dice = best_threshold(val, protocol, config)
+    dices = test_dice(threshold)
+    auprcs = [auprc(s.score, s.truth, protocol.no_lesion_auprc) for s in test]
     result = {
+        "protocol": protocol.name,
         "threshold": threshold,
         "val_dice_pooled": val_dice,
         "dice_mean": mean_std(dices)[0], "dice_std": mean_std(dices)[1],
         "auprc_mean": mean_std(auprcs)[0], "auprc_std": mean_std(auprcs)[1],
-        "n_val": len(val), "n_test": len(test), "n_healthy": len(healthy),
+        "n_val": len(val), "n_test": len(test), "n_healthy": len(healthy), "n_healthy_val": len(healthy_val),
         "per_case": [{"case": s.name, "dice": d, "auprc": a} for s, d, a in zip(test, dices, auprcs)],
     }
     if healthy:
-        l1s = [s.l1 for s in healthy if s.l1 is not None]
-        result["l1_mean"] = float(np.mean(l1s)) if l1s else None
-        operating = {}
-        for rate, t in fpr_thresholds([s.score for s in healthy], [s.mask for s in healthy]).items():
-            test_dice = [dice(binarise(s.score, t), s.truth) for s in test]
-            operating[f"{int(rate * 100)}%"] = {"threshold": t, "dice_mean": mean_std(test_dice)[0]}
-        result["healthy_fpr"] = operating
+        l1s = [s.l1_brain if protocol.l1_in_brain else s.l1_volume for s in healthy]
+        l1s = [v for v in l1s if v is not None]
+        result["l1_mean"] = mean_std(l1s)[0] if l1s else None
+        result["l1_scope"] = "brain" if protocol.l1_in_brain else "volume"
+        result["brain_fpr"] = {
+            f"{int(rate * 100)}%": {"threshold": t, "dice_mean": mean_std(test_dice(t))[0]}
+            for rate, t in brain_fpr_thresholds([s.score for s in healthy], [s.mask for s in healthy]).items()}
+    if healthy_val:
+        result["fpr_thresholds"] = {f"{int(rate * 100)}%": t
+                                    for rate, t in roc_fpr_thresholds([s.score for s in healthy_val]).items()}
     return result
 
 
@@ -125,19 +183,24 @@ def write_report(result: dict, test: Sequence[Scored], out_dir: str | Path, titl
     """``metrics.json``, ``metrics.md`` and a pooled precision-recall plot ``pr_curve.png``."""
     out_dir = Path(out_dir)
     paths = [write_text_atomic(json.dumps(result, indent=1) + "\n", out_dir / "metrics.json")]
-    lines = [f"# {title}", "", "| metric | value |", "|---|---|",
+    lines = [f"# {title}", "", f"Protocol: {result['protocol']} ({PROTOCOLS[result['protocol']].summary}).", "",
+             "| metric | value |", "|---|---|",
              f"| Dice (test, mean +- std) | {100 * result['dice_mean']:.2f} +- {100 * result['dice_std']:.2f} % |",
              f"| AUPRC (test, mean +- std) | {100 * result['auprc_mean']:.2f} +- {100 * result['auprc_std']:.2f} % |",
-             f"| threshold (val Dice search) | {result['threshold']:.4f} |"]
+             f"| threshold (validation Dice search) | {result['threshold']:.4f} |"]
     if "t_test" in result:
         chosen = ", ".join(f"{t}: {100 * d:.1f} %" for t, d in result.get("t_test_val_dice_pooled", {}).items())
         lines.append(f"| reconstruction | t_test {result['t_test']}, stride {result['stride']}"
-                     + (f" (val pooled Dice by t_test: {chosen}) |" if chosen else " |"))
+                     + (f" (ours: chosen by pooled validation Dice, {chosen}) |" if chosen else " |"))
     if result.get("l1_mean") is not None:
-        lines.append(f"| l1 healthy (1e-3) | {1000 * result['l1_mean']:.2f} |")
-    for rate, point in result.get("healthy_fpr", {}).items():
-        lines.append(f"| Dice at {rate} healthy FPR (t={point['threshold']:.4f}) | {100 * point['dice_mean']:.2f} % |")
-    lines += ["", f"{result['n_val']} validation, {result['n_test']} test, {result['n_healthy']} healthy volumes."]
+        lines.append(f"| l1 healthy (1e-3, mean over the {result['l1_scope']}) | {1000 * result['l1_mean']:.2f} |")
+    for rate, t in result.get("fpr_thresholds", {}).items():
+        lines.append(f"| threshold at {rate} FPR (ROC over all voxels of healthy validation volumes) | {t:.4f} |")
+    for rate, point in result.get("brain_fpr", {}).items():
+        lines.append(f"| Dice at {rate} of healthy test brain voxels flagged (ours; t={point['threshold']:.4f}) "
+                     f"| {100 * point['dice_mean']:.2f} % |")
+    lines += ["", f"{result['n_val']} validation, {result['n_test']} test, {result['n_healthy']} healthy test and "
+              f"{result['n_healthy_val']} healthy validation volumes."]
     paths.append(write_text_atomic("\n".join(lines) + "\n", out_dir / "metrics.md"))
     paths.append(_pr_plot(test, out_dir / "pr_curve.png", title))
     return paths

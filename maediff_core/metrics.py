@@ -1,90 +1,88 @@
 """Metrics of the evaluation protocol (REFERENCE.md, "Evaluation protocol").
 
-Dice and AUPRC are computed per volume and averaged; the decision threshold is searched on the
-unhealthy validation set by maximising Dice over all its voxels together.
+Each function states the reference's definition (``src/utils/utils_eval.py`` of the protocol's
+authors) where a choice exists, so that numbers compare with the papers' tables.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from sklearn.metrics import average_precision_score
+from sklearn.metrics import average_precision_score, roc_curve
 
 
-def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
-    """2|A and B| / (|A| + |B|); two empty masks agree perfectly (1.0)."""
+def dice(prediction: np.ndarray, truth: np.ndarray, both_empty: float = float("nan")) -> float:
+    """2|A and B| / (|A| + |B|). Undefined when both masks are empty: the reference gets NaN (0 / 0)
+    and leaves such volumes out of its means."""
     a, b = prediction.astype(bool), truth.astype(bool)
-    total = int(a.sum()) + int(b.sum())
+    total = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
     if total == 0:
-        return 1.0
-    return 2.0 * int(np.logical_and(a, b).sum()) / total
+        return both_empty
+    return 2.0 * int(np.count_nonzero(a & b)) / total
 
 
-def auprc(score: np.ndarray, truth: np.ndarray) -> float:
-    """Average precision of the voxel scores against the voxel truth of one volume."""
+def auprc(score: np.ndarray, truth: np.ndarray, no_lesion: float = 0.0) -> float:
+    """Average precision of the voxel scores of one volume against its voxel truth. Without lesion
+    voxels it is undefined; scikit-learn (hence the reference) returns 0.0 with a warning."""
     labels = truth.astype(bool).ravel()
     if not labels.any():
-        return float("nan")  # undefined without positives; such volumes are left out of means
+        return no_lesion
     return float(average_precision_score(labels, score.astype(np.float64).ravel()))
 
 
-def l1_error(image: np.ndarray, reconstruction: np.ndarray, mask: np.ndarray) -> float:
-    """Mean absolute reconstruction error inside the brain (healthy volumes)."""
-    inside = mask.astype(bool)
-    return float(np.abs(image[inside] - reconstruction[inside]).mean())
+def l1_error(image: np.ndarray, reconstruction: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Mean absolute reconstruction error over the whole volume (the reference), or inside ``mask``."""
+    difference = np.abs(image.astype(np.float64) - reconstruction.astype(np.float64))
+    return float(difference.mean() if mask is None else difference[mask.astype(bool)].mean())
 
 
-def search_threshold(scores: Sequence[np.ndarray], truths: Sequence[np.ndarray],
-                     binarise: Callable[[np.ndarray, float], np.ndarray] | None = None,
-                     steps: int = 10) -> tuple[float, float]:
-    """Threshold maximising Dice over all voxels of the given volumes together.
-
-    The reference bisects [0, max] for 10 steps; here each step evaluates the quarter points of the
-    current interval and keeps the half around the better one (a bracketing search, Dice being
-    unimodal in the threshold in practice). ``binarise`` turns a score volume and threshold into
-    a mask (default: score > threshold); the protocol passes the connected-component filter.
-    Returns (threshold, dice at that threshold).
-    """
-    binarise = binarise or (lambda s, t: s > t)
-    truth_total = sum(int(t.astype(bool).sum()) for t in truths)
-
-    def pooled_dice(threshold: float) -> float:
-        overlap, predicted = 0, 0
-        for score, truth in zip(scores, truths):
-            mask = binarise(score, threshold).astype(bool)
-            overlap += int(np.logical_and(mask, truth.astype(bool)).sum())
-            predicted += int(mask.sum())
-        total = predicted + truth_total
-        return 2.0 * overlap / total if total else 1.0
-
-    low, high = 0.0, float(max(s.max() for s in scores))
-    cache: dict[float, float] = {}
-
-    def value(t: float) -> float:
-        if t not in cache:
-            cache[t] = pooled_dice(t)
-        return cache[t]
-
+def bisect_threshold(dice_at: Callable[[float], float], maximum: float, steps: int = 10) -> tuple[float, float]:
+    """The reference's threshold search (``find_best_val``): 10 halvings of [0, max], each testing the
+    quarter points of the current interval and keeping the half around the better one (the lower on a
+    tie). The answer is the best tested point, the latest of equal values (a running best updated
+    with ``>=`` from 0), and threshold 0 if no point beats Dice 0. A NaN Dice loses every comparison.
+    Returns (threshold, its Dice)."""
+    low, high = 0.0, float(maximum)
+    best, best_dice = 0.0, 0.0
     for _ in range(steps):
-        quarter = (high - low) / 4.0
-        left, right = low + quarter, high - quarter
-        if value(left) >= value(right):
-            high = (low + high) / 2.0
+        if low == high:  # an all-zero map: the reference searches [0, 1]
+            high = 1.0
+        q_low, q_high = low + (high - low) * 0.25, low + (high - low) * 0.75
+        d_low, d_high = dice_at(q_low), dice_at(q_high)
+        centre = low + (high - low) * 0.5
+        if d_low >= d_high:
+            if d_low >= best_dice:
+                best, best_dice = q_low, d_low
+            high = centre
         else:
-            low = (low + high) / 2.0
-    best = max(cache, key=cache.get)
-    return best, cache[best]
+            if d_high >= best_dice:
+                best, best_dice = q_high, d_high
+            low = centre
+    return best, best_dice
 
 
-def fpr_thresholds(healthy_scores: Sequence[np.ndarray], healthy_masks: Sequence[np.ndarray],
-                   rates: Sequence[float] = (0.01, 0.05, 0.10)) -> dict[float, float]:
-    """Thresholds at which the given fraction of healthy brain voxels is flagged."""
+def roc_fpr_thresholds(healthy_scores: Sequence[np.ndarray],
+                       rates: Sequence[float] = (0.01, 0.05, 0.10)) -> dict[float, float]:
+    """The reference's healthy operating points: on all voxels of the healthy validation volumes,
+    the first ROC threshold (scikit-learn's ``roc_curve``) whose false-positive rate exceeds each rate."""
+    values = np.concatenate([s.ravel() for s in healthy_scores])
+    with warnings.catch_warnings():  # no positives: the true-positive rates are undefined, and unused
+        warnings.simplefilter("ignore")
+        fpr, _, thresholds = roc_curve(np.zeros(values.size, dtype=int), values, pos_label=1)
+    return {rate: float(thresholds[np.argmax(fpr > rate)]) for rate in rates}
+
+
+def brain_fpr_thresholds(healthy_scores: Sequence[np.ndarray], healthy_masks: Sequence[np.ndarray],
+                         rates: Sequence[float] = (0.01, 0.05, 0.10)) -> dict[float, float]:
+    """Thresholds at which the given fraction of healthy brain voxels is flagged (ours: quantiles)."""
     values = np.concatenate([s[m.astype(bool)] for s, m in zip(healthy_scores, healthy_masks)])
     return {rate: float(np.quantile(values, 1.0 - rate)) for rate in rates}
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and (population) standard deviation of the finite values, as ``np.nanmean``/``nanstd``."""
     finite = np.array([v for v in values if np.isfinite(v)], dtype=float)
     if finite.size == 0:
         return float("nan"), float("nan")

@@ -191,7 +191,8 @@ def card_markdown(card: ModelCard, weights_mb: float) -> str:
         f"- weights: {weights_mb:.1f} MB (safetensors)",
         f"- decision threshold: {card.threshold if card.threshold is not None else 'none (pass --threshold)'}"
         + (f", chosen on {t['threshold_from']['val']} (pooled validation Dice "
-           f"{100 * t['threshold_from']['val_dice_pooled']:.1f} %)" if t.get("threshold_from") else ""),
+           f"{100 * t['threshold_from']['val_dice_pooled']:.1f} %, "
+           f"{t['threshold_from'].get('protocol', 'ours')} evaluation protocol)" if t.get("threshold_from") else ""),
     ]
     levels = t.get("threshold_from", {}).get("t_test_val_dice_pooled")
     if levels:

@@ -30,18 +30,27 @@ def erode_slices(mask: np.ndarray, iterations: int) -> np.ndarray:
 
 
 def smooth_scores(residual: np.ndarray, mask: np.ndarray, config: PostprocessConfig = PostprocessConfig()) -> np.ndarray:
-    """Residual -> anomaly score: restricted to the eroded brain, then median filtered."""
+    """Residual -> anomaly score: restricted to the eroded brain, then median filtered (no re-masking)."""
     score = residual.astype(np.float32) * erode_slices(mask, config.mask_erosions)
     if config.median_size > 1:
         radius = config.median_size // 2
-        score = sitk.GetArrayFromImage(sitk.Median(sitk.GetImageFromArray(score), [radius] * 3))
+        # The reference's scipy median_filter extends the volume by reflection (b a | a b c), as
+        # MirrorPad does; sitk.Median alone extends it by repetition (a a | a b c), which changes the
+        # first and last axial slices of a brain cropped to its box.
+        padded = sitk.MirrorPad(sitk.GetImageFromArray(score), [radius] * 3, [radius] * 3)
+        filtered = sitk.GetArrayFromImage(sitk.Median(padded, [radius] * 3))
+        score = np.ascontiguousarray(filtered[radius:-radius, radius:-radius, radius:-radius])
     return score
 
 
 def lesion_labels(score: np.ndarray, threshold: float,
                   config: PostprocessConfig = PostprocessConfig()) -> np.ndarray:
-    """Binarise at ``threshold`` and label connected components (26-connected), dropping small
-    ones; label 1 is the largest lesion, 2 the next, and so on."""
+    """Binarise at ``threshold`` (``score > threshold``) and label connected components (26-connected),
+    dropping small ones; label 1 is the largest lesion, 2 the next, and so on.
+
+    The reference drops components whose ``filled_area`` (scikit-image: holes filled with a full 3x3x3
+    structure) is at most 7. A hole under that structure needs all 26 neighbours of a voxel in the
+    component, so a component of at most 7 voxels has none and its voxel count is its filled area."""
     binary = sitk.GetImageFromArray((score > threshold).astype(np.uint8))
     components = sitk.ConnectedComponent(binary, True)
     relabelled = sitk.RelabelComponent(components, minimumObjectSize=config.min_component_voxels,
