@@ -12,6 +12,7 @@ from conftest import posed_phantom
 from maediff_core.datasets import load_prepared
 from maediff_core.detect import DetectConfig, reconstruct
 from maediff_core.models import load_model, save_model
+from maediff_core.volume_io import VolumeError
 from maediff_core.writeback import native_lesions
 
 
@@ -119,3 +120,51 @@ def test_demo_runs_the_whole_job_and_scores_it(tmp_path, tiny_model, capsys):
     assert (tmp_path / "demo.png").stat().st_size > 10_000
     printed = capsys.readouterr().out
     assert "Dice against the known lesion" in printed and "reconstruct:" in printed
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("stride", -16, "stride must be a positive integer, got -16"),
+    ("t_test", 0, "t-test must be a positive integer, got 0"),
+    ("batch_size", -1, "batch-size must be a positive integer, got -1"),
+    ("t_test", 5000, r"t-test must lie in 1\.\.1000"),
+    ("stride", 20, "stride 20 does not tile"),
+    ("threshold", float("nan"), "--threshold must be a finite number >= 0, got nan"),
+    ("threshold", -1.0, "--threshold must be a finite number >= 0, got -1.0"),
+])
+def test_bad_detection_options_are_refused_before_the_input_is_read(tmp_path, tiny_model, option, value, message):
+    from maediff_core.detect import detect_file
+
+    model, card = load_model(tiny_model)
+    with pytest.raises(VolumeError, match=message):  # the input does not exist: it was never opened
+        detect_file(tmp_path / "absent.nii.gz", tmp_path / "out", model, card, DetectConfig(**{option: value}))
+    card.threshold = float("nan")
+    with pytest.raises(VolumeError, match="the model card's threshold must be a finite number >= 0, got nan"):
+        detect_file(tmp_path / "absent.nii.gz", tmp_path / "out", model, card)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_with_nan_weights_is_an_error_not_a_clean_scan(tiny_model):
+    import torch
+
+    model, card = load_model(tiny_model)
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    image = np.full((2, 96, 96), 0.5, np.float32)
+    with pytest.raises(VolumeError, match="reconstruction has NaN or infinite voxels"):
+        reconstruct(model, card, image, image > 0, DetectConfig(stride=48))
+
+
+def test_an_unexpected_error_is_one_line_and_a_log(monkeypatch, capsys):
+    from maediff_core import cli
+
+    def defect(args):
+        raise KeyError("a defect")
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    parser._subparsers._group_actions[0].choices["device"].set_defaults(func=defect)
+    assert cli.main(["device"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unexpected error: KeyError: 'a defect' (traceback in " in err
+    log = err.split("(traceback in ")[1].rstrip(")\n")
+    assert "Traceback" in open(log).read() and "a defect" in open(log).read()

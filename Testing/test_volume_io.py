@@ -1,9 +1,13 @@
+import os
+import stat
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
 from dicom_series import write_dicom_series
 
-from maediff_core.volume_io import VolumeError, read_volume, write_volume
+from maediff_core.volume_io import (VolumeError, check_writable, folder_as_a_set, output_folders, read_volume,
+                                    write_text_atomic, write_volume)
 
 
 def _volume(direction=(1, 0, 0, 0, 1, 0, 0, 0, 1), spacing=(0.9, 1.1, 3.0)) -> sitk.Image:
@@ -78,10 +82,15 @@ def test_wrong_dimension(tmp_path):
 def test_non_finite_constant_and_absurd_spacing(tmp_path):
     array = np.random.rand(8, 8, 8).astype(np.float32)
     array[2, 3, 4] = np.nan
-    # NIfTI writing turns NaN into 0, MetaImage keeps it.
-    sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / "nan.mha"))
-    with pytest.raises(VolumeError, match="NaN or infinite"):
-        read_volume(tmp_path / "nan.mha")
+    # SimpleITK's NIfTI reader turns NaN and Inf into 0: those files are checked on their raw bytes.
+    for suffix in (".mha", ".nii.gz", ".nii"):
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / f"nan{suffix}"))
+        with pytest.raises(VolumeError, match="NaN or infinite"):
+            read_volume(tmp_path / f"nan{suffix}")
+    array[2, 3, 4] = np.inf
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / "inf.nii.gz"))
+    with pytest.raises(VolumeError, match="1 voxels are NaN or infinite"):
+        read_volume(tmp_path / "inf.nii.gz")
     sitk.WriteImage(sitk.GetImageFromArray(np.full((8, 8, 8), 5, np.int16)), str(tmp_path / "const.nii.gz"))
     with pytest.raises(VolumeError, match="same value 5"):
         read_volume(tmp_path / "const.nii.gz")
@@ -95,3 +104,84 @@ def test_non_finite_constant_and_absurd_spacing(tmp_path):
 def test_write_refuses_unknown_suffix(tmp_path):
     with pytest.raises(VolumeError, match="unsupported output type"):
         write_volume(_volume(), tmp_path / "out.png")
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_a_file_cut_short_is_refused(tmp_path, suffix):
+    # SimpleITK reads a truncated NIfTI with the missing voxels as 0, and says nothing.
+    path = write_volume(_volume(), tmp_path / f"whole{suffix}")
+    data = path.read_bytes()
+    (tmp_path / f"half{suffix}").write_bytes(data[: len(data) // 2])
+    assert sitk.ReadImage(str(tmp_path / f"half{suffix}")).GetSize() == (16, 20, 12)
+    with pytest.raises(VolumeError, match="cut short"):
+        read_volume(tmp_path / f"half{suffix}")
+    read_volume(path)
+
+
+def test_a_short_write_never_reaches_the_final_name(tmp_path, monkeypatch):
+    """A full disk: SimpleITK's writer does not raise on a short write (injected here by truncating
+    what it wrote), so the write is checked by reading it back before the rename."""
+    write_image = sitk.WriteImage
+
+    def short_write(image, path, *args):
+        write_image(image, path, *args)
+        with open(path, "r+b") as handle:
+            handle.truncate(os.path.getsize(path) // 2)
+
+    good = write_volume(_volume(), tmp_path / "result.nii.gz").read_bytes()
+    monkeypatch.setattr(sitk, "WriteImage", short_write)
+    with pytest.raises(VolumeError, match="did not read back as written"):
+        write_volume(_volume(spacing=(1.0, 1.0, 1.0)), tmp_path / "result.nii.gz")
+    assert (tmp_path / "result.nii.gz").read_bytes() == good  # the earlier result is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.nii.gz"]  # no temporary left
+
+
+def test_outputs_follow_the_umask(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        volume = write_volume(_volume(), tmp_path / "v.nii.gz")
+        text = write_text_atomic("{}", tmp_path / "t.json")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(volume.stat().st_mode) == stat.S_IMODE(text.stat().st_mode) == 0o640
+
+
+def test_a_result_folder_is_replaced_as_a_set(tmp_path, monkeypatch):
+    result = tmp_path / "case"
+    with folder_as_a_set(result) as folder:
+        (folder / "heatmap.txt").write_text("old")
+        (folder / "lesions.json").write_text("old")
+    (tmp_path / ".case.partial-killed").mkdir()  # left by a killed run: swept at the next start
+    with pytest.raises(RuntimeError, match="killed"):
+        with folder_as_a_set(result) as folder:
+            (folder / "heatmap.txt").write_text("new")
+            raise RuntimeError("killed while writing")
+    rename = os.rename
+
+    def failing_second_rename(source, target):
+        if ".partial-" in str(source):
+            raise OSError("no space left")
+        rename(source, target)
+
+    monkeypatch.setattr(os, "rename", failing_second_rename)
+    with pytest.raises(OSError, match="no space"):
+        with folder_as_a_set(result) as folder:
+            (folder / "heatmap.txt").write_text("new")
+    monkeypatch.undo()
+    # Never a mix: the earlier set, whole, under its name, and nothing else left behind.
+    assert {p.name: p.read_text() for p in result.iterdir()} == {"heatmap.txt": "old", "lesions.json": "old"}
+    assert [p.name for p in tmp_path.iterdir()] == ["case"]
+    with folder_as_a_set(result) as folder:
+        (folder / "heatmap.txt").write_text("new")
+    assert [p.name for p in result.iterdir()] == ["heatmap.txt"]  # replaced, not merged
+
+
+def test_inputs_sharing_a_case_name_and_unwritable_outputs_are_refused(tmp_path):
+    with pytest.raises(VolumeError, match="a/T2.nii.gz and b/T2.nii.gz would both write"):
+        output_folders(["a/T2.nii.gz", "b/T2.nii.gz"], tmp_path)
+    assert output_folders(["a/T2.nii.gz", "b/T1.nii.gz"], tmp_path) == [tmp_path / "T2", tmp_path / "T1"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(VolumeError, match="cannot write results there"):
+        check_writable(tmp_path / "file")
+    with pytest.raises(VolumeError, match="cannot write results there"):
+        check_writable(tmp_path / "file" / "below")

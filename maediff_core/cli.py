@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from .volume_io import VolumeError, case_name, write_text_atomic
+from .volume_io import VolumeError, check_writable, folder_as_a_set, output_folders, write_text_atomic
 
 
 def given(args: argparse.Namespace, config_class) -> dict:
@@ -29,11 +29,13 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
     config = PreprocessConfig(register=not args.no_register, mask_method=args.mask_method,
                               bias_correction=not args.no_n4, resample_1mm=not args.no_resample, atlas=args.atlas)
     atlas = Atlas.load(args.atlas)
-    for path in args.inputs:
+    check_writable(Path(args.output))
+    for path, folder in zip(args.inputs, output_folders(args.inputs, args.output)):
         start = time.perf_counter()
         result = preprocess_file(path, config, atlas, args.mask)
-        out = result.save(Path(args.output) / case_name(path))
-        print(f"{path} -> {out} ({time.perf_counter() - start:.1f} s, brain {result.record['brain_ml']:.0f} mL)")
+        with folder_as_a_set(folder) as out:
+            result.save(out)
+        print(f"{path} -> {folder} ({time.perf_counter() - start:.1f} s, brain {result.record['brain_ml']:.0f} mL)")
 
 
 def cmd_atlas(args: argparse.Namespace) -> None:
@@ -94,6 +96,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         device = pick_device(args.device)
         model, card = load_for_detection(args.model, device)
         fold = card.training.get("fold", 0)
+        for level in args.t_test or [None]:  # before any volume is scored
+            DetectConfig(t_test=level, stride=args.stride).check_reconstruction(card)
 
         def scorer_at(t_test: int | None):
             return model_scorer(model, card, DetectConfig(t_test=t_test, stride=args.stride), device)
@@ -166,6 +170,7 @@ def cmd_detect(args: argparse.Namespace) -> None:
     config = DetectConfig(t_test=args.t_test, stride=args.stride, batch_size=args.batch_size,
                           threshold=args.threshold, seed=args.seed)
     progress = json_progress if args.progress == "json" else text_progress
+    output_folders(args.inputs, args.output)
     for path in args.inputs:
         summary = detect_file(path, args.output, model, card, config, prep, args.mask, device, progress)
         if args.progress != "json":
@@ -387,7 +392,23 @@ def main(argv: list[str] | None = None) -> int:
     except (VolumeError, ValueError, FileNotFoundError) as err:
         print(f"maediff {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # a defect, not bad input: one line for the user, the traceback in a log
+        log = crash_log(args.command)
+        print(f"maediff {args.command}: unexpected error: {type(err).__name__}: "
+              f"{str(err).strip().splitlines()[-1] if str(err).strip() else ''} (traceback in {log})", file=sys.stderr)
+        return 1
     return 0
+
+
+def crash_log(command: str) -> Path:
+    import tempfile
+    import traceback
+
+    folder = Path(tempfile.gettempdir()) / "maediff-logs"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    path.write_text(f"maediff {' '.join(sys.argv[1:])}\n\n{traceback.format_exc()}")
+    return path
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ from .networks import DiffusionNet, visible_cells
 from .postprocess import PostprocessConfig, lesion_labels, smooth_scores
 from .preprocess import STEPS, PreprocessConfig, Preprocessed, preprocess, to_native
 from .timing import Laps
-from .volume_io import VolumeError, case_name, image_from_array, read_volume, write_text_atomic, write_volume
+from .volume_io import (VolumeError, case_name, check_writable, folder_as_a_set, image_from_array, read_volume, write_text_atomic,
+                        write_volume)
 from .writeback import labels_to_native
 
 Progress = Callable[[str, float, str], None]
@@ -37,6 +38,32 @@ class DetectConfig:
     batch_size: int | None = None  # None: 32 on CPU, 512 on CUDA (halved on out-of-memory)
     threshold: float | None = None  # None: the model card's
     seed: int = 0  # the simplex noise of the reconstruction
+
+    def check_reconstruction(self, card: ModelCard) -> None:
+        """Refuse reconstruction settings that cannot hold for this model (before any heavy work)."""
+        for name in ("t_test", "stride", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise VolumeError(f"{name.replace('_', '-')} must be a positive integer, got {value} "
+                                  "(leave it out for the model's own)")
+        timesteps = card.config.diffusion.timesteps
+        if self.t_test is not None and self.t_test > timesteps:
+            raise VolumeError(f"t-test must lie in 1..{timesteps}, got {self.t_test}")
+        try:
+            card.config.patch.positions(self.stride)
+        except ValueError as err:
+            raise VolumeError(str(err)) from None
+
+    def decision_threshold(self, card: ModelCard) -> float:
+        """The given threshold, else the card's; refused unless a finite number >= 0."""
+        threshold, source = ((self.threshold, "--threshold") if self.threshold is not None
+                             else (card.threshold, "the model card's threshold"))
+        if threshold is None:
+            raise VolumeError("the model card has no decision threshold: pass --threshold")
+        # Scores are |x - x_rec| >= 0: a negative threshold flags the whole box, NaN flags nothing.
+        if not (np.isfinite(threshold) and threshold >= 0):
+            raise VolumeError(f"{source} must be a finite number >= 0, got {threshold}")
+        return float(threshold)
 
 
 def quiet(stage: str, fraction: float, message: str = "") -> None:
@@ -61,9 +88,8 @@ def reconstruct(model: DiffusionNet, card: ModelCard, image: np.ndarray, mask: n
     model_config = card.config
     diffusion = Diffusion(model_config.diffusion)
     patch = model_config.patch
+    config.check_reconstruction(card)
     t_test = config.t_test or model_config.diffusion.t_test
-    if not 1 <= t_test <= model_config.diffusion.timesteps:
-        raise VolumeError(f"t_test must lie in 1..{model_config.diffusion.timesteps}, got {t_test}")
     positions = patch.positions(config.stride)
     generator = torch.Generator().manual_seed(config.seed)
 
@@ -99,6 +125,8 @@ def reconstruct(model: DiffusionNet, card: ModelCard, image: np.ndarray, mask: n
         progress("reconstruct", done / len(jobs), f"{done}/{len(jobs)} patches, batch {batch}")
     # Overlaps are averaged; pixels no patch touched (no brain nearby) keep their own value.
     rec = torch.where(count > 0, total / count.clamp(min=1), x0)
+    if not torch.isfinite(rec).all():
+        raise VolumeError("the model's reconstruction has NaN or infinite voxels: its weights are broken")
     return ((rec.squeeze(1).numpy() + 1.0) / 2.0).clip(0.0, 1.0).astype(np.float32)
 
 
@@ -114,9 +142,9 @@ def detect_file(path: str | Path, out_dir: str | Path, model: DiffusionNet, card
                 progress: Progress = quiet) -> dict:
     """Run the whole job on one volume and write ``out_dir/<case>/``; returns the lesion summary."""
     lap = Laps()
-    threshold = config.threshold if config.threshold is not None else card.threshold
-    if threshold is None:
-        raise VolumeError("the model card has no decision threshold: pass --threshold")
+    config.check_reconstruction(card)
+    threshold = config.decision_threshold(card)
+    check_writable(Path(out_dir))
     progress("load", 0.0, str(path))
     native = read_volume(path)
     mask = read_volume(mask_path) if mask_path else None
@@ -142,14 +170,6 @@ def detect_file(path: str | Path, out_dir: str | Path, model: DiffusionNet, card
     low, high = record["intensity_range"]
     # In the input's units, and only where the model saw brain (the rest of the box is not a reconstruction).
     rec_native = sitk.Cast(to_native(np.where(prepared.mask, rec * (high - low) + low, 0.0), record), sitk.sitkFloat32)
-    write_volume(heat_native, out / "heatmap.nii.gz")
-    write_volume(rec_native, out / "reconstruction.nii.gz")
-    write_volume(labels_native, out / "lesions.nii.gz")
-    grid = record["model_grid"]
-    for name, array in (("reconstruction", rec), ("heatmap", score), ("lesions", model_labels.astype(np.uint16))):
-        write_volume(image_from_array(array, grid), out / "model_space" / f"{name}.nii.gz")
-    prepared.save(out / "model_space")  # image, mask and record.json
-    lap("write")
     summary = {
         "input": str(path), "model": card.config.name, "threshold": threshold,
         "detect": {**asdict(config), "t_test": config.t_test or card.config.diffusion.t_test,
@@ -157,7 +177,18 @@ def detect_file(path: str | Path, out_dir: str | Path, model: DiffusionNet, card
         "device": str(device), "lesion_count": len(table), "lesions": table, "timings_s": lap.seconds,
         "score_max": float(score.max()),
     }
-    write_text_atomic(json.dumps(summary, indent=1) + "\n", out / "lesions.json")
+    # Strict JSON (no bare NaN); written in the write stage, its timings end with postprocess.
+    text = json.dumps(summary, indent=1, allow_nan=False) + "\n"
+    with folder_as_a_set(out) as folder:
+        write_volume(heat_native, folder / "heatmap.nii.gz")
+        write_volume(rec_native, folder / "reconstruction.nii.gz")
+        write_volume(labels_native, folder / "lesions.nii.gz")
+        grid = record["model_grid"]
+        for name, array in (("reconstruction", rec), ("heatmap", score), ("lesions", model_labels.astype(np.uint16))):
+            write_volume(image_from_array(array, grid), folder / "model_space" / f"{name}.nii.gz")
+        prepared.save(folder / "model_space")  # image, mask and record.json
+        write_text_atomic(text, folder / "lesions.json")
+    lap("write")
     progress("done", 1.0, str(out))
     return summary
 

@@ -6,8 +6,6 @@ Loading never unpickles: weights come from safetensors, everything else from JSO
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -16,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from .diffusion import DiffusionConfig, PatchConfig
 from .networks import DiffusionNet, MAEConfig, UNetConfig
-from .volume_io import VolumeError
+from .volume_io import VolumeError, atomic_path, write_text_atomic
 
 FORMAT_VERSION = 1
 
@@ -112,19 +110,11 @@ def model_paths(path: str | Path) -> tuple[Path, Path]:
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     """safetensors, written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 def save_model(model: torch.nn.Module, card: ModelCard, path: str | Path) -> Path:
-    from .volume_io import write_text_atomic
 
     weights, meta = model_paths(path)
     save_tensors(model.state_dict(), weights)
@@ -217,7 +207,6 @@ def card_markdown(card: ModelCard, weights_mb: float) -> str:
 def publish_model(source: str | Path, dest: str | Path, description: str, notes: dict | None = None) -> list[Path]:
     """A trained model as a release: weights only, the card with ``notes`` added to its training
     record, and the card in Markdown. Returns the three paths."""
-    from .volume_io import write_text_atomic
 
     model, card = load_model(source)
     card.description = description

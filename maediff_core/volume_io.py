@@ -7,8 +7,14 @@ never leaves a half-written output under the final name.
 
 from __future__ import annotations
 
+import gzip
 import os
+import shutil
 import tempfile
+import uuid
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +44,19 @@ def case_name(path: str | Path) -> str:
     return p.name[: -len(suffix)] if suffix else p.name
 
 
+def output_folders(inputs: Sequence[str | Path], out_dir: str | Path) -> list[Path]:
+    """One result folder per input, named after its case. Inputs that share a case name (``a/T2.nii.gz``
+    and ``b/T2.nii.gz``) would overwrite each other: refused before any work."""
+    folders: dict[str, Path] = {}
+    for path in inputs:
+        name = case_name(path)
+        if name in folders:
+            raise VolumeError(f"{folders[name]} and {path} would both write {Path(out_dir) / name}: "
+                              "give them different -o folders")
+        folders[name] = Path(path)
+    return [Path(out_dir) / name for name in folders]
+
+
 def read_volume(path: str | Path) -> sitk.Image:
     """Read a 3-D scalar volume (file or DICOM series folder) and validate it."""
     path = Path(path)
@@ -53,11 +72,52 @@ def read_volume(path: str | Path) -> sitk.Image:
                     " or a DICOM series folder"
                 )
             image = sitk.ReadImage(str(path))
+            if volume_suffix(path) in (".nii", ".nii.gz"):
+                check_nifti_voxels(path)
     except RuntimeError as err:
         first_line = str(err).strip().splitlines()[-1] if str(err).strip() else "unreadable"
         raise VolumeError(f"{path}: cannot be read as an image ({first_line})") from err
     validate_volume(image, str(path))
     return image
+
+
+# NIfTI datatype codes of floating-point voxels (nifti1.h) and their numpy types.
+NIFTI_FLOATS = {16: "f4", 64: "f8"}
+
+
+def check_nifti_voxels(path: Path) -> None:
+    """What SimpleITK's NIfTI reader hides: a file cut short (the missing voxels read as 0) and NaN or
+    infinite voxels (read as 0). Reads the header (NIfTI-1 or -2) and the raw voxel bytes."""
+    opener = gzip.open if str(path).lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except (EOFError, OSError, zlib.error) as err:  # a gzip stream that stops before its end
+        raise VolumeError(f"{path}: the file is cut short or damaged ({err})") from err
+    for order in "<>":
+        size = int(np.frombuffer(data[:4], f"{order}i4")[0]) if len(data) >= 4 else 0
+        if size in (348, 540):
+            break
+    else:
+        raise VolumeError(f"{path}: not a NIfTI file (no NIfTI-1 or NIfTI-2 header)")
+    if size == 348:
+        dims = np.frombuffer(data, f"{order}i2", 8, 40).astype(np.int64)
+        datatype, bitpix = np.frombuffer(data, f"{order}i2", 2, 70)
+        offset = int(np.frombuffer(data, f"{order}f4", 1, 108)[0])
+    else:
+        datatype, bitpix = np.frombuffer(data, f"{order}i2", 2, 12)
+        dims = np.frombuffer(data, f"{order}i8", 8, 16)
+        offset = int(np.frombuffer(data, f"{order}i8", 1, 168)[0])
+    count = int(np.prod(dims[1:1 + dims[0]]))
+    expected = offset + count * int(bitpix) // 8
+    if len(data) < expected:
+        raise VolumeError(f"{path}: the file is cut short ({len(data)} of {expected} bytes): "
+                          "copy it again from its source")
+    if int(datatype) in NIFTI_FLOATS:
+        voxels = np.frombuffer(data, f"{order}{NIFTI_FLOATS[int(datatype)]}", count, offset)
+        bad = count - int(np.count_nonzero(np.isfinite(voxels)))
+        if bad:
+            raise VolumeError(f"{path}: {bad} voxels are NaN or infinite")
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
@@ -101,36 +161,95 @@ def validate_volume(image: sitk.Image, name: str = "volume") -> None:
         raise VolumeError(f"{name}: all voxels have the same value {values.flat[0]}")
 
 
-def write_volume(image: sitk.Image, path: str | Path, compress: bool = True) -> Path:
-    """Write ``image`` atomically: to a temporary name in the same folder, then rename."""
-    path = Path(path)
-    suffix = volume_suffix(path)
-    if not suffix:
-        raise VolumeError(f"{path}: unsupported output type; use one of {', '.join(VOLUME_SUFFIXES)}")
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
+    """A temporary name beside ``path`` to write to. When the block ends without error the file gets
+    the permissions the user's umask gives new files (mkstemp makes them 0600) and is renamed to
+    ``path``; on any error it is removed, so nothing incomplete ever carries the final name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
-        sitk.WriteImage(image, tmp, compress)
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def check_writable(folder: Path) -> None:
+    """Refuse an output folder that cannot be written (a file, read-only, no permission) before the
+    minutes of work whose results it would receive."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise VolumeError(f"{folder}: cannot write results there ({err.strerror or err})") from None
+
+
+@contextmanager
+def folder_as_a_set(folder: Path) -> Iterator[Path]:
+    """A temporary sibling folder to write a result into. When the block ends without error it
+    replaces ``folder`` by renames, so a reader finds the old result or the new one, never a mix (a
+    kill between the renames leaves only a hidden ``.old-`` copy). On error it is removed. Leftovers of
+    killed runs are swept first."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    for stale in [*folder.parent.glob(f".{folder.name}.partial-*"), *folder.parent.glob(f".{folder.name}.old-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
+        if folder.exists():
+            os.rename(folder, old)
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if old.exists():
+                os.rename(old, folder)  # the earlier result back under its name
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_volume(image: sitk.Image, path: str | Path, compress: bool = True) -> Path:
+    """Write ``image`` atomically, and only after it reads back as written: SimpleITK does not report
+    a short write (a full disk), and would later read the truncated file without complaint."""
+    path = Path(path)
+    suffix = volume_suffix(path)
+    if not suffix:
+        raise VolumeError(f"{path}: unsupported output type; use one of {', '.join(VOLUME_SUFFIXES)}")
+    with atomic_path(path, suffix) as tmp:
+        sitk.WriteImage(image, str(tmp), compress)
+        try:
+            written = sitk.ReadImage(str(tmp))  # kept alive while its array view is compared
+            complete = np.array_equal(sitk.GetArrayViewFromImage(written), sitk.GetArrayViewFromImage(image),
+                                      equal_nan=True)
+        except (RuntimeError, VolumeError):
+            complete = False
+        if not complete:
+            raise VolumeError(f"{path}: the file did not read back as written (is the disk full?)")
     return path
 
 
 def write_text_atomic(text: str, path: str | Path) -> Path:
-    """Write a text file (JSON, CSV, Markdown) atomically."""
+    """Write a text file (JSON, CSV, Markdown) atomically; a short write raises (OSError)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as handle:
             handle.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+            handle.flush()
+            os.fsync(handle.fileno())
     return path
 
 
