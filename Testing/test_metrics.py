@@ -188,7 +188,7 @@ def test_a_threshold_is_saved_with_its_reconstruction(tiny_model):
     saved = with_operating_point(card, 0.12, 150, 48, {"val": "tumour", "protocol": "reference", "val_dice_pooled": 0.4,
                                                        "t_test_val_dice_pooled": {"150": 0.4, "500": 0.3}})
     again = ModelCard.from_dict(json.loads(json.dumps(saved.to_dict())))
-    assert "t_test 150 chosen on the same validation volumes, by pooled Dice: 150: 40.0 %, 500: 30.0 %" \
+    assert "t_test 150 chosen on the same validation volumes, by pooled Dice: 150: 40.0 %, 500: 30.0 % (ours" \
         in card_markdown(again, 1.0)
     assert "(pooled validation Dice 40.0 %, reference evaluation protocol)" in card_markdown(again, 1.0)
     assert again.threshold == 0.12 and again.config.diffusion.t_test == 150 and again.config.patch.stride == 48

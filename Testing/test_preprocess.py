@@ -161,3 +161,20 @@ def test_user_supplied_atlas(tmp_path, atlas):
     assert result.image.shape == (50, 96, 96) and result.record["config"]["atlas"] == str(tmp_path / "atlas")
     # The user atlas is the bundled one resampled, so the mapping to the input must agree to ~1 mm.
     assert _registration_error_mm(atlas, result.record, pose) < 2.0
+
+
+def test_preprocess_command_writes_one_complete_folder_per_case(tmp_path, atlas, capsys):
+    from maediff_core.cli import main
+    from maediff_core.volume_io import write_volume
+
+    brain = sitk.Mask(atlas.template, atlas.brain_mask)
+    for folder in ("a", "b"):
+        write_volume(brain, tmp_path / folder / "T2.nii.gz")
+    fast = ["--no-register", "--mask-method", "skull-stripped", "--no-n4"]
+    out = tmp_path / "out"
+    assert main(["preprocess", str(tmp_path / "a" / "T2.nii.gz"), str(tmp_path / "b" / "T2.nii.gz"), *fast,
+                 "-o", str(out)]) == 2
+    assert "would both write" in capsys.readouterr().err and not out.exists()
+    assert main(["preprocess", str(tmp_path / "a" / "T2.nii.gz"), *fast, "-o", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["T2"]
+    assert sorted(p.name for p in (out / "T2").iterdir()) == ["image.nii.gz", "mask.nii.gz", "record.json"]

@@ -28,9 +28,10 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
 
     config = PreprocessConfig(register=not args.no_register, mask_method=args.mask_method,
                               bias_correction=not args.no_n4, resample_1mm=not args.no_resample, atlas=args.atlas)
-    atlas = Atlas.load(args.atlas)
+    folders = output_folders(args.inputs, args.output)
     check_writable(Path(args.output))
-    for path, folder in zip(args.inputs, output_folders(args.inputs, args.output)):
+    atlas = Atlas.load(args.atlas)
+    for path, folder in zip(args.inputs, folders):
         start = time.perf_counter()
         result = preprocess_file(path, config, atlas, args.mask)
         with folder_as_a_set(folder) as out:
@@ -123,8 +124,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         from .models import model_paths, with_operating_point
 
         chosen_on = {"val": str(args.val), "protocol": protocol.name, "val_dice_pooled": result["val_dice_pooled"]}
+        earlier = card.training.get("threshold_from", {})
         if "t_test_val_dice_pooled" in result:
-            chosen_on["t_test_val_dice_pooled"] = result["t_test_val_dice_pooled"]
+            chosen_on |= {"t_test_val_dice_pooled": result["t_test_val_dice_pooled"], "t_test_protocol": protocol.name}
+        elif "t_test_val_dice_pooled" in earlier and result["t_test"] == card.config.diffusion.t_test:
+            # The card's t_test, chosen by an earlier run, is kept: so is the record of that choice.
+            chosen_on |= {"t_test_val_dice_pooled": earlier["t_test_val_dice_pooled"],
+                          "t_test_protocol": earlier.get("t_test_protocol", "ours")}
         card = with_operating_point(card, result["threshold"], result["t_test"], result["stride"], chosen_on)
         write_text_atomic(json.dumps(card.to_dict(), indent=1) + "\n", model_paths(args.model)[1])
         print(f"threshold {card.threshold:.4f} and t_test {result['t_test']} saved in {model_paths(args.model)[1]}")

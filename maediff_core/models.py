@@ -187,7 +187,8 @@ def card_markdown(card: ModelCard, weights_mb: float) -> str:
     levels = t.get("threshold_from", {}).get("t_test_val_dice_pooled")
     if levels:
         lines.append(f"- t_test {c.diffusion.t_test} chosen on the same validation volumes, by pooled Dice: "
-                     + ", ".join(f"{level}: {100 * d:.1f} %" for level, d in levels.items()))
+                     + ", ".join(f"{level}: {100 * d:.1f} %" for level, d in levels.items())
+                     + f" ({t['threshold_from'].get('t_test_protocol', 'ours')} evaluation protocol)")
     lines += [
         "",
         "## How it was trained",
