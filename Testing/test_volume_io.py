@@ -1,5 +1,7 @@
 import os
 import stat
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -118,21 +120,26 @@ def test_a_file_cut_short_is_refused(tmp_path, suffix):
     read_volume(path)
 
 
-def test_a_short_write_never_reaches_the_final_name(tmp_path, monkeypatch):
-    """A full disk: SimpleITK's writer does not raise on a short write (injected here by truncating
-    what it wrote), so the write is checked by reading it back before the rename."""
-    write_image = sitk.WriteImage
-
-    def short_write(image, path, *args):
-        write_image(image, path, *args)
-        with open(path, "r+b") as handle:
-            handle.truncate(os.path.getsize(path) // 2)
-
+def test_a_short_write_never_reaches_the_final_name(tmp_path):
+    """A full disk, made real by a file-size limit in a child process: SimpleITK's writer does not
+    raise on the short write, so the write is checked by reading it back before the rename."""
     good = write_volume(_volume(), tmp_path / "result.nii.gz").read_bytes()
-    monkeypatch.setattr(sitk, "WriteImage", short_write)
-    with pytest.raises(VolumeError, match="did not read back as written"):
-        write_volume(_volume(spacing=(1.0, 1.0, 1.0)), tmp_path / "result.nii.gz")
-    assert (tmp_path / "result.nii.gz").read_bytes() == good  # the earlier result is intact
+    child = f"""
+import resource, signal, sys
+import SimpleITK as sitk
+import numpy as np
+from maediff_core.volume_io import VolumeError, write_volume
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail (EFBIG) instead of killing
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+image = sitk.GetImageFromArray(np.random.default_rng(1).normal(100, 20, (12, 20, 16)).astype(np.float32))
+try:
+    write_volume(image, {str(tmp_path / "result.nii.gz")!r})
+except VolumeError as err:
+    sys.exit(str(err))
+"""
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
+    assert "did not read back as written" in done.stderr, done.stderr
+    assert len(good) > 4096 and (tmp_path / "result.nii.gz").read_bytes() == good  # the earlier result is intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.nii.gz"]  # no temporary left
 
 
