@@ -265,6 +265,10 @@ class MAEDiffAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     self.setResults(self.logic.finishDetection(run, self.logic.getParameterNode().opacity))
                     self.ui.progressBar.value = 100
                     self.ui.statusLabel.text = f"{len(self.results.rows)} lesion candidate(s) in {run.placement.name}"
+                    warnings = self.results.record.get("warnings", [])
+                    if warnings:  # "not a head" and similar: the reason is in the log
+                        self.ui.statusLabel.text += f". Warning: {warnings[0]}"
+                        self.ui.logCollapsibleButton.collapsed = False
             elif error == "cancelled":
                 self.ui.progressBar.value = 0
                 self.ui.statusLabel.text = "Cancelled"

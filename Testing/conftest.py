@@ -10,11 +10,12 @@ import pytest
 import SimpleITK as sitk
 
 from maediff_core.atlas import Atlas
+from maediff_core.files import write_text_atomic
 from maediff_core.models import get_config, load_card, model_paths
 from maediff_core.networks import MAEConfig, UNetConfig
 from maediff_core.phantom import PhantomConfig, make_phantom
 from maediff_core.train import TrainConfig, Trainer
-from maediff_core.volume_io import reference_image, write_text_atomic
+from maediff_core.volume_io import reference_image
 
 # Scanner axes of the three acquisition frames the registration must handle.
 DIRECTIONS = {
@@ -70,6 +71,27 @@ def healthy_prepared(tmp_path_factory, atlas):
         write_volume(phantom.image, source / f"PHH{i:03d}-T2.nii.gz")
     out = tmp_path_factory.mktemp("healthy_prepared")
     prepare_dataset(source, out, fast_preprocessing(), workers=2)
+    return out
+
+
+@pytest.fixture(scope="session")
+def lesion_prepared(tmp_path_factory, atlas):
+    """A lesion set of 3 (1 validation, 2 test volumes): the skull-stripped template with a bright sphere."""
+    from maediff_core.datasets import prepare_dataset
+    from maediff_core.volume_io import write_volume
+
+    brain = sitk.GetArrayFromImage(sitk.Mask(atlas.template, atlas.brain_mask))
+    centre = np.argwhere(brain > 0).mean(axis=0)
+    grid = np.indices(brain.shape, sparse=True)
+    raw = tmp_path_factory.mktemp("tumour")
+    for i, offset in enumerate(([0, 0, 0], [6, 12, -15], [-8, -10, 12]), start=1):
+        seg = sum((g - c) ** 2 for g, c in zip(grid, centre + offset)) <= 8**2
+        for name, array in (("t2", np.where(seg, brain.max(), brain)), ("seg", seg.astype(np.uint8))):
+            image = sitk.GetImageFromArray(array)
+            image.CopyInformation(atlas.template)
+            write_volume(image, raw / f"PHT{i:03d}" / f"PHT{i:03d}_{name}.nii.gz")
+    out = tmp_path_factory.mktemp("tumour_prepared")
+    prepare_dataset(raw, out, fast_preprocessing(), workers=2)
     return out
 
 

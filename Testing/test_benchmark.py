@@ -6,8 +6,8 @@ import pytest
 from conftest import FAST, TINY
 
 from maediff_core.benchmark import README_END, README_START, BenchmarkConfig, markdown_table, trained_run, update_readme
+from maediff_core.files import VolumeError
 from maediff_core.train import Trainer
-from maediff_core.volume_io import VolumeError
 
 
 def summary():

@@ -7,17 +7,9 @@ import pytest
 import SimpleITK as sitk
 from conftest import posed_phantom
 
-from maediff_core.datasets import (
-    check_split,
-    discover,
-    load_prepared,
-    make_split,
-    prepare_dataset,
-    read_split_csv,
-    select,
-    write_split_csv,
-)
-from maediff_core.volume_io import VolumeError
+from maediff_core.cache import check_split, load_prepared, read_split_csv, select, write_split_csv
+from maediff_core.datasets import discover, make_split, prepare_dataset
+from maediff_core.files import VolumeError
 
 
 def _touch_volume(path: Path, value: int = 1) -> None:

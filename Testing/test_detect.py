@@ -9,10 +9,10 @@ import pytest
 import SimpleITK as sitk
 from conftest import posed_phantom
 
-from maediff_core.datasets import load_prepared
+from maediff_core.cache import load_prepared
 from maediff_core.detect import DetectConfig, reconstruct
+from maediff_core.files import VolumeError
 from maediff_core.models import load_model, save_model
-from maediff_core.volume_io import VolumeError
 from maediff_core.writeback import native_lesions
 
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from maediff_core.cache import PreparedCase
 from maediff_core.cli import main
-from maediff_core.datasets import PreparedCase
 from maediff_core.evaluate import PROTOCOLS, Scored, choose_t_test, evaluate
-from maediff_core.models import ModelCard, card_markdown, load_card, with_operating_point
 from maediff_core.metrics import auprc, bisect_threshold, brain_fpr_thresholds, dice, l1_error, roc_fpr_thresholds
+from maediff_core.models import ModelCard, card_markdown, load_card, with_operating_point
 from maediff_core.postprocess import PostprocessConfig, erode_slices, lesion_labels, lesion_table, smooth_scores
 
 
@@ -205,26 +205,8 @@ def test_thresh_has_no_reconstruction_to_set(tmp_path, capsys):
 
 
 def test_evaluate_command_takes_the_reference_protocol_and_the_healthy_validation_fold(
-        tmp_path, atlas, healthy_prepared):
-    from conftest import fast_preprocessing
-
-    from maediff_core.datasets import prepare_dataset
-    from maediff_core.volume_io import write_volume
-
-    # A lesion set of 3 (1 validation, 2 test volumes): the skull-stripped template with a bright sphere.
-    brain = sitk.GetArrayFromImage(sitk.Mask(atlas.template, atlas.brain_mask))
-    centre = np.argwhere(brain > 0).mean(axis=0)
-    grid = np.indices(brain.shape, sparse=True)
-    raw = tmp_path / "tumour"
-    for i, offset in enumerate(([0, 0, 0], [6, 12, -15], [-8, -10, 12]), start=1):
-        seg = sum((g - c) ** 2 for g, c in zip(grid, centre + offset)) <= 8**2
-        for name, array in (("t2", np.where(seg, brain.max(), brain)), ("seg", seg.astype(np.uint8))):
-            image = sitk.GetImageFromArray(array)
-            image.CopyInformation(atlas.template)
-            write_volume(image, raw / f"PHT{i:03d}" / f"PHT{i:03d}_{name}.nii.gz")
-    prepare_dataset(raw, tmp_path / "prepared", fast_preprocessing(), workers=2)
-
-    data = ["--val", str(tmp_path / "prepared"), "--test", str(tmp_path / "prepared")]
+        tmp_path, healthy_prepared, lesion_prepared):
+    data = ["--val", str(lesion_prepared), "--test", str(lesion_prepared)]
     assert main(["evaluate", "--model", "thresh", *data, "--healthy", str(healthy_prepared), "--use-splits",
                  "-o", str(tmp_path / "eval")]) == 0
     result = json.loads((tmp_path / "eval" / "metrics.json").read_text())

@@ -6,6 +6,7 @@ import pytest
 import SimpleITK as sitk
 from conftest import posed_phantom
 
+from maediff_core.files import VolumeError
 from maediff_core.preprocess import (
     PreprocessConfig,
     affine_from_record,
@@ -13,7 +14,7 @@ from maediff_core.preprocess import (
     to_model,
     to_native,
 )
-from maediff_core.volume_io import VolumeError, image_from_array, resample_isotropic
+from maediff_core.volume_io import image_from_array, resample_isotropic
 
 
 def _registration_error_mm(atlas, record, pose) -> float:

@@ -10,7 +10,7 @@ import pytest
 import scipy.ndimage as ndi
 from sklearn.metrics import average_precision_score, f1_score, roc_curve
 
-from maediff_core.datasets import PreparedCase
+from maediff_core.cache import PreparedCase
 from maediff_core.evaluate import PROTOCOLS, best_threshold, evaluate, score_cases
 from maediff_core.postprocess import PostprocessConfig
 

@@ -13,9 +13,9 @@ import torch
 from conftest import FAST, TINY, run
 from safetensors.torch import load_file
 
+from maediff_core.files import VolumeError
 from maediff_core.models import get_config, load_model
 from maediff_core.train import Trainer
-from maediff_core.volume_io import VolumeError
 
 
 def test_training_writes_checkpoints_metrics_and_loadable_model(tmp_path, healthy_prepared):

@@ -8,8 +8,8 @@ import pytest
 import SimpleITK as sitk
 from dicom_series import write_dicom_series
 
-from maediff_core.volume_io import (VolumeError, check_writable, folder_as_a_set, output_folders, read_volume,
-                                    write_text_atomic, write_volume)
+from maediff_core.files import VolumeError, check_writable, folder_as_a_set, output_folders, write_text_atomic
+from maediff_core.volume_io import read_volume, write_volume
 
 
 def _volume(direction=(1, 0, 0, 0, 1, 0, 0, 0, 1), spacing=(0.9, 1.1, 3.0)) -> sitk.Image:
@@ -128,7 +128,8 @@ def test_a_short_write_never_reaches_the_final_name(tmp_path):
 import resource, signal, sys
 import SimpleITK as sitk
 import numpy as np
-from maediff_core.volume_io import VolumeError, write_volume
+from maediff_core.files import VolumeError
+from maediff_core.volume_io import write_volume
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail (EFBIG) instead of killing
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 image = sitk.GetImageFromArray(np.random.default_rng(1).normal(100, 20, (12, 20, 16)).astype(np.float32))

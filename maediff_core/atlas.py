@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .files import VolumeError, write_text_atomic
 from .resources import resources_dir
-from .volume_io import VolumeError, geometry_of, read_volume, resample_isotropic, write_text_atomic, write_volume
+from .volume_io import geometry_of, read_volume, resample_isotropic, write_volume
 
 ATLAS_ENV = "MAEDIFF_ATLAS"
 BOX_SIZE = (192, 192, 160)  # the atlas box in voxels of 1 mm (REFERENCE.md, "Data geometry")
@@ -26,6 +27,20 @@ MODEL_SLICES = (15, 65)  # of the 80 downsampled slices: 15 dropped at each end 
 
 def default_atlas_dir() -> Path:
     return Path(os.environ.get(ATLAS_ENV, resources_dir() / "atlas"))
+
+
+def card_atlas(name: str, model_folder: Path | None) -> Path:
+    """The atlas folder a model card names, relative to the model's folder. A card is data from
+    anywhere: it may not point preprocessing at files outside that folder and the bundled resources."""
+    path = Path(name)
+    if not path.is_absolute() and model_folder is not None:
+        path = model_folder / path
+    path = path.resolve()
+    allowed = [resources_dir().resolve(), *([model_folder.resolve()] if model_folder is not None else [])]
+    if not any(path.is_relative_to(root) for root in allowed):
+        raise VolumeError(f"the model card names the atlas {name}, outside the model's folder and the bundled"
+                          f" atlases: pass --atlas {name} to use it anyway")
+    return path
 
 
 @dataclass
@@ -49,7 +64,10 @@ class Atlas:
         name = self.info["files"].get(key)
         if name is None:
             raise VolumeError(f"{self.folder}: atlas has no '{key}' image")
-        image = sitk.ReadImage(str(self.folder / name))
+        path = (self.folder / name).resolve()
+        if not path.is_relative_to(self.folder.resolve()):
+            raise VolumeError(f"{self.folder}: atlas.json names {name}, outside the atlas folder")
+        image = read_volume(path)
         if probability:
             scale = float(self.info.get("probability_scale", 1))
             return sitk.Cast(sitk.Cast(image, sitk.sitkFloat32) / scale, sitk.sitkFloat32)

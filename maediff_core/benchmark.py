@@ -16,13 +16,14 @@ from pathlib import Path
 
 import torch
 
-from .datasets import load_prepared, prepare_dataset, select, split_of
+from .cache import load_prepared, select, split_of
+from .datasets import prepare_dataset
 from .detect import DetectConfig, load_for_detection
 from .device import pick_device
 from .evaluate import Scored, evaluate, intensity_scorer, model_scorer, PROTOCOLS, protocol_named, score_cases
+from .files import VolumeError, write_text_atomic
 from .phantom import write_phantom_set
 from .train import RESUMED_SETTINGS, TrainConfig, changed_settings, train
-from .volume_io import VolumeError, write_text_atomic
 
 README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import threading
 import time
 from pathlib import Path
 
-from .volume_io import VolumeError, check_writable, folder_as_a_set, output_folders, write_text_atomic
+from .files import VolumeError, check_writable, folder_as_a_set, output_folders, write_text_atomic
 
 
 def given(args: argparse.Namespace, config_class) -> dict:
@@ -20,6 +21,20 @@ def given(args: argparse.Namespace, config_class) -> dict:
 
     names = {f.name for f in fields(config_class)}
     return {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items() if k in names and v is not None}
+
+
+def positive_int(text: str) -> int:
+    value = int(text)  # argparse reports a ValueError as an invalid value
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value} (leave it out for the default)")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
 
 
 def cmd_preprocess(args: argparse.Namespace) -> None:
@@ -37,6 +52,8 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
         with folder_as_a_set(folder) as out:
             result.save(out)
         print(f"{path} -> {folder} ({time.perf_counter() - start:.1f} s, brain {result.record['brain_ml']:.0f} mL)")
+        for warning in result.record["warnings"]:
+            print(f"warning: {path}: {warning}", file=sys.stderr)
 
 
 def cmd_atlas(args: argparse.Namespace) -> None:
@@ -75,8 +92,16 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         print(f"{len(summary['failed'])} case(s) failed: see {Path(args.output) / 'failures.csv'}", file=sys.stderr)
 
 
+def cmd_pack(args: argparse.Namespace) -> None:
+    from .cache import pack_prepared
+
+    summary = pack_prepared(args.prepared, args.output, tuple(args.splits) if args.splits else None)
+    print(f"packed {summary['cases']} cases ({', '.join(summary['splits'])}) into {args.output}: "
+          f"{summary['bytes'] / 1e6:.1f} MB")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .datasets import load_prepared, select, split_of
+    from .cache import load_prepared, select, split_of
     from .evaluate import choose_t_test, evaluate, intensity_scorer, model_scorer, protocol_named, score_cases, write_report
 
     protocol = protocol_named(args.protocol)
@@ -179,6 +204,8 @@ def cmd_detect(args: argparse.Namespace) -> None:
     output_folders(args.inputs, args.output)
     for path in args.inputs:
         summary = detect_file(path, args.output, model, card, config, prep, args.mask, device, progress)
+        for warning in summary["warnings"]:
+            print(f"warning: {path}: {warning}", file=sys.stderr, flush=True)
         if args.progress != "json":
             print(f"{path}: {summary['lesion_count']} lesion(s); "
                   + ", ".join(f"{k} {v:.1f} s" for k, v in summary["timings_s"].items()))
@@ -229,7 +256,7 @@ def cmd_publish(args: argparse.Namespace) -> None:
         notes["data"] = args.data
     if args.recipe:
         notes["command"] = Path(args.recipe).read_text()
-    for path in publish_model(args.model, args.output, args.description, notes):
+    for path in publish_model(args.model, args.output, args.description, notes, half=args.half):
         print(path)
 
 
@@ -264,27 +291,33 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("phantom", help="write synthetic T2 brains (healthy, tumour or MS lesions)")
     p.add_argument("kind", choices=["healthy", "tumour", "ms"])
     p.add_argument("-o", "--output", required=True)
-    p.add_argument("-n", "--count", type=int, default=10)
+    p.add_argument("-n", "--count", type=positive_int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--start", type=int, default=1, help="index of the first case")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=positive_int, default=2)
     p.set_defaults(func=cmd_phantom)
 
     p = sub.add_parser("montage", help="PNG with one slice of each of the first cases of a data set")
     p.add_argument("dataset")
     p.add_argument("-o", "--output", required=True)
-    p.add_argument("-n", "--count", type=int, default=8)
+    p.add_argument("-n", "--count", type=positive_int, default=8)
     p.set_defaults(func=cmd_montage)
 
     p = sub.add_parser("prepare", help="preprocess a whole data set into a model-space cache")
     p.add_argument("dataset")
     p.add_argument("-o", "--output", required=True)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=positive_int, default=2)
     p.add_argument("--seed", type=int, default=0, help="seed of the subject split")
     p.add_argument("--mask-method", default="atlas", choices=["atlas", "skull-stripped"])
     p.add_argument("--no-register", action="store_true")
     p.add_argument("--atlas", help="atlas folder (maediff atlas); default: the bundled MNI152 atlas")
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("pack", help="a prepared data set as one .npz for training where SimpleITK is absent")
+    p.add_argument("prepared", help="folder written by maediff prepare")
+    p.add_argument("-o", "--output", required=True, help="the .npz to write (train and evaluate read it as --data)")
+    p.add_argument("--splits", nargs="+", choices=["train", "val", "test"], help="only these splits (default: all)")
+    p.set_defaults(func=cmd_pack)
 
     p = sub.add_parser("evaluate", help="the evaluation protocol on prepared data sets")
     p.add_argument("--model", required=True, help="checkpoint, or 'thresh' for the intensity baseline")
@@ -294,12 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
                                           "reference's FPR thresholds on the model's validation fold (with --use-splits)")
     p.add_argument("--use-splits", action="store_true",
                    help="take the 'val'/'test' rows of each folder's split.csv instead of all cases")
-    p.add_argument("--max-volumes", type=int, help="at most this many volumes of each set (quick CPU runs)")
+    p.add_argument("--max-volumes", type=positive_int, help="at most this many volumes of each set (quick CPU runs)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--t-test", type=int, nargs="+",
+    p.add_argument("--t-test", type=positive_int, nargs="+",
                    help="noise level of the reconstruction (default: the model's); several: the one with the "
                         "best validation Dice is used")
-    p.add_argument("--stride", type=int, help="patch stride (default: the model's)")
+    p.add_argument("--stride", type=positive_int, help="patch stride (default: the model's)")
     p.add_argument("--save-threshold", action="store_true",
                    help="store the validation threshold, with the t_test and stride it holds for, in the model card")
     p.add_argument("--protocol", default="reference", choices=["reference", "ours"],
@@ -310,16 +343,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a method on a prepared healthy cohort (resumes if interrupted)",
                        epilog="Defaults (paper values): maediff_core/train.py, TrainConfig.")
-    p.add_argument("--data", required=True, help="prepared healthy cohort (maediff prepare)")
+    p.add_argument("--data", required=True, help="prepared healthy cohort (maediff prepare) or its pack (maediff pack)")
     p.add_argument("--config", required=True, help="maediff, maediff-small, pddpm-s48, pddpm-s16, anoddpm (+ -small)")
     p.add_argument("-o", "--output", required=True, help="run folder: checkpoints, metrics.csv, tb/")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--epochs", type=positive_int)
+    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--lr", type=positive_float)
     p.add_argument("--fold", type=int)
     p.add_argument("--seed", type=int)
-    p.add_argument("--slices-per-volume", type=int)
-    p.add_argument("--max-minutes", type=float, help="stop at the first epoch end past this budget")
+    p.add_argument("--slices-per-volume", type=positive_int)
+    p.add_argument("--max-minutes", type=positive_float, help="stop at the first epoch end past this budget")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in the run folder")
     p.set_defaults(func=cmd_train)
@@ -331,9 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--progress", default="text", choices=["text", "json"])
     p.add_argument("--threshold", type=float, help="decision threshold (default: the model's)")
-    p.add_argument("--t-test", type=int, help="noise level of the reconstruction (default: the model's)")
-    p.add_argument("--stride", type=int, help="patch stride (default: the model's)")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--t-test", type=positive_int, help="noise level of the reconstruction (default: the model's)")
+    p.add_argument("--stride", type=positive_int, help="patch stride (default: the model's)")
+    p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mask-method", choices=["atlas", "skull-stripped", "file", "hd-bet", "deepbet"])
     p.add_argument("--mask", help="brain mask on the input grid")
@@ -351,24 +384,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_device)
 
     p = sub.add_parser("bench-noise", help="slices per second of the simplex noise, torch vs opensimplex")
-    p.add_argument("--slices", type=int, default=256)
+    p.add_argument("--slices", type=positive_int, default=256)
     p.set_defaults(func=cmd_bench_noise)
 
     p = sub.add_parser("benchmark", help="all methods on the phantom benchmark at an equal training budget",
                        epilog="Defaults: maediff_core/benchmark.py, BenchmarkConfig.")
     p.add_argument("-o", "--output", default="benchmark")
-    p.add_argument("--minutes", type=float, help="training budget per method")
-    p.add_argument("--healthy", type=int, help="healthy phantoms")
-    p.add_argument("--tumour", type=int, help="tumour phantoms")
-    p.add_argument("--ms", type=int, help="MS phantoms")
+    p.add_argument("--minutes", type=positive_float, help="training budget per method")
+    p.add_argument("--healthy", type=positive_int, help="healthy phantoms")
+    p.add_argument("--tumour", type=positive_int, help="tumour phantoms")
+    p.add_argument("--ms", type=positive_int, help="MS phantoms")
     p.add_argument("--seed", type=int)
     p.add_argument("--methods", nargs="+")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--slices-per-volume", type=int)
-    p.add_argument("--eval-val", type=int, help="at most this many validation volumes per lesion set")
-    p.add_argument("--eval-test", type=int, help="at most this many test volumes per lesion set")
-    p.add_argument("--eval-healthy", type=int, help="at most this many healthy test (and validation) volumes")
+    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--lr", type=positive_float)
+    p.add_argument("--slices-per-volume", type=positive_int)
+    p.add_argument("--eval-val", type=positive_int, help="at most this many validation volumes per lesion set")
+    p.add_argument("--eval-test", type=positive_int, help="at most this many test volumes per lesion set")
+    p.add_argument("--eval-healthy", type=positive_int, help="at most this many healthy test (and validation) volumes")
     p.add_argument("--protocol", choices=["reference", "ours"], help="evaluation protocol (default: reference)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--readme", help="write the table into this README between the benchmark markers")
@@ -381,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="the training data, as the card should name it")
     p.add_argument("--recipe", help="a text file with the commands that made the model")
     p.add_argument("--synthetic-data", action="store_true", help="trained on phantoms: the card says so")
+    p.add_argument("--half", action="store_true", help="store the weights as float16 (half the size)")
     p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser("demo", help="the bundled demo model on a generated sample case, with a figure")

@@ -10,8 +10,6 @@ Layouts recognised (a folder may hold one of them):
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import re
@@ -23,8 +21,10 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from .cache import write_split_csv
+from .files import VolumeError, write_text_atomic
 from .preprocess import PreprocessConfig, preprocess, to_model
-from .volume_io import VolumeError, image_from_array, read_volume, write_text_atomic, write_volume
+from .volume_io import image_from_array, read_volume, write_volume
 
 PATTERNS = {
     # layout: (image glob, regex giving the subject id from the file name, segmentation globs)
@@ -104,54 +104,8 @@ def make_split(cases: list[Case], test_fraction: float = 0.0, val_fraction: floa
              "fold": assignment[c.subject][1]} for c in cases]
 
 
-def write_split_csv(rows: list[dict], path: str | Path) -> Path:
-    check_split(rows)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["case", "subject", "split", "fold"])
-    writer.writeheader()
-    writer.writerows(rows)
-    return write_text_atomic(buffer.getvalue(), path)
-
-
-def read_split_csv(path: str | Path) -> list[dict]:
-    with open(path, newline="") as handle:
-        rows = [{**row, "fold": int(row["fold"])} for row in csv.DictReader(handle)]
-    check_split(rows)
-    return rows
-
-
-def check_split(rows: list[dict]) -> None:
-    """A subject in two splits (or two folds) leaks training data into evaluation."""
-    seen: dict[str, tuple] = {}
-    for row in rows:
-        key = (row["split"], row["fold"])
-        if seen.setdefault(row["subject"], key) != key:
-            raise VolumeError(f"subject {row['subject']} appears in {seen[row['subject']]} and {key}")
-
-
-def select(rows: list[dict], split: str, fold: int | None = None) -> list[str]:
-    """Case names of a split; with ``fold``, 'val' means that fold and 'train' the other folds."""
-    if fold is None:
-        return [r["case"] for r in rows if r["split"] == split]
-    train = [r for r in rows if r["split"] == "train"]
-    if split == "val":
-        return [r["case"] for r in train if r["fold"] == fold]
-    if split == "train":
-        return [r["case"] for r in train if r["fold"] != fold]
-    return [r["case"] for r in rows if r["split"] == split]
-
-
 # ----------------------------------------------------------------------------------------------
-# The model-space cache
-
-@dataclass
-class PreparedCase:
-    name: str
-    image: np.ndarray  # (z, y, x) in 0..1
-    mask: np.ndarray  # brain mask, bool
-    seg: np.ndarray | None  # lesion truth (bool) or None for healthy
-    record: dict
-
+# Filling the model-space cache
 
 def prepare_case(case: Case, out_dir: Path, config: PreprocessConfig) -> str:
     """Preprocess one case into ``out_dir/<name>/``; ``record.json`` is written last and marks it done."""
@@ -221,32 +175,3 @@ def _limit_threads(threads: int) -> None:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
 
 
-def load_prepared(out_dir: str | Path, names: list[str] | None = None, limit: int | None = None) -> list[PreparedCase]:
-    """Cases from the cache (all prepared ones, or the named ones in that order; the first ``limit``)."""
-    out_dir = Path(out_dir)
-    if names is None:
-        names = sorted(p.parent.name for p in out_dir.glob("*/record.json"))
-    names = names[:limit] if limit else names
-    if not names:
-        raise VolumeError(f"{out_dir}: no prepared cases (run `maediff prepare` first)")
-    cases = []
-    for name in names:
-        folder = out_dir / name
-        if not (folder / "record.json").is_file():
-            raise VolumeError(f"{folder}: case not prepared")
-        seg_path = folder / "seg.nii.gz"
-        cases.append(PreparedCase(
-            name=name,
-            image=sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "image.nii.gz"))).astype(np.float32),
-            mask=sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "mask.nii.gz"))).astype(bool),
-            seg=sitk.GetArrayFromImage(sitk.ReadImage(str(seg_path))).astype(bool) if seg_path.is_file() else None,
-            record=json.loads((folder / "record.json").read_text()),
-        ))
-    return cases
-
-
-def split_of(out_dir: str | Path) -> list[dict]:
-    path = Path(out_dir) / "split.csv"
-    if not path.is_file():
-        raise VolumeError(f"{out_dir}: no split.csv (run `maediff prepare` first)")
-    return read_split_csv(path)

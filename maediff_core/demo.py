@@ -11,12 +11,13 @@ import SimpleITK as sitk
 from .detect import DetectConfig, detect_file, load_for_detection, text_progress
 from .device import pick_device
 from .figures import detection_figure
+from .files import VolumeError, case_name, write_text_atomic
 from .metrics import dice
 from .models import model_paths
 from .phantom import make_phantom
 from .resources import default_model_path, sample_paths
 from .timing import Laps
-from .volume_io import VolumeError, case_name, read_volume, write_text_atomic, write_volume
+from .volume_io import read_volume, write_volume
 
 SAMPLE_SEED = 20261122  # the bundled sample case (resources.SAMPLE_NAME) is this tumour phantom
 

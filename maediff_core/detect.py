@@ -18,14 +18,15 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from .atlas import card_atlas
 from .diffusion import Diffusion, noised_input, patch_masks
+from .files import VolumeError, case_name, check_writable, folder_as_a_set, write_text_atomic
 from .models import ModelCard, load_model
 from .networks import DiffusionNet, visible_cells
 from .postprocess import PostprocessConfig, lesion_labels, smooth_scores
 from .preprocess import STEPS, PreprocessConfig, Preprocessed, preprocess, to_native
 from .timing import Laps
-from .volume_io import (VolumeError, case_name, check_writable, folder_as_a_set, image_from_array, read_volume, write_text_atomic,
-                        write_volume)
+from .volume_io import image_from_array, read_volume, write_volume
 from .writeback import labels_to_native
 
 Progress = Callable[[str, float, str], None]
@@ -175,7 +176,7 @@ def detect_file(path: str | Path, out_dir: str | Path, model: DiffusionNet, card
         "detect": {**asdict(config), "t_test": config.t_test or card.config.diffusion.t_test,
                    "stride": config.stride or card.config.patch.stride},
         "device": str(device), "lesion_count": len(table), "lesions": table, "timings_s": lap.seconds,
-        "score_max": float(score.max()),
+        "score_max": float(score.max()), "warnings": record["warnings"],
     }
     # Strict JSON (no bare NaN); written in the write stage, its timings end with postprocess.
     text = json.dumps(summary, indent=1, allow_nan=False) + "\n"
@@ -199,9 +200,13 @@ INPUT_SPECIFIC = ("register", "mask_method")
 
 
 def preprocess_settings(card: ModelCard, **overrides) -> PreprocessConfig:
-    """The preprocessing the model was trained with, with the user's overrides (None = keep)."""
+    """The preprocessing the model was trained with, with the user's overrides (None = keep). An
+    atlas the card names must lie in the model's folder or the bundled resources; the user's own
+    (``atlas=``) is taken as given."""
     settings = {k: tuple(v) if isinstance(v, list) else v for k, v in card.preprocessing.items()
                 if k not in INPUT_SPECIFIC}
+    if overrides.get("atlas") is None and settings.get("atlas"):
+        settings["atlas"] = str(card_atlas(settings["atlas"], card.folder))
     settings.update({k: v for k, v in overrides.items() if v is not None})
     return PreprocessConfig(**settings)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .volume_io import VolumeError
+from .files import VolumeError
 
 
 def pick_device(name: str = "auto") -> torch.device:

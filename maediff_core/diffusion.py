@@ -23,6 +23,15 @@ class DiffusionConfig:
     noise: str = "simplex"  # paper Sec. 4.3; 'gaussian' as an option
     t_test: int = 500  # paper Sec. 4.3
 
+    def __post_init__(self) -> None:
+        if self.schedule not in ("linear", "cosine") or self.noise not in ("simplex", "gaussian"):
+            raise ValueError(f"schedule must be linear|cosine and noise simplex|gaussian, "
+                             f"got {self.schedule!r}, {self.noise!r}")
+        if self.timesteps < 1 or not 1 <= self.t_test <= self.timesteps:
+            raise ValueError(f"need 1 <= t_test <= timesteps, got t_test {self.t_test}, timesteps {self.timesteps}")
+        if not 0 < self.beta_start < self.beta_end < 1:
+            raise ValueError(f"need 0 < beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}")
+
 
 def alphas_cumprod(config: DiffusionConfig) -> torch.Tensor:
     """Products of (1 - beta) for t = 1..T (index t - 1), in float64."""
@@ -64,6 +73,10 @@ class PatchConfig:
     stride: int = 16  # paper Sec. 4.3: s = 16 (pDDPM s48 uses 48)
     grid: int = 16  # paper Sec. 4.3: r = 16
     whole_slice: bool = False  # AnoDDPM: the whole slice is noised
+
+    def __post_init__(self) -> None:
+        if min(self.size, self.stride, self.grid) < 1 or not 1 <= self.patch <= self.size:
+            raise ValueError(f"need positive size, stride, grid and 1 <= patch <= size, got {self}")
 
     def positions(self, stride: int | None = None) -> list[tuple[int, int]]:
         """Top-left corners of the upper-level patches: K = ((96 - 48 + s) / s)^2."""

@@ -17,10 +17,10 @@ from typing import Optional
 import numpy as np
 from sklearn.metrics import precision_recall_curve
 
-from .datasets import PreparedCase
+from .cache import PreparedCase
+from .files import write_text_atomic
 from .metrics import auprc, bisect_threshold, brain_fpr_thresholds, dice, l1_error, mean_std, roc_fpr_thresholds
 from .postprocess import PostprocessConfig, lesion_labels, smooth_scores
-from .volume_io import write_text_atomic
 
 # A scorer turns a prepared case into (residual map, reconstruction or None), both (z, y, x).
 # Optional, not `X | None`: this alias is evaluated at import time.

@@ -5,18 +5,28 @@ Loading never unpickles: weights come from safetensors, everything else from JSO
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import asdict, dataclass, field, replace
+import math
+import os
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .diffusion import DiffusionConfig, PatchConfig
+from .files import VolumeError, atomic_path, write_text_atomic
 from .networks import DiffusionNet, MAEConfig, UNetConfig
-from .volume_io import VolumeError, atomic_path, write_text_atomic
+from .preprocess_config import PreprocessConfig
 
 FORMAT_VERSION = 1
+METHODS = ("maediff", "pddpm", "anoddpm")
+# Refused before any memory is taken: 10x the paper-size MAEDiff (96 M, the largest configuration here).
+MAX_PARAMETERS = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -28,22 +38,68 @@ class ModelConfig:
     patch: PatchConfig = PatchConfig()
     diffusion: DiffusionConfig = DiffusionConfig()
 
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        self.patch.positions()  # the stride tiles the slice
+        if self.mae is not None and self.patch.size % (4 * self.mae.cell):
+            raise ValueError(f"mae.cell {self.mae.cell} does not tile the {self.patch.size // 4}-pixel feature map")
+
     def build(self) -> DiffusionNet:
         return DiffusionNet(self.unet, self.mae, self.patch.size)
+
+    def parameter_count(self) -> int:
+        """Parameters of :meth:`build`, counted on the meta device (no memory taken)."""
+        with torch.device("meta"):
+            return sum(p.numel() for p in self.build().parameters())
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
-        def tupled(d: dict) -> dict:
-            return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        """From JSON, every value checked against its declared type and range."""
+        return parse_config(cls, data, "config")
 
-        return cls(
-            name=data["name"], method=data["method"], unet=UNetConfig(**tupled(data["unet"])),
-            mae=MAEConfig(**data["mae"]) if data.get("mae") else None,
-            patch=PatchConfig(**data["patch"]), diffusion=DiffusionConfig(**data["diffusion"]),
-        )
+
+def _parse_value(hint, value, where: str):
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        return _parse_value(next(a for a in args if a is not type(None)), value, where)
+    if is_dataclass(hint):
+        return parse_config(hint, value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise VolumeError(f"{where}: expected a list, got {value!r}")
+        kinds = [args[0]] * len(value) if args[-1] is Ellipsis else list(args)
+        if len(kinds) != len(value):
+            raise VolumeError(f"{where}: expected {len(kinds)} values, got {len(value)}")
+        return tuple(_parse_value(k, v, f"{where}[{i}]") for i, (k, v) in enumerate(zip(kinds, value)))
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is float and numeric and math.isfinite(value):
+        return float(value)
+    if (hint is int and numeric and value == int(value)) or (hint in (bool, str) and isinstance(value, hint)):
+        return hint(value)
+    expected = {float: "a finite number", int: "an integer", bool: "true or false", str: "a string"}
+    raise VolumeError(f"{where}: expected {expected.get(hint, hint)}, got {value!r}")
+
+
+def parse_config(cls, data, where: str):
+    """A configuration dataclass from JSON: unknown keys, wrong types, non-finite numbers and values
+    out of range are refused with the key's path (``config.unet.channels[0]: ...``)."""
+    if not isinstance(data, dict):
+        raise VolumeError(f"{where}: expected an object, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(data) - {f.name for f in fields(cls)})
+    if unknown:
+        raise VolumeError(f"{where}: unknown setting(s) {', '.join(unknown)}")
+    values = {key: _parse_value(hints[key], value, f"{where}.{key}") for key, value in data.items()}
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as err:
+        raise VolumeError(f"{where}: {err}") from None
 
 
 # A CPU-sized U-Net that keeps every part (REFERENCE.md, "Measured": 32/64/64, 2 res blocks).
@@ -81,6 +137,7 @@ class ModelCard:
     preprocessing: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
     description: str = ""
+    folder: Path | None = field(default=None, compare=False, repr=False)  # where it was read from
 
     def to_dict(self) -> dict:
         return {"format_version": FORMAT_VERSION, "config": self.config.to_dict(), "threshold": self.threshold,
@@ -88,8 +145,26 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelCard":
-        return cls(ModelConfig.from_dict(data["config"]), data.get("threshold"), data.get("preprocessing", {}),
-                   data.get("training", {}), data.get("description", ""))
+        """From JSON, validated: the configuration (types, ranges, size), the threshold and the
+        preprocessing settings, so that a broken card fails in seconds and not after preprocessing."""
+        if not isinstance(data, dict) or "config" not in data:
+            raise VolumeError("no 'config' object")
+        config = ModelConfig.from_dict(data["config"])
+        parameters = config.parameter_count()
+        if parameters > MAX_PARAMETERS:
+            raise VolumeError(f"configuration {config.name!r} has {parameters / 1e6:.0f} M parameters "
+                              f"({4 * parameters / 1e9:.1f} GB); the limit is {MAX_PARAMETERS / 1e6:.0f} M")
+        threshold = data.get("threshold")
+        if threshold is not None:
+            threshold = _parse_value(float, threshold, "threshold")
+            if threshold < 0:
+                raise VolumeError(f"threshold: must be >= 0, got {threshold}")
+        preprocessing = data.get("preprocessing", {})
+        parse_config(PreprocessConfig, preprocessing, "preprocessing")
+        training, description = data.get("training", {}), data.get("description", "")
+        if not isinstance(training, dict) or not isinstance(description, str):
+            raise VolumeError("'training' must be an object and 'description' a string")
+        return cls(config, threshold, preprocessing, training, description)
 
 
 def with_operating_point(card: ModelCard, threshold: float, t_test: int, stride: int, chosen_on: dict) -> ModelCard:
@@ -108,45 +183,118 @@ def model_paths(path: str | Path) -> tuple[Path, Path]:
     return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
 
 
-def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """safetensors, written atomically."""
-    with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
-def save_model(model: torch.nn.Module, card: ModelCard, path: str | Path) -> Path:
+def _pending(meta: Path) -> Path:
+    return meta.with_name(f".{meta.name}.pending")
 
+
+def save_pair(tensors: dict[str, torch.Tensor], record: dict, path: str | Path) -> Path:
+    """Weights and their JSON as one commit. The JSON names the weights' SHA-256 and is first written
+    aside (``.x.json.pending``); the weights are renamed into place, then the JSON. A kill at any
+    point leaves the old pair or the new one once :func:`recover_pair` has run, never a mix."""
     weights, meta = model_paths(path)
-    save_tensors(model.state_dict(), weights)
-    write_text_atomic(json.dumps(card.to_dict(), indent=1) + "\n", meta)
+    recover_pair(path)
+    with atomic_path(weights) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+        write_text_atomic(json.dumps({**record, "weights_sha256": sha256_of(tmp)}, indent=1) + "\n", _pending(meta))
+    os.replace(_pending(meta), meta)
     return weights
 
 
-def load_card(path: str | Path) -> ModelCard:
+def recover_pair(path: str | Path) -> None:
+    """Finish or undo a :func:`save_pair` that a kill interrupted, and sweep its temporary files."""
+    weights, meta = model_paths(path)
+    pending = _pending(meta)
+    if pending.is_file():
+        try:
+            digest = json.loads(pending.read_text()).get("weights_sha256")
+        except (json.JSONDecodeError, AttributeError):
+            digest = None
+        if weights.is_file() and digest == sha256_of(weights):
+            os.replace(pending, meta)  # the new weights were in place: complete the pair
+        else:
+            pending.unlink()  # killed before the weights' rename: the old pair stands
+    for leftover in [*meta.parent.glob(f".{weights.name}.*"), *meta.parent.glob(f".{meta.name}.*"),
+                     *meta.parent.glob(f".{pending.name}.*")]:
+        leftover.unlink(missing_ok=True)
+
+
+def save_model(model: torch.nn.Module, card: ModelCard, path: str | Path) -> Path:
+    return save_pair(model.state_dict(), card.to_dict(), path)
+
+
+def read_pair(path: str | Path) -> tuple[Path, dict]:
+    """The weights' path and the JSON beside them, once the weights are known to be the ones the
+    JSON was written with (its SHA-256; older cards without one are taken as they are)."""
     weights, meta = model_paths(path)
     if not meta.is_file():
         raise VolumeError(f"{meta}: model card not found (a model is a .safetensors + .json pair)")
     try:
-        data = json.loads(meta.read_text())
-        return ModelCard.from_dict(data)
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise VolumeError(f"{meta}: not a valid model card ({err})") from err
+        record = json.loads(meta.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise VolumeError(f"{meta}: not valid JSON ({err})") from None
+    if not isinstance(record, dict):
+        raise VolumeError(f"{meta}: not a model card (a JSON object)")
+    if not weights.is_file():
+        raise VolumeError(f"{weights}: model weights not found")
+    expected = record.get("weights_sha256")
+    if expected is not None and sha256_of(weights) != expected:
+        hint = (" (a save was interrupted: `maediff train` on its folder completes it)" if _pending(meta).is_file()
+                else " (damaged or replaced; copy the pair again)")
+        raise VolumeError(f"{weights}: does not match {meta.name}{hint}")
+    return weights, record
+
+
+def load_card(path: str | Path) -> ModelCard:
+    _, meta = model_paths(path)
+    if not meta.is_file():
+        raise VolumeError(f"{meta}: model card not found (a model is a .safetensors + .json pair)")
+    try:
+        return replace(ModelCard.from_dict(json.loads(meta.read_text())), folder=meta.parent)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise VolumeError(f"{meta}: not valid JSON ({err})") from None
+    except VolumeError as err:
+        raise VolumeError(f"{meta}: not a valid model card: {err}") from None
+
+
+def load_weights(weights: Path, model: torch.nn.Module, device: torch.device | str, prefix: str = "") -> dict:
+    """Tensors of ``weights`` into ``model``, their names and shapes checked against it from the file's
+    header before any data is read; returns the file's other tensors (those not under ``prefix``)."""
+    expected = {f"{prefix}{k}": tuple(v.shape) for k, v in model.state_dict().items()}
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            found = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
+    except Exception as err:  # safetensors raises its own error types for corrupt files
+        raise VolumeError(f"{weights}: cannot read weights ({err})") from None
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(k for k in set(found) - set(expected) if k.startswith(prefix))
+    wrong = [f"{k} {found[k]} (expected {expected[k]})" for k in expected if k in found and found[k] != expected[k]]
+    if missing or unexpected or wrong:
+        raise VolumeError(f"{weights}: weights do not fit the configuration (missing {missing[:3]}, "
+                          f"unexpected {unexpected[:3]}, wrong shapes {wrong[:3]})")
+    try:
+        tensors = load_file(str(weights), device=str(device))
+    except Exception as err:
+        raise VolumeError(f"{weights}: cannot read weights ({err})") from None
+    broken = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:  # a diverged run: every reconstruction would be NaN
+        raise VolumeError(f"{weights}: {len(broken)} tensor(s) hold NaN or infinite values ({broken[0]}, ...)")
+    model.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k in expected})
+    return {k: v for k, v in tensors.items() if k not in expected}
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[DiffusionNet, ModelCard]:
-    weights, _ = model_paths(path)
     card = load_card(path)
-    if not weights.is_file():
-        raise VolumeError(f"{weights}: model weights not found")
+    weights, _ = read_pair(path)
     model = card.config.build()
-    try:
-        state = load_file(str(weights), device=str(device))
-    except Exception as err:  # safetensors raises its own error types for corrupt files
-        raise VolumeError(f"{weights}: cannot read weights ({err})") from err
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise VolumeError(f"{weights}: weights do not fit configuration {card.config.name!r} "
-                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    load_weights(weights, model, device)
     return model.to(device).eval(), card
 
 
@@ -178,7 +326,7 @@ def card_markdown(card: ModelCard, weights_mb: float) -> str:
         "- noised region: " + ("the whole slice" if c.patch.whole_slice else
                                f"{c.patch.patch} x {c.patch.patch} patches, stride {c.patch.stride}")
         + f"; {c.diffusion.noise} noise, t_test {c.diffusion.t_test} of {c.diffusion.timesteps}",
-        f"- weights: {weights_mb:.1f} MB (safetensors)",
+        f"- weights: {weights_mb:.1f} MB (safetensors, {t.get('weights_dtype', 'float32')})",
         f"- decision threshold: {card.threshold if card.threshold is not None else 'none (pass --threshold)'}"
         + (f", chosen on {t['threshold_from']['val']} (pooled validation Dice "
            f"{100 * t['threshold_from']['val_dice_pooled']:.1f} %, "
@@ -205,14 +353,17 @@ def card_markdown(card: ModelCard, weights_mb: float) -> str:
     return "\n".join(lines)
 
 
-def publish_model(source: str | Path, dest: str | Path, description: str, notes: dict | None = None) -> list[Path]:
-    """A trained model as a release: weights only, the card with ``notes`` added to its training
-    record, and the card in Markdown. Returns the three paths."""
+def publish_model(source: str | Path, dest: str | Path, description: str, notes: dict | None = None,
+                  half: bool = False) -> list[Path]:
+    """A trained model as a release: weights only (``half``: as float16, half the size; loading
+    casts them back), the card with ``notes`` added to its training record, and the card in
+    Markdown. Returns the three paths."""
 
     model, card = load_model(source)
     card.description = description
-    card.training.update(notes or {})
-    weights = save_model(model, card, dest)
+    card.training.update({**(notes or {}), "weights_dtype": "float16" if half else "float32"})
+    tensors = {k: v.half() if half and v.is_floating_point() else v for k, v in model.state_dict().items()}
+    weights = save_pair(tensors, card.to_dict(), dest)
     markdown = weights.with_suffix(".md")
     write_text_atomic(card_markdown(card, weights.stat().st_size / 1e6), markdown)
     return [weights, model_paths(dest)[1], markdown]

@@ -24,6 +24,14 @@ class UNetConfig:
     head_channels: int = 64  # REFERENCE.md: 64 channels per attention head
     norm_groups: int = 32
 
+    def __post_init__(self) -> None:
+        if not self.channels or min(self.channels) < 1 or min(self.res_blocks, self.head_channels, self.norm_groups) < 1:
+            raise ValueError("channels, res_blocks, head_channels and norm_groups must be positive")
+        if any(c % self.norm_groups for c in self.channels):
+            raise ValueError(f"channels {self.channels} must be multiples of norm_groups {self.norm_groups}")
+        if len(self.attention) != len(self.channels):
+            raise ValueError(f"attention needs one flag per level ({len(self.channels)}), got {len(self.attention)}")
+
 
 @dataclass(frozen=True)
 class MAEConfig:
@@ -35,6 +43,15 @@ class MAEConfig:
     decoder_heads: int = 16
     cell: int = 4  # grid r = 16 on the image is r / 4 = 4 on the H/4 feature map
     mlp_ratio: float = 4.0  # standard ViT
+
+    def __post_init__(self) -> None:
+        sizes = (self.encoder_depth, self.encoder_width, self.encoder_heads, self.decoder_depth,
+                 self.decoder_width, self.decoder_heads, self.cell)
+        if min(sizes) < 1 or self.mlp_ratio <= 0:
+            raise ValueError("MAE depths, widths, heads, cell and mlp_ratio must be positive")
+        for width, heads in ((self.encoder_width, self.encoder_heads), (self.decoder_width, self.decoder_heads)):
+            if width % heads or width % 4:
+                raise ValueError(f"width {width} must be a multiple of 4 and of its {heads} heads")
 
 
 def sincos_2d(width: int, side: int) -> torch.Tensor:

@@ -24,7 +24,8 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from .atlas import Atlas
-from .volume_io import reference_image, write_text_atomic, write_volume
+from .files import write_text_atomic
+from .volume_io import reference_image, write_volume
 
 KINDS = ("healthy", "tumour", "ms")
 PAD_MM = 16  # room around the atlas box for the skull-like rim

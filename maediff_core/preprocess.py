@@ -21,58 +21,26 @@ import numpy as np
 import SimpleITK as sitk
 
 from .atlas import Atlas
+from .files import VolumeError, write_text_atomic
+from .preprocess_config import PreprocessConfig
 from .timing import Laps
-from .volume_io import (
-    VolumeError,
-    geometry_of,
-    image_from_array,
-    read_volume,
-    reference_image,
-    resample_isotropic,
-    write_text_atomic,
-    write_volume,
-)
+from .volume_io import geometry_of, image_from_array, read_volume, reference_image, resample_isotropic, write_volume
 
 # The steps of the chain, in order, with the share of its time each has ended by (measured on the
 # demo case, 2 cores: registration and mask ~11 s, N4 ~7 s of ~26 s), for progress reports.
 STEPS = {"resample_1mm": 0.05, "register": 0.45, "brain_mask": 0.6, "bias_correction": 0.85, "smoothing": 0.95,
          "model_space": 1.0}
-MASK_METHODS = ("atlas", "skull-stripped", "file", "hd-bet", "deepbet")
+# "Not a head" checks. The atlas mask after an affine fit holds 1600-1800 mL on heads (and on noise, so
+# registration decides): final mutual information 0.54-0.67 on the sample and phantoms, 0.22 on a
+# sphere, 0.01 on noise (measured, default settings).
+PLAUSIBLE_BRAIN_ML = (900, 2500)
+MIN_HEAD_EXTENT_MM = 100  # an adult brain spans 120-170 mm along each axis
+MIN_REGISTRATION_MI = 0.35
 # Command lines of optional external skull strippers ({input}, {output} are filled in).
 EXTERNAL_STRIPPERS = {
     "hd-bet": ["hd-bet", "-i", "{input}", "-o", "{output}"],
     "deepbet": ["deepbet-cli", "--input", "{input}", "--output", "{output}"],
 }
-
-
-@dataclass
-class PreprocessConfig:
-    resample_1mm: bool = True  # REFERENCE.md: resample to 1 mm first
-    register: bool = True  # affine to the atlas (SRI24 in the reference; MNI152 bundled here)
-    mask_method: str = "atlas"  # one of MASK_METHODS
-    bias_correction: bool = True  # REFERENCE.md: N4
-    n4_iterations: tuple[int, ...] = (200, 200, 200, 200)  # REFERENCE.md: 200 x 4
-    n4_tolerance: float = 5e-4  # REFERENCE.md
-    n4_shrink: int = 4  # REFERENCE.md: as accurate as 2 and 7x faster
-    smoothing: bool = True  # REFERENCE.md: curvature flow at load time
-    smoothing_time_step: float = 0.125  # REFERENCE.md
-    smoothing_iterations: int = 3  # REFERENCE.md
-    percentiles: tuple[float, float] = (1.0, 99.0)  # REFERENCE.md: inside the brain mask
-    # Three levels (REFERENCE.md) ending at 2 mm, the model's resolution: the 8 mm level widens the
-    # rigid capture range (a skull-on head's centre of mass can sit 15 mm off its brain's); 1 mm
-    # tripled the time without better accuracy. The affine stage skips the coarsest level.
-    registration_shrink: tuple[int, ...] = (8, 4, 2)
-    registration_smoothing_mm: tuple[float, ...] = (4.0, 2.0, 1.0)
-    registration_sampling: float = 0.05  # REFERENCE.md: 5 % of the voxels (at the finest level)
-    registration_iterations: int = 200
-    seed: int = 0  # registration sampling is random; fixed for reproducible results
-    atlas: str | None = None  # atlas folder (`maediff atlas`); None: the bundled MNI152 atlas
-
-    def __post_init__(self) -> None:
-        if self.mask_method not in MASK_METHODS:
-            raise ValueError(f"mask_method must be one of {MASK_METHODS}, got {self.mask_method!r}")
-        if not 0 <= self.percentiles[0] < self.percentiles[1] <= 100:
-            raise ValueError(f"percentiles must rise within 0..100, got {self.percentiles}")
 
 
 @dataclass
@@ -117,8 +85,9 @@ def preprocess(
         moving = resample_isotropic(moving, 1.0)
     lap("resample_1mm")
 
+    information = None
     if config.register:
-        transform = register_affine(moving, atlas, config)
+        transform, information = register_affine(moving, atlas, config)
     else:
         transform = sitk.AffineTransform(3)
     lap("register")
@@ -162,8 +131,10 @@ def preprocess(
         "atlas_to_native": affine_to_dict(transform),
         "intensity_range": [float(low), float(high)],
         "brain_ml": float(mask_array.sum() * np.prod(grid["spacing"]) / 1000.0),
+        "registration_mi": information,
         "timings_s": lap.seconds,
     }
+    record["warnings"] = head_warnings(record)
     return Preprocessed(array.astype(np.float32), mask_array, record)
 
 
@@ -175,11 +146,15 @@ def preprocess_file(path: str | Path, config: PreprocessConfig | None = None, at
     return result
 
 
-def register_affine(moving: sitk.Image, atlas: Atlas, config: PreprocessConfig) -> sitk.AffineTransform:
-    """Rigid then affine Mattes-MI registration; returns the atlas -> input point mapping."""
+def register_affine(moving: sitk.Image, atlas: Atlas, config: PreprocessConfig) -> tuple[sitk.AffineTransform, float]:
+    """Rigid then affine Mattes-MI registration; returns the atlas -> input point mapping and the
+    final mutual information (nats, >= 0: how much the input's intensities say about the atlas's)."""
     fixed = atlas.template
     # The moments initialiser needs non-negative intensities (REFERENCE.md, measured note).
     moving = sitk.Clamp(moving, lowerBound=0.0)
+    if sitk.GetArrayViewFromImage(moving).max() <= 0:
+        raise VolumeError("no voxel is above 0: an MR magnitude image is non-negative (is this a phase or"
+                          " difference image, or were its intensities inverted?)")
     # SimpleITK < 2.4 (Slicer 5.6/5.8) returns a generic Transform here: rewrap it as the rigid type.
     initial = sitk.Euler3DTransform(sitk.CenteredTransformInitializer(
         fixed, moving, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS
@@ -192,7 +167,7 @@ def register_affine(moving: sitk.Image, atlas: Atlas, config: PreprocessConfig) 
     affine_region = sitk.BinaryDilate(atlas.brain_mask, [3, 3, 3])
 
     def run(transform: sitk.Transform, region: sitk.Image, shrink: tuple[int, ...],
-            smoothing: tuple[float, ...]) -> sitk.Transform:
+            smoothing: tuple[float, ...]) -> float:
         method = sitk.ImageRegistrationMethod()
         method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
         method.SetMetricSamplingStrategy(method.RANDOM)
@@ -217,17 +192,37 @@ def register_affine(moving: sitk.Image, atlas: Atlas, config: PreprocessConfig) 
             method.Execute(fixed, moving)
         except RuntimeError as err:
             raise VolumeError(f"registration to the atlas failed: {str(err).strip().splitlines()[-1]}") from err
-        return transform
+        return -method.GetMetricValue()  # ITK minimises the negative mutual information
 
-    rigid = run(initial, rigid_region, config.registration_shrink, config.registration_smoothing_mm)
+    run(initial, rigid_region, config.registration_shrink, config.registration_smoothing_mm)
     affine = sitk.AffineTransform(3)
-    affine.SetMatrix(rigid.GetMatrix())
-    affine.SetTranslation(rigid.GetTranslation())
-    affine.SetCenter(rigid.GetCenter())
+    affine.SetMatrix(initial.GetMatrix())
+    affine.SetTranslation(initial.GetTranslation())
+    affine.SetCenter(initial.GetCenter())
     # From the 8 mm pyramid level the free scales drifted onto the skull on 2 of 24 random poses
     # (8-10 mm errors); from the rigid result the finer levels alone stay in the brain's basin.
     fine = slice(1, None) if len(config.registration_shrink) > 1 else slice(None)
-    return run(affine, affine_region, config.registration_shrink[fine], config.registration_smoothing_mm[fine])
+    information = run(affine, affine_region, config.registration_shrink[fine], config.registration_smoothing_mm[fine])
+    return affine, information
+
+
+def head_warnings(record: dict) -> list[str]:
+    """Why an input may not be a head, from what preprocessing measured: the brain mask's volume and
+    how well the input's intensities match the atlas's after registration."""
+    warnings = []
+    grid = record["native_grid"]
+    extent = [size * spacing for size, spacing in zip(grid["size"], grid["spacing"])]
+    if min(extent) < MIN_HEAD_EXTENT_MM:
+        warnings.append(f"the volume spans only {' x '.join(f'{e:.0f}' for e in extent)} mm; a brain needs"
+                        f" {MIN_HEAD_EXTENT_MM} mm or more along every axis: is this a whole-brain volume?")
+    brain_ml, information = record["brain_ml"], record.get("registration_mi")
+    if not PLAUSIBLE_BRAIN_ML[0] <= brain_ml <= PLAUSIBLE_BRAIN_ML[1]:
+        warnings.append(f"the brain mask holds {brain_ml:.0f} mL (a head gives {PLAUSIBLE_BRAIN_ML[0]}.."
+                        f"{PLAUSIBLE_BRAIN_ML[1]} mL): is this a brain volume?")
+    if information is not None and information < MIN_REGISTRATION_MI:
+        warnings.append(f"the registration matched the atlas poorly (mutual information {information:.2f}, heads"
+                        f" give {MIN_REGISTRATION_MI} or more): is this a brain volume? Check the reconstruction")
+    return warnings
 
 
 def brain_mask(native: sitk.Image, image: sitk.Image, transform: sitk.Transform, atlas: Atlas,

@@ -8,7 +8,6 @@ under ``torchrun``.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import time
@@ -18,15 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file
 from tqdm import tqdm
 
-from .datasets import load_prepared, select, split_of
+from .cache import load_prepared, select, split_of
 from .device import pick_device
 from .diffusion import Diffusion, noised_input, patch_l1, patch_masks, random_corners
-from .models import ModelCard, ModelConfig, get_config, model_paths, save_model, save_tensors
+from .files import VolumeError
+from .models import ModelCard, ModelConfig, get_config, load_weights, read_pair, recover_pair, save_model, save_pair
 from .networks import visible_cells
-from .volume_io import VolumeError, write_text_atomic
 
 MIN_BRAIN_FRACTION = 0.01  # slices with less brain than this carry no anatomy to learn
 RESUMED_SETTINGS = ("batch_size", "lr", "slices_per_volume", "fold", "seed")  # fixed for the life of a run
@@ -43,6 +41,17 @@ class TrainConfig:
     val_slices: int = 8  # evenly spaced brain slices per validation volume
     max_minutes: float | None = None  # stop at the first epoch end past this budget
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        counts = {"epochs": self.epochs, "batch_size": self.batch_size, "slices_per_volume": self.slices_per_volume,
+                  "val_slices": self.val_slices}
+        for name, value in counts.items():
+            if value < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be a positive integer, got {value}")
+        if not (math.isfinite(self.lr) and self.lr > 0) or self.fold < 0:
+            raise ValueError(f"need a finite lr > 0 and a fold >= 0, got lr {self.lr}, fold {self.fold}")
+        if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
+            raise ValueError(f"max-minutes must be a finite number > 0, got {self.max_minutes}")
 
 
 def brain_slices(mask: np.ndarray) -> np.ndarray:
@@ -133,38 +142,41 @@ class Trainer:
             for key, value in values.items():
                 tensors[f"optim.{index}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
         tensors["rng.torch"] = self.generator.get_state()
-        weights, meta = model_paths(self.run_dir / "last")
-        save_tensors(tensors, weights)
         resume = {"epoch": self.epoch, "step": self.step, "best_val": self.best_val, "seconds": self.seconds,
                   "param_groups": state["param_groups"], "numpy_rng": self.rng.bit_generator.state}
-        write_text_atomic(json.dumps({"card": self.card().to_dict(), "resume": resume}) + "\n", meta)
+        save_pair(tensors, {"card": self.card().to_dict(), "resume": resume}, self.run_dir / "last")
 
     def resume(self) -> bool:
-        weights, meta = model_paths(self.run_dir / "last")
-        if not meta.is_file() or not weights.is_file():
+        """Continue from ``last``: the weights, the optimiser and both random generators as saved."""
+        for name in ("best", "last"):  # a kill while saving: finish or undo that save
+            recover_pair(self.run_dir / name)
+        if not (self.run_dir / "last.json").is_file():
             return False
-        saved = json.loads(meta.read_text())
-        if ModelConfig.from_dict(saved["card"]["config"]) != self.config:
+        weights, saved = read_pair(self.run_dir / "last")
+        try:
+            config = ModelConfig.from_dict(saved["card"]["config"])
+            r = saved["resume"]
+            done = saved["card"]["training"]
+        except (KeyError, TypeError, VolumeError) as err:
+            raise VolumeError(f"{self.run_dir / 'last.json'}: not a checkpoint ({err}); use --restart") from None
+        if config != self.config:
             raise VolumeError(f"{self.run_dir}: holds a run of another configuration; use a new folder or --restart")
         # The optimiser (its learning rate included) and the data order resume as saved: other
         # settings would be silently ignored.
-        done = saved["card"]["training"]
         changed = [f"{key} {done.get(key)} (asked {getattr(self.train, key)})"
                    for key in changed_settings(done, self.train)]
         if changed:
             raise VolumeError(f"{self.run_dir}: holds a run trained with {', '.join(changed)}; "
                               "pass the same settings, or use a new folder or --restart")
-        tensors = load_file(str(weights))
-        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        tensors = load_weights(weights, self.model, "cpu", prefix="model.")
         optim_state: dict = {}
         for key, value in tensors.items():
             if key.startswith("optim."):
                 _, index, name = key.split(".", 2)
                 optim_state.setdefault(int(index), {})[name] = value.to(self.device) if name != "step" else value
-        self.optimizer.load_state_dict({"state": optim_state, "param_groups": saved["resume"]["param_groups"]})
+        self.optimizer.load_state_dict({"state": optim_state, "param_groups": r["param_groups"]})
         self.generator.set_state(tensors["rng.torch"])
-        self.rng.bit_generator.state = saved["resume"]["numpy_rng"]
-        r = saved["resume"]
+        self.rng.bit_generator.state = r["numpy_rng"]
         self.epoch, self.step, self.best_val, self.seconds = r["epoch"], r["step"], r["best_val"], r["seconds"]
         return True
 
@@ -250,7 +262,7 @@ def train(config_name: str, data_dir: str | Path, run_dir: str | Path, train_con
           restart: bool = False) -> dict:
     trainer = Trainer(get_config(config_name), train_config, data_dir, run_dir)
     if restart:
-        for name in ("last.json", "last.safetensors", "metrics.csv"):
+        for name in ("last.json", "last.safetensors", ".last.json.pending", "metrics.csv"):
             (Path(run_dir) / name).unlink(missing_ok=True)
     elif trainer.resume():
         print(f"resuming {run_dir} at epoch {trainer.epoch} (step {trainer.step})")

@@ -1,60 +1,27 @@
 """Reading and writing MRI volumes with their geometry.
 
 SimpleITK does the I/O (NIfTI, NRRD, MHA and DICOM series folders); this module adds the checks
-that turn a silently wrong input into a specific error, and atomic writes so that a killed process
-never leaves a half-written output under the final name.
+that turn a silently wrong input into a specific error, and writes that are checked before they are
+renamed into place (``files``).
 """
 
 from __future__ import annotations
 
 import gzip
-import os
-import shutil
-import tempfile
-import uuid
 import zlib
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-# Spacing outside this range (mm) is a header error, not an MRI: 0.05 mm to 20 mm per voxel.
-MIN_SPACING_MM, MAX_SPACING_MM = 0.05, 20.0
+from .files import VOLUME_SUFFIXES, VolumeError, atomic_path, volume_suffix
 
-
-class VolumeError(ValueError):
-    """An input volume that cannot be used, with the reason in the message."""
-
-
-def volume_suffix(path: str | Path) -> str:
-    name = str(path).lower()
-    for suffix in VOLUME_SUFFIXES:
-        if name.endswith(suffix):
-            return suffix
-    return ""
-
-
-def case_name(path: str | Path) -> str:
-    """File name without its volume suffix (``sub01.nii.gz`` -> ``sub01``)."""
-    p = Path(path)
-    suffix = volume_suffix(p)
-    return p.name[: -len(suffix)] if suffix else p.name
-
-
-def output_folders(inputs: Sequence[str | Path], out_dir: str | Path) -> list[Path]:
-    """One result folder per input, named after its case. Inputs that share a case name (``a/T2.nii.gz``
-    and ``b/T2.nii.gz``) would overwrite each other: refused before any work."""
-    folders: dict[str, Path] = {}
-    for path in inputs:
-        name = case_name(path)
-        if name in folders:
-            raise VolumeError(f"{folders[name]} and {path} would both write {Path(out_dir) / name}: "
-                              "give them different -o folders")
-        folders[name] = Path(path)
-    return [Path(out_dir) / name for name in folders]
+# Per axis, spacing outside this range (mm) is a header error, not an in-vivo brain MRI (clinical
+# thick-slice T2 stays under 8 mm with its gap; research scans go down to 0.2 mm).
+MIN_SPACING_MM, MAX_SPACING_MM = 0.1, 10.0
+# DICOM slice positions may wander by rounding in their text; a gap beyond this is a missing slice.
+SLICE_GAP_TOLERANCE = 0.1  # fraction of the series' median spacing
 
 
 def read_volume(path: str | Path) -> sitk.Image:
@@ -128,9 +95,49 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
         raise VolumeError(
             f"{folder}: folder holds {len(series)} DICOM series; pass a folder with exactly one"
         )
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])
+    check_slice_positions(folder, files)
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
+    reader.SetFileNames(files)
     return reader.Execute()
+
+
+def check_slice_positions(folder: Path, files: Sequence[str]) -> None:
+    """What ITK only warns about: slices missing from a series, spaced unevenly, or of different sizes
+    or orientations. The reader would stack them at one spacing, and the geometry would be wrong."""
+    header = sitk.ImageFileReader()
+    sizes, orientations, positions = set(), set(), []
+    for name in files:
+        header.SetFileName(name)
+        header.ReadImageInformation()
+        tags = {tag: header.GetMetaData(tag).strip() if header.HasMetaDataKey(tag) else "" for tag in
+                ("0028|0010", "0028|0011", "0020|0037", "0020|0032")}
+        sizes.add((tags["0028|0010"], tags["0028|0011"]))
+        try:
+            orientation = tuple(round(float(v), 3) for v in tags["0020|0037"].split("\\"))
+            position = [float(v) for v in tags["0020|0032"].split("\\")]
+        except ValueError:  # an empty or garbled tag
+            orientation, position = (), []
+        orientations.add(orientation if len(orientation) == 6 else None)
+        positions.append(position if len(position) == 3 else None)
+    if len(sizes) > 1:
+        raise VolumeError(f"{folder}: the series' slices have different sizes {sorted(sizes)} (rows, columns)")
+    if len(orientations) > 1 or None in orientations or None in positions:
+        raise VolumeError(f"{folder}: the series' slices do not share one orientation and position grid"
+                          " (a localizer or a multi-stack series?)")
+    if len(files) < 2:
+        return
+    row, column = np.array(next(iter(orientations))).reshape(2, 3)
+    depth = np.sort(np.array(positions) @ np.cross(row, column))
+    gaps = np.diff(depth)
+    spacing = float(np.median(gaps))
+    if spacing <= 0:
+        raise VolumeError(f"{folder}: several slices share one position (duplicated slices?)")
+    uneven = np.flatnonzero(np.abs(gaps - spacing) > SLICE_GAP_TOLERANCE * spacing)
+    if uneven.size:
+        k = int(uneven[0])
+        raise VolumeError(f"{folder}: slices missing or unevenly spaced: {gaps[k]:.2f} mm between slices {k + 1} "
+                          f"and {k + 2} where the series is spaced {spacing:.2f} mm ({uneven.size} such gap(s))")
 
 
 def validate_volume(image: sitk.Image, name: str = "volume") -> None:
@@ -161,67 +168,6 @@ def validate_volume(image: sitk.Image, name: str = "volume") -> None:
         raise VolumeError(f"{name}: all voxels have the same value {values.flat[0]}")
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextmanager
-def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
-    """A temporary name beside ``path`` to write to. When the block ends without error the file gets
-    the permissions the user's umask gives new files (mkstemp makes them 0600) and is renamed to
-    ``path``; on any error it is removed, so nothing incomplete ever carries the final name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def check_writable(folder: Path) -> None:
-    """Refuse an output folder that cannot be written (a file, read-only, no permission) before the
-    minutes of work whose results it would receive."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as err:
-        raise VolumeError(f"{folder}: cannot write results there ({err.strerror or err})") from None
-
-
-@contextmanager
-def folder_as_a_set(folder: Path) -> Iterator[Path]:
-    """A temporary sibling folder to write a result into. When the block ends without error it
-    replaces ``folder`` by renames, so a reader finds the old result or the new one, never a mix (a
-    kill between the renames leaves only a hidden ``.old-`` copy). On error it is removed. Leftovers of
-    killed runs are swept first."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    for stale in [*folder.parent.glob(f".{folder.name}.partial-*"), *folder.parent.glob(f".{folder.name}.old-*")]:
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
-    try:
-        yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())
-        old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
-        if folder.exists():
-            os.rename(folder, old)
-        try:
-            os.rename(tmp, folder)
-        except OSError:
-            if old.exists():
-                os.rename(old, folder)  # the earlier result back under its name
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def write_volume(image: sitk.Image, path: str | Path, compress: bool = True) -> Path:
     """Write ``image`` atomically, and only after it reads back as written: SimpleITK does not report
     a short write (a full disk), and would later read the truncated file without complaint."""
@@ -239,17 +185,6 @@ def write_volume(image: sitk.Image, path: str | Path, compress: bool = True) -> 
             complete = False
         if not complete:
             raise VolumeError(f"{path}: the file did not read back as written (is the disk full?)")
-    return path
-
-
-def write_text_atomic(text: str, path: str | Path) -> Path:
-    """Write a text file (JSON, CSV, Markdown) atomically; a short write raises (OSError)."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        with open(tmp, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
     return path
 
 

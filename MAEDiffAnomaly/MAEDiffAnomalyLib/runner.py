@@ -195,7 +195,7 @@ class DetectionProcess(CoreProcess):
     @property
     def result_dir(self) -> Path:
         """Where ``maediff detect`` writes this input's results (one folder per input, named by its file)."""
-        from maediff_core.volume_io import case_name
+        from maediff_core.files import case_name
 
         return Path(self.request.output_dir) / case_name(self.request.input_path)
 

@@ -26,7 +26,7 @@ def test_registration_recovers_a_known_pose():
     grid.SetOrigin((centre - np.array([96.0, 96.0, 90.0])).tolist())
     scan = sitk.Resample(template, grid, truth.GetInverse(), sitk.sitkLinear, 0.0)
 
-    found = register_affine(scan, atlas, PreprocessConfig())
+    found, _ = register_affine(scan, atlas, PreprocessConfig())
 
     brain = np.argwhere(sitk.GetArrayViewFromImage(atlas.brain_mask))[::500][:, ::-1]
     points = [template.TransformIndexToPhysicalPoint([int(i) for i in p]) for p in brain]
