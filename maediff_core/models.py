@@ -230,10 +230,7 @@ def save_model(model: torch.nn.Module, card: ModelCard, path: str | Path) -> Pat
     return save_pair(model.state_dict(), card.to_dict(), path)
 
 
-def read_pair(path: str | Path) -> tuple[Path, dict]:
-    """The weights' path and the JSON beside them, once the weights are known to be the ones the
-    JSON was written with (its SHA-256; older cards without one are taken as they are)."""
-    weights, meta = model_paths(path)
+def _read_json(meta: Path) -> dict:
     if not meta.is_file():
         raise VolumeError(f"{meta}: model card not found (a model is a .safetensors + .json pair)")
     try:
@@ -242,6 +239,12 @@ def read_pair(path: str | Path) -> tuple[Path, dict]:
         raise VolumeError(f"{meta}: not valid JSON ({err})") from None
     if not isinstance(record, dict):
         raise VolumeError(f"{meta}: not a model card (a JSON object)")
+    return record
+
+
+def _verified(weights: Path, meta: Path, record: dict) -> Path:
+    """``weights``, once known to be the file ``record`` was written with (its SHA-256; older cards
+    without one are taken as they are)."""
     if not weights.is_file():
         raise VolumeError(f"{weights}: model weights not found")
     expected = record.get("weights_sha256")
@@ -249,19 +252,26 @@ def read_pair(path: str | Path) -> tuple[Path, dict]:
         hint = (" (a save was interrupted: `maediff train` on its folder completes it)" if _pending(meta).is_file()
                 else " (damaged or replaced; copy the pair again)")
         raise VolumeError(f"{weights}: does not match {meta.name}{hint}")
-    return weights, record
+    return weights
+
+
+def _card(meta: Path, record: dict) -> ModelCard:
+    try:
+        return replace(ModelCard.from_dict(record), folder=meta.parent)
+    except VolumeError as err:
+        raise VolumeError(f"{meta}: not a valid model card: {err}") from None
+
+
+def read_pair(path: str | Path) -> tuple[Path, dict]:
+    """The verified weights' path and the JSON beside them."""
+    weights, meta = model_paths(path)
+    record = _read_json(meta)
+    return _verified(weights, meta, record), record
 
 
 def load_card(path: str | Path) -> ModelCard:
-    _, meta = model_paths(path)
-    if not meta.is_file():
-        raise VolumeError(f"{meta}: model card not found (a model is a .safetensors + .json pair)")
-    try:
-        return replace(ModelCard.from_dict(json.loads(meta.read_text())), folder=meta.parent)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise VolumeError(f"{meta}: not valid JSON ({err})") from None
-    except VolumeError as err:
-        raise VolumeError(f"{meta}: not a valid model card: {err}") from None
+    meta = model_paths(path)[1]
+    return _card(meta, _read_json(meta))
 
 
 def load_weights(weights: Path, model: torch.nn.Module, device: torch.device | str, prefix: str = "") -> dict:
@@ -291,8 +301,10 @@ def load_weights(weights: Path, model: torch.nn.Module, device: torch.device | s
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[DiffusionNet, ModelCard]:
-    card = load_card(path)
-    weights, _ = read_pair(path)
+    weights, meta = model_paths(path)
+    record = _read_json(meta)  # read once: the card, then the weights it names by hash
+    card = _card(meta, record)
+    _verified(weights, meta, record)
     model = card.config.build()
     load_weights(weights, model, device)
     return model.to(device).eval(), card

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +52,7 @@ class Case:
     kill_at: str | None = None  # `--progress json` stage at which the run is killed
     limit_bytes: int | None = None  # largest file the run may write (a full disk)
     within_s: float | None = None  # a refusal must come this fast (before preprocessing)
+    before: Callable[[], None] | None = None  # sets the stage (e.g. damages a checkpoint)
 
 
 def digest(paths: list[Path]) -> str:
@@ -92,6 +94,8 @@ def audit(out: Path | None) -> tuple[str, bool]:
 
 
 def run(case: Case) -> dict:
+    if case.before:
+        case.before()
     before = digest(case.inputs)
 
     def limits() -> None:
@@ -319,8 +323,17 @@ def training_cases(work: Path) -> list[Case]:
                                 "--lr", "nan"], 2, "must be a finite number > 0", [data], within_s=FAST_S),
         Case("train one epoch", base + ["-o", str(runs / "run"), "--epochs", "1"], 0, "", [data]),
         Case("train resumes from a damaged last.safetensors", base + ["-o", str(runs / "damaged"), "--epochs", "2"], 2,
-             "does not match last.json", [data]),
+             "does not match last.json", [data], before=lambda: damaged_checkpoint(base + ["-o", str(runs / "damaged")])),
     ]
+
+
+def damaged_checkpoint(train: list[str]) -> None:
+    """One epoch trained, then one byte of its last weights flipped."""
+    subprocess.run(MAEDIFF + train + ["--epochs", "1"], check=True, capture_output=True)
+    weights = Path(train[-1]) / "last.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
 
 
 def prepare_training_data(work: Path) -> None:
@@ -359,18 +372,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="maediff-hostile-"))
-    rows = []
-    for case in cases(work, inputs(work), models(work)):
-        rows.append(run(case))
-        print(f"{rows[-1]['case']}: {'ok' if rows[-1]['ok'] else 'FAIL'}", file=sys.stderr, flush=True)
     prepare_training_data(work)
-    for case in training_cases(work):
-        if "damaged" in case.name:
-            subprocess.run(MAEDIFF + case.args[:-2] + ["--epochs", "1"], check=True, capture_output=True)
-            weights = work / "runs" / "damaged" / "last.safetensors"
-            data = bytearray(weights.read_bytes())
-            data[len(data) // 2] ^= 0xFF
-            weights.write_bytes(bytes(data))
+    rows = []
+    for case in [*cases(work, inputs(work), models(work)), *training_cases(work)]:
         rows.append(run(case))
         print(f"{rows[-1]['case']}: {'ok' if rows[-1]['ok'] else 'FAIL'}", file=sys.stderr, flush=True)
     rows.append(killed_training(work))
