@@ -9,6 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from maediff_core.atlas import Atlas
+from maediff_core.conditioning import EncoderConfig
 from maediff_core.models import get_config, load_card, rewrite_card
 from maediff_core.networks import MAEConfig, UNetConfig
 from maediff_core.phantom import PhantomConfig, make_phantom
@@ -105,11 +106,16 @@ TINY = replace(get_config("maediff-small"), name="maediff-tiny",
                unet=UNetConfig(channels=(32, 32, 32), res_blocks=1, attention=(False, False, True), head_channels=32),
                mae=MAEConfig(encoder_depth=2, encoder_width=64, encoder_heads=2, decoder_depth=2,
                              decoder_width=64, decoder_heads=2))
+# A cDDPM with every part (encoder, scale-shift blocks, ensemble of three levels), as small.
+TINY_CDDPM = replace(get_config("cddpm-small"), name="cddpm-tiny",
+                     unet=UNetConfig(channels=(32, 32, 32), res_blocks=1, attention=(False, False, False),
+                                     head_channels=32),
+                     encoder=EncoderConfig(block="basic", layers=(1, 1, 1, 1), widths=(8, 16, 16, 32), features=32))
 FAST = TrainConfig(epochs=3, batch_size=4, slices_per_volume=4, val_slices=2, seed=1)
 
 
-def run(folder, name, epochs, data, **settings):
-    trainer = Trainer(TINY, replace(FAST, epochs=epochs, **settings), data, folder / name)
+def run(folder, name, epochs, data, config=TINY, **settings):
+    trainer = Trainer(config, replace(FAST, epochs=epochs, **settings), data, folder / name)
     trainer.resume()
     trainer.fit()
     return trainer

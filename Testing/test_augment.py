@@ -1,12 +1,14 @@
-"""Intensity augmentation: each transform does what its model says, and the batch version draws
-reproducibly from the trainer's generator."""
+"""Intensity augmentation: each transform does what its model says, the batch version draws
+reproducibly from the trainer's generator, and the evaluation's contrast shifts touch the brain only."""
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
-from maediff_core.augment import AugmentConfig, augment, bias_field, blur, gamma, ghosting, monomials
+from maediff_core.augment import (CONTRAST_SHIFTS, AugmentConfig, ContrastShift, augment, bias_field, blur, gamma,
+                                  ghosting, monomials)
 
 
 def slices(n: int = 4, seed: int = 0) -> torch.Tensor:
@@ -78,3 +80,20 @@ def test_augment_draws_reproducibly_and_keeps_the_model_range():
     torch.testing.assert_close(augment(x, torch.Generator().manual_seed(5)), augment(x, torch.Generator().manual_seed(5)))
     with pytest.raises(ValueError, match="probabilities"):
         AugmentConfig(gamma_p=1.5)
+
+
+def test_contrast_shifts_change_the_brain_only_and_leave_the_input_alone():
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0, 1, (3, 96, 96)).astype(np.float32)
+    mask = np.zeros(image.shape, bool)
+    mask[:, 20:70, 20:70] = True
+    before = image.copy()
+    darker = ContrastShift(gamma=1.4).apply(image, mask)
+    np.testing.assert_array_equal(image, before)
+    np.testing.assert_allclose(darker[mask], before[mask] ** 1.4, rtol=1e-5)
+    np.testing.assert_array_equal(darker[~mask], before[~mask])
+    biased = CONTRAST_SHIFTS["bias-field"].apply(image, mask)
+    ratio = biased[mask] / np.maximum(before[mask], 1e-6)
+    assert biased.dtype == image.dtype and 0 <= biased.min() and biased.max() <= 1
+    assert ratio[before[mask] > 0.1].std() > 0.05  # a field that varies across the slice, not a constant factor
+    assert set(CONTRAST_SHIFTS) == {"gamma-0.7", "gamma-1.4", "bias-field"}

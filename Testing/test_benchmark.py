@@ -11,15 +11,17 @@ from maediff_core.train import Trainer
 
 
 def summary():
-    metrics = {"dice_mean": 0.4231, "auprc_mean": 0.5, "l1_mean": 0.0123}
+    metrics = {"dice_mean": 0.4231, "auprc_mean": 0.5, "l1_mean": 0.0123, "kl_mean": 0.0456}
+    shifted = {"gamma-0.7": {"dice_mean": 0.301, "auprc_mean": 0.2, "kl_mean": 0.1234, "threshold": 0.1}}
     return {"config": {"healthy": 100, "tumour": 20, "ms": 20, "seed": 0, "minutes": 10.0, "batch_size": 16,
-                       "lr": 2e-4, "slices_per_volume": 8, "protocol": "reference"},
+                       "lr": 2e-4, "slices_per_volume": 8, "protocol": "reference", "contrasts": ["gamma-0.7"]},
             "device": "CPU (x86_64, 2 cores, 2 threads)",
             "counts": {"tumour": {"val": 4, "test": 16}, "ms": {"val": 4, "test": 16}, "healthy_test": 28, "healthy_val": 14},
-            "rows": [{"method": "thresh", "training": None, "tumour": {**metrics, "l1_mean": None},
-                      "ms": metrics, "detect_seconds_per_volume": 0.01},
+            "rows": [{"method": "thresh", "training": None, "tumour": {**metrics, "l1_mean": None, "kl_mean": None},
+                      "ms": metrics, "detect_seconds_per_volume": 0.01,
+                      "contrast": {"gamma-0.7": {**shifted["gamma-0.7"], "kl_mean": None}}},
                      {"method": "maediff-small", "training": {"epoch": 12, "step": 96}, "tumour": metrics,
-                      "ms": metrics, "detect_seconds_per_volume": 140.2}]}
+                      "ms": metrics, "detect_seconds_per_volume": 140.2, "contrast": shifted}]}
 
 
 def test_table_rows_in_per_cent():
@@ -29,6 +31,8 @@ def test_table_rows_in_per_cent():
     assert "10 training minutes per method, batch 16, learning rate 0.0002, 8 slices per volume" in table
     assert "Evaluation protocol: reference (the steps of the protocol authors' utils_eval.py)" in table
     assert "healthy l1 over the whole volume" in table
+    assert "| method | tumour Dice / KL | gamma-0.7 Dice / KL |" in table
+    assert "| thresh | 42.3 / - | 30.1 / - |" in table and "| maediff-small | 42.3 / 0.046 | 30.1 / 0.123 |" in table
 
 
 def test_readme_section_is_replaced(tmp_path):

@@ -124,9 +124,10 @@ def test_demo_runs_the_whole_job_and_scores_it(tmp_path, tiny_model, capsys):
 
 @pytest.mark.parametrize("option, value, message", [
     ("stride", -16, "stride must be a positive integer, got -16"),
-    ("t_test", 0, "t-test must be a positive integer, got 0"),
+    ("t_test", (0,), r"t-test must be one or more levels in 1\.\.1000, got 0"),
     ("batch_size", -1, "batch-size must be a positive integer, got -1"),
-    ("t_test", 5000, r"t-test must lie in 1\.\.1000"),
+    ("t_test", (250, 5000), r"t-test must be one or more levels in 1\.\.1000, got 250,5000"),
+    ("t_test", (250, 250), "t-test levels must differ, got 250,250"),
     ("stride", 20, "stride 20 does not tile"),
     ("stride", 24, "stride 24: a MAEDiff model's patches lie on its 16-pixel grid"),
     ("threshold", float("nan"), "--threshold must be a finite number >= 0, got nan"),

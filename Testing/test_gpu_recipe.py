@@ -62,6 +62,6 @@ def test_the_gpu_recipe_runs_end_to_end_on_cpu(tmp_path, healthy_prepared, lesio
     _script("finish.sh", str(out), str(lesion_prepared), str(work / "release" / "gpu"), "GPU test model",
             "--synthetic-data", cwd=work, env={**env, "T_TEST": "150"})
     model, card = load_model(work / "release" / "gpu.json")
-    assert card.threshold is not None and card.config.diffusion.t_test == 150
+    assert card.threshold is not None and card.config.diffusion.t_test == (150,)
     assert card.training["weights_dtype"] == "float16" and card.training["synthetic_data"] is True
     assert (work / "runs" / "gpu" / "eval" / "metrics.json").is_file()

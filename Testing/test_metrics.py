@@ -9,9 +9,23 @@ import SimpleITK as sitk
 from maediff_core.cache import PreparedCase
 from maediff_core.cli import main
 from maediff_core.evaluate import PROTOCOLS, Scored, choose_t_test, evaluate
-from maediff_core.metrics import auprc, bisect_threshold, brain_fpr_thresholds, dice, l1_error, roc_fpr_thresholds
+from maediff_core.metrics import (auprc, bisect_threshold, brain_fpr_thresholds, dice, histogram_kl, l1_error,
+                                  roc_fpr_thresholds)
 from maediff_core.models import ModelCard, card_markdown, load_card, with_operating_point
 from maediff_core.postprocess import PostprocessConfig, erode_slices, lesion_labels, lesion_table, smooth_scores
+
+
+def test_histogram_kl_by_hand():
+    mask = np.ones((1, 2, 2), bool)
+    image = np.array([[[0.1, 0.1], [0.9, 0.9]]])
+    assert histogram_kl(image, image, mask, bins=2) == 0.0
+    # P = (2 + 1, 2 + 1) / 6, Q = (4 + 1, 0 + 1) / 6 with one pseudo-count per bin.
+    flat = np.full_like(image, 0.2)
+    expected = 0.5 * np.log(0.5 / (5 / 6)) + 0.5 * np.log(0.5 / (1 / 6))
+    assert histogram_kl(image, flat, mask, bins=2) == pytest.approx(expected)
+    outside = mask.copy()
+    outside[0, 1] = False  # only the brain counts
+    assert histogram_kl(image, np.where(outside, image, 0.0), outside, bins=2) == 0.0
 
 
 def test_dice_by_hand():
@@ -185,17 +199,17 @@ def test_noise_level_is_chosen_on_validation_dice():
 
 def test_a_threshold_is_saved_with_its_reconstruction(tiny_model):
     card = load_card(tiny_model)
-    saved = with_operating_point(card, 0.12, 150, 48, {"val": "tumour", "protocol": "reference", "val_dice_pooled": 0.4,
+    saved = with_operating_point(card, 0.12, (150,), 48, {"val": "tumour", "protocol": "reference", "val_dice_pooled": 0.4,
                                                        "t_test_val_dice_pooled": {"150": 0.4, "500": 0.3}})
     again = ModelCard.from_dict(json.loads(json.dumps(saved.to_dict())))
     assert "t_test 150 chosen on the same validation volumes, by pooled Dice: 150: 40.0 %, 500: 30.0 % (ours" \
         in card_markdown(again, 1.0)
     assert "(pooled validation Dice 40.0 %, reference evaluation protocol)" in card_markdown(again, 1.0)
-    assert again.threshold == 0.12 and again.config.diffusion.t_test == 150 and again.config.patch.stride == 48
+    assert again.threshold == 0.12 and again.config.diffusion.t_test == (150,) and again.config.patch.stride == 48
     assert again.training["threshold_from"]["val"] == "tumour" and "threshold_from" not in card.training
-    assert card.config.diffusion.t_test == 500 and card.config.patch.stride == 16  # the original is untouched
+    assert card.config.diffusion.t_test == (500,) and card.config.patch.stride == 16  # the original is untouched
     with pytest.raises(ValueError, match="stride 20 does not tile"):
-        with_operating_point(card, 0.12, 150, 20, {})
+        with_operating_point(card, 0.12, (150,), 20, {})
 
 
 def test_thresh_has_no_reconstruction_to_set(tmp_path, capsys):

@@ -106,7 +106,7 @@ BROKEN_CARDS = {
     "channels abc": (lambda c: c["config"]["unet"].update(channels="abc"), r"config\.unet\.channels: expected a list"),
     "stride text": (lambda c: c["config"]["patch"].update(stride="16"), r"config\.patch\.stride: expected an integer, got '16'"),
     "timesteps text": (lambda c: c["config"]["diffusion"].update(timesteps="1000"), r"diffusion\.timesteps: expected an integer"),
-    "t_test beyond T": (lambda c: c["config"]["diffusion"].update(t_test=5000), r"need 1 <= t_test <= timesteps"),
+    "t_test beyond T": (lambda c: c["config"]["diffusion"].update(t_test=5000), r"config\.diffusion: t-test must be one or more levels in 1\.\.1000, got 5000"),
     "stride not tiling": (lambda c: c["config"]["patch"].update(stride=20), r"stride 20 does not tile 96"),
     "percentiles abc": (lambda c: c["preprocessing"].update(percentiles="abc"), r"preprocessing\.percentiles: expected a list"),
     "unknown preprocessing": (lambda c: c["preprocessing"].update(sharpen=True), r"preprocessing: unknown setting\(s\) sharpen"),

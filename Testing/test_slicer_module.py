@@ -39,8 +39,12 @@ def test_model_card_summary_operating_point_and_overrides(tmp_path):
             "description": "Trained on synthetic phantoms."}
     text = model_card.summary(card)
     assert "pddpm-s48-small (pddpm)" in text and "threshold 0.0734" in text and "stride 48" in text
-    assert model_card.operating_point(card) == {"t_test": 500, "stride": 48, "threshold": 0.0734,
+    assert model_card.operating_point(card) == {"t_test": "500", "stride": 48, "threshold": 0.0734,
                                                 "whole_slice": False}
+    ensemble = {"config": {"name": "cddpm-small", "method": "cddpm", "diffusion": {"t_test": [250, 500, 750]},
+                           "patch": {"stride": 16, "whole_slice": True}}, "threshold": None}
+    assert model_card.operating_point(ensemble)["t_test"] == "250, 500, 750"
+    assert "cddpm-small (cddpm); t_test 250, 500, 750; no threshold" in model_card.summary(ensemble)
     assert model_card.is_synthetic(card)
     assert not model_card.is_synthetic({"training": {}, "description": "IXI fold 0"})
     # Nothing changed in the panel: the command carries none of the card's settings.

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from maediff_core.files import VolumeError
 from maediff_core.models import get_config, load_model
-from maediff_core.train import RESUMED_SETTINGS, Trainer, changed_settings
+from maediff_core.train import RESUMED_SETTINGS, Trainer, changed_settings, for_method
 
 
 def test_training_writes_checkpoints_metrics_and_loadable_model(tmp_path, healthy_prepared):
@@ -33,16 +33,23 @@ def test_training_writes_checkpoints_metrics_and_loadable_model(tmp_path, health
 
 
 def test_resume_continues_exactly(tmp_path, healthy_prepared):
-    # With augmentation: its random draws come from the checkpointed generator too.
-    straight = run(tmp_path, "straight", 4, healthy_prepared, augment=True)
-    run(tmp_path, "interrupted", 2, healthy_prepared, augment=True)
-    resumed = run(tmp_path, "interrupted", 4, healthy_prepared, augment=True)
+    # With augmentation (its random draws come from the checkpointed generator too) and an EMA.
+    straight = run(tmp_path, "straight", 4, healthy_prepared, augment=True, ema=0.99)
+    run(tmp_path, "interrupted", 2, healthy_prepared, augment=True, ema=0.99)
+    resumed = run(tmp_path, "interrupted", 4, healthy_prepared, augment=True, ema=0.99)
     assert resumed.epoch == 4 and resumed.step == straight.step
     a = load_file(str(tmp_path / "straight" / "last.safetensors"))
     b = load_file(str(tmp_path / "interrupted" / "last.safetensors"))
+    assert int(a["ema.n_averaged"]) == straight.step
     for key in a:
-        if key.startswith("model."):
+        if key.startswith(("model.", "ema.")):
             torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    # The published weights are the average, not the last step's.
+    best = load_file(str(tmp_path / "straight" / "best.safetensors"))
+    key = next(k for k in best if k.endswith("conv_in.conv.weight"))
+    assert not torch.equal(best[key], a[f"model.{key}"])
+    if json.loads((tmp_path / "straight" / "best.json").read_text())["training"]["epoch"] == 4:
+        torch.testing.assert_close(best[key], a[f"ema.module.{key}"], rtol=0, atol=0)
     run(tmp_path, "plain", 1, healthy_prepared)
 
     def first_train_loss(name: str) -> str:
@@ -80,8 +87,12 @@ def test_refuses_other_config_in_run_folder_and_lesion_data(tmp_path, healthy_pr
     augmented = Trainer(TINY, replace(FAST, epochs=2, augment=True), healthy_prepared, tmp_path / "run")
     with pytest.raises(VolumeError, match=r"trained with augment False \(asked True\)"):
         augmented.resume()
-    # A record from before a setting existed holds that setting's default.
-    assert changed_settings({k: getattr(FAST, k) for k in RESUMED_SETTINGS if k != "augment"}, FAST) == []
+    # A record from before augmentation existed trained without it.
+    plain = for_method(FAST, TINY)
+    assert changed_settings({k: getattr(FAST, k) for k in RESUMED_SETTINGS if k != "augment"}, plain) == []
+    # Left unset, augmentation follows the method's paper: on for cDDPM only.
+    assert (plain.augment, for_method(FAST, get_config("cddpm-small")).augment) == (False, True)
+    assert for_method(replace(FAST, augment=False), get_config("cddpm-small")).augment is False
     with pytest.raises(VolumeError, match="no prepared cases|split.csv"):
         Trainer(TINY, FAST, tmp_path / "empty", tmp_path / "x")
 

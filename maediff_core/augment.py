@@ -1,6 +1,7 @@
 """Intensity augmentation of training slices: gamma, bias field, blur and ghosting, as the cDDPM
 reference applies them (TorchIO's RandomGamma, RandomBiasField, RandomBlur and RandomGhosting with
-their default ranges), so that a model meets other scanners' contrasts in training.
+their default ranges), so that a model meets other scanners' contrasts in training; and the fixed
+contrast shifts that test whether it does (:data:`CONTRAST_SHIFTS`).
 
 Written for batches of 2-D slices on the training device, with one parameter draw per slice from the
 trainer's generator (so a resumed run draws the same augmentations); TorchIO and MONAI transform one
@@ -12,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -123,3 +125,29 @@ def augment(x: torch.Tensor, generator: torch.Generator, config: AugmentConfig =
         x = x.clone()
         x[picked] = ghosting(x[picked], ghosts[picked.cpu()], axes[picked.cpu()], intensity[picked], config.ghost_restore)
     return x.clamp(0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class ContrastShift:
+    """Another scanner's T2 contrast for a whole volume: a gamma on the 0..1 intensities and a fixed
+    in-plane bias field (the same on every slice)."""
+    gamma: float = 1.0
+    bias: tuple[float, ...] = ()  # coefficients of :func:`monomials` up to order 3 (10); () for none
+
+    def apply(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """The shifted copy of ``image`` (z, y, x) in 0..1, clipped, background kept at its value."""
+        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).unsqueeze(1)
+        x = gamma(x, torch.full((len(x),), self.gamma))
+        if self.bias:
+            x = bias_field(x, torch.tensor([self.bias] * len(x), dtype=torch.float32), order=3)
+        shifted = x.squeeze(1).clamp(0.0, 1.0).numpy()
+        return np.where(mask, shifted, image).astype(image.dtype)
+
+
+# The cDDPM paper's domain question on our phantoms: gamma 0.7 brightens grey and white matter towards
+# CSF, 1.4 darkens them; the bias field is a draw at TorchIO's largest default coefficients (+-0.5).
+CONTRAST_SHIFTS = {
+    "gamma-0.7": ContrastShift(gamma=0.7),
+    "gamma-1.4": ContrastShift(gamma=1.4),
+    "bias-field": ContrastShift(bias=(0.0, 0.3, -0.4, 0.1, 0.2, -0.3, 0.4, -0.2, 0.5, -0.1)),
+}

@@ -30,6 +30,11 @@ def positive_int(text: str) -> int:
     return value
 
 
+def t_test_levels(text: str) -> tuple[int, ...]:
+    """``500`` or an ensemble ``250,500,750``."""
+    return tuple(positive_int(part) for part in text.split(","))
+
+
 def positive_float(text: str) -> float:
     value = float(text)
     if not (math.isfinite(value) and value > 0):
@@ -101,14 +106,27 @@ def cmd_pack(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from .augment import CONTRAST_SHIFTS
     from .cache import load_prepared, select, split_of
+    from .diffusion import levels_text
     from .evaluate import choose_t_test, evaluate, intensity_scorer, model_scorer, protocol_named, score_cases, write_report
 
     protocol = protocol_named(args.protocol)
+    if args.contrast and args.contrast not in CONTRAST_SHIFTS:
+        raise ValueError(f"unknown contrast {args.contrast!r}: choose {', '.join(CONTRAST_SHIFTS)}")
+    if args.contrast and args.save_threshold:
+        raise ValueError("--save-threshold stores the operating point of the model's own contrast: "
+                         "leave out --contrast")
 
     def cases(folder: str, split: str, fold: int | None = None):
         names = select(split_of(folder), split, fold) if args.use_splits else None
-        return load_prepared(folder, names, limit=args.max_volumes)
+        loaded = load_prepared(folder, names, limit=args.max_volumes)
+        if args.contrast:
+            shift = CONTRAST_SHIFTS[args.contrast]
+            loaded = [replace(case, image=shift.apply(case.image, case.mask)) for case in loaded]
+        return loaded
 
     if args.model == "thresh":
         if args.t_test or args.stride:
@@ -125,7 +143,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         for level in args.t_test or [None]:  # before any volume is scored
             DetectConfig(t_test=level, stride=args.stride).check_reconstruction(card)
 
-        def scorer_at(t_test: int | None):
+        def scorer_at(t_test: tuple[int, ...] | None):
             return model_scorer(model, card, DetectConfig(t_test=t_test, stride=args.stride), device)
 
         t_test, val, level_dice = choose_t_test(cases(args.val, "val"), scorer_at, args.t_test or [None], protocol)
@@ -139,11 +157,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         healthy_val = score_cases(cases(args.healthy, "val", fold), scorer) if args.use_splits else healthy
     result = evaluate(val, test, healthy, healthy_val, protocol)
     result["model"] = args.model
+    if args.contrast:
+        result["contrast"] = args.contrast
     if card is not None:
-        result["t_test"] = t_test or card.config.diffusion.t_test
+        result["t_test"] = list(t_test or card.config.diffusion.t_test)
         result["stride"] = args.stride or card.config.patch.stride
         if len(level_dice) > 1:
-            result["t_test_val_dice_pooled"] = level_dice
+            result["t_test_val_dice_pooled"] = {levels_text(level): d for level, d in level_dice.items()}
     paths = write_report(result, test, args.output, f"{args.model} on {Path(args.test).name}")
     if args.save_threshold and card is not None:
         from .models import rewrite_card, with_operating_point
@@ -152,12 +172,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         earlier = card.training.get("threshold_from", {})
         if "t_test_val_dice_pooled" in result:
             chosen_on |= {"t_test_val_dice_pooled": result["t_test_val_dice_pooled"], "t_test_protocol": protocol.name}
-        elif "t_test_val_dice_pooled" in earlier and result["t_test"] == card.config.diffusion.t_test:
+        elif "t_test_val_dice_pooled" in earlier and tuple(result["t_test"]) == card.config.diffusion.t_test:
             # The card's t_test, chosen by an earlier run, is kept: so is the record of that choice.
             chosen_on |= {"t_test_val_dice_pooled": earlier["t_test_val_dice_pooled"],
                           "t_test_protocol": earlier.get("t_test_protocol", "ours")}
-        card = with_operating_point(card, result["threshold"], result["t_test"], result["stride"], chosen_on)
-        print(f"threshold {card.threshold:.4f} and t_test {result['t_test']} saved in {rewrite_card(card, args.model)}")
+        card = with_operating_point(card, result["threshold"], tuple(result["t_test"]), result["stride"], chosen_on)
+        print(f"threshold {card.threshold:.4f} and t_test {levels_text(card.config.diffusion.t_test)} saved in "
+              f"{rewrite_card(card, args.model)}")
     print(f"Dice {100 * result['dice_mean']:.2f} % AUPRC {100 * result['auprc_mean']:.2f} % "
           f"(threshold {result['threshold']:.4f}, {protocol.name} protocol); wrote {', '.join(str(p) for p in paths)}")
 
@@ -349,15 +370,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="take the 'val'/'test' rows of each folder's split.csv instead of all cases")
     p.add_argument("--max-volumes", type=positive_int, help="at most this many volumes of each set (quick CPU runs)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--t-test", type=positive_int, nargs="+",
-                   help="noise level of the reconstruction (default: the model's); several: the one with the "
-                        "best validation Dice is used")
+    p.add_argument("--t-test", type=t_test_levels, nargs="+",
+                   help="noise level of the reconstruction, or an ensemble such as 250,500,750 (default: the "
+                        "model's); several candidates: the one with the best validation Dice is used")
     p.add_argument("--stride", type=positive_int, help="patch stride (default: the model's)")
     p.add_argument("--save-threshold", action="store_true",
                    help="store the validation threshold, with the t_test and stride it holds for, in the model card")
     p.add_argument("--protocol", default="reference", choices=["reference", "ours"],
                    help="reference: the protocol authors' steps, comparable with the papers (default); "
                         "ours: threshold searched on size-filtered lesions, l1 inside the brain")
+    p.add_argument("--contrast", help="re-render every volume with another T2 contrast first: gamma-0.7, "
+                                       "gamma-1.4 or bias-field (augment.CONTRAST_SHIFTS)")
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(func=cmd_evaluate)
 
@@ -374,8 +397,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slices-per-volume", type=positive_int)
     p.add_argument("--max-minutes", type=positive_float, help="stop at the first epoch end past this budget")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--augment", action="store_true", default=None,
-                   help="intensity augmentation of the training slices (gamma, bias field, blur, ghosting)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction,
+                   help="intensity augmentation of the training slices (gamma, bias field, blur, ghosting); "
+                        "default: as the method's paper (on for cDDPM only)")
+    p.add_argument("--ema", type=float, help="keep an exponential moving average of the weights with this largest "
+                                             "decay (e.g. 0.999) and publish it as the model")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in the run folder")
     p.set_defaults(func=cmd_train)
 
@@ -386,7 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--progress", default="text", choices=["text", "json"])
     p.add_argument("--threshold", type=float, help="decision threshold (default: the model's)")
-    p.add_argument("--t-test", type=positive_int, help="noise level of the reconstruction (default: the model's)")
+    p.add_argument("--t-test", type=t_test_levels,
+                   help="noise level of the reconstruction, or an ensemble averaged, e.g. 250,500,750 "
+                        "(default: the model's)")
     p.add_argument("--stride", type=positive_int, help="patch stride (default: the model's)")
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--seed", type=int, default=0)
@@ -428,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ms", type=positive_int, help="MS phantoms")
     p.add_argument("--seed", type=int)
     p.add_argument("--methods", nargs="+")
+    p.add_argument("--contrasts", nargs="*", help="contrast shifts of the tumour set to score (default: all; "
+                                                   "none: leave the check out)")
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--lr", type=positive_float)
     p.add_argument("--slices-per-volume", type=positive_int)

@@ -3,7 +3,8 @@ the input's own grid and in model space.
 
 All (slice, patch position) pairs of a volume are batched together; patches without brain are
 skipped (their prediction would be discarded by the brain mask anyway), and a CUDA out-of-memory
-error halves the batch and retries.
+error halves the batch and retries. A t_test ensemble (cDDPM) reconstructs at each level, with its
+own noise, and averages.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import SimpleITK as sitk
 import torch
 
 from .atlas import card_atlas
-from .diffusion import Diffusion, noised_input, patch_masks
+from .diffusion import Diffusion, check_levels, levels_text, noised_input, patch_masks
 from .files import VolumeError, case_name, check_writable, folder_as_a_set, write_text_atomic
 from .models import ModelCard, load_model
 from .networks import DiffusionNet, visible_cells
@@ -38,7 +39,7 @@ CPU_BATCH = 8
 
 @dataclass
 class DetectConfig:
-    t_test: int | None = None  # None: the model's (paper: 500)
+    t_test: tuple[int, ...] | None = None  # None: the model's (MAEDiff paper: 500; cDDPM: 250, 500, 750)
     stride: int | None = None  # None: the model's (MAEDiff: 16)
     batch_size: int | None = None  # None: CPU_BATCH on CPU, 512 on CUDA (halved on out-of-memory)
     threshold: float | None = None  # None: the model card's
@@ -46,14 +47,16 @@ class DetectConfig:
 
     def check_reconstruction(self, card: ModelCard) -> None:
         """Refuse reconstruction settings that cannot hold for this model (before any heavy work)."""
-        for name in ("t_test", "stride", "batch_size"):
+        for name in ("stride", "batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise VolumeError(f"{name.replace('_', '-')} must be a positive integer, got {value} "
                                   "(leave it out for the model's own)")
-        timesteps = card.config.diffusion.timesteps
-        if self.t_test is not None and self.t_test > timesteps:
-            raise VolumeError(f"t-test must lie in 1..{timesteps}, got {self.t_test}")
+        if self.t_test is not None:
+            try:
+                check_levels(self.t_test, card.config.diffusion.timesteps)
+            except ValueError as err:
+                raise VolumeError(str(err)) from None
         patch = card.config.patch
         try:
             patch.positions(self.stride)
@@ -76,6 +79,9 @@ class DetectConfig:
             raise VolumeError(f"{source} must be a finite number >= 0, got {threshold}")
         return float(threshold)
 
+    def levels(self, card: ModelCard) -> tuple[int, ...]:
+        return self.t_test or card.config.diffusion.t_test
+
 
 def quiet(stage: str, fraction: float, message: str = "") -> None:
     pass
@@ -94,51 +100,55 @@ def text_progress(stage: str, fraction: float, message: str = "") -> None:
 def reconstruct(model: DiffusionNet, card: ModelCard, image: np.ndarray, mask: np.ndarray,
                 config: DetectConfig = DetectConfig(), device: torch.device | str = "cpu",
                 progress: Progress = quiet) -> np.ndarray:
-    """Healthy reconstruction (z, y, x) in 0..1 of a model-space volume (Algorithm 2, batched)."""
+    """Healthy reconstruction (z, y, x) in 0..1 of a model-space volume (Algorithm 2, batched). With
+    several t_test levels, the mean of the reconstructions at each, level i noised from seed + i (so
+    one level gives what a model of one level gives)."""
     device = torch.device(device)
     model_config = card.config
     diffusion = Diffusion(model_config.diffusion)
     patch = model_config.patch
     config.check_reconstruction(card)
-    t_test = config.t_test or model_config.diffusion.t_test
+    levels = config.levels(card)
     positions = patch.positions(config.stride)
-    generator = torch.Generator().manual_seed(config.seed)
 
     x0 = torch.from_numpy(image * 2.0 - 1.0).float().unsqueeze(1)  # (Z, 1, H, W) in [-1, 1]
-    xt = diffusion.q_sample(x0, torch.full((len(x0),), t_test), diffusion.noise_like(x0, generator))
     extent = patch.patch_extent
-    jobs = [(z, k) for z in range(len(x0)) for k, (y, x) in enumerate(positions)
-            if mask[z, y:y + extent, x:x + extent].any()]
+    jobs = [(level, z, k) for level in range(len(levels)) for z in range(len(x0))
+            for k, (y, x) in enumerate(positions) if mask[z, y:y + extent, x:x + extent].any()]
+    xt = torch.stack([diffusion.q_sample(x0, torch.full((len(x0),), t_test),
+                                         diffusion.noise_like(x0, torch.Generator().manual_seed(config.seed + i)))
+                      for i, t_test in enumerate(levels)])  # (levels, Z, 1, H, W)
     corners = torch.tensor(positions, dtype=torch.long)
-    total = torch.zeros_like(x0)
-    count = torch.zeros_like(x0)
+    total = torch.zeros_like(xt)
+    count = torch.zeros_like(xt)
     batch = config.batch_size or (512 if device.type == "cuda" else CPU_BATCH)
     done = 0
     while done < len(jobs):
         chunk = jobs[done:done + batch]
-        z = torch.tensor([j[0] for j in chunk])
-        masks = patch_masks(corners[[j[1] for j in chunk]], patch)
-        inputs = noised_input(x0[z], xt[z], masks).to(device)
+        level, z = torch.tensor([j[0] for j in chunk]), torch.tensor([j[1] for j in chunk])
+        masks = patch_masks(corners[[j[2] for j in chunk]], patch)
+        inputs = noised_input(x0[z], xt[level, z], masks).to(device)
         visible = visible_cells(masks, patch.grid).to(device) if model_config.mae is not None else None
-        steps = torch.full((len(chunk),), t_test, device=device)
+        steps = torch.tensor(levels, device=device)[level.to(device)]
         try:
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                prediction = model(inputs, steps, visible).float().cpu()
+                prediction = model(inputs, steps, visible, clean=x0[z].to(device)).float().cpu()
         except torch.cuda.OutOfMemoryError:
             if batch == 1:
                 raise VolumeError("out of GPU memory even for one patch: use --device cpu") from None
             batch = max(1, batch // 2)
             torch.cuda.empty_cache()
             continue
-        total.index_add_(0, z, prediction * masks)
-        count.index_add_(0, z, masks)
+        total.index_put_((level, z), prediction * masks, accumulate=True)
+        count.index_put_((level, z), masks, accumulate=True)
         done += len(chunk)
         progress("reconstruct", done / len(jobs), f"{done}/{len(jobs)} patches, batch {batch}")
     # Overlaps are averaged; pixels no patch touched (no brain nearby) keep their own value.
     rec = torch.where(count > 0, total / count.clamp(min=1), x0)
     if not torch.isfinite(rec).all():
         raise VolumeError("the model's reconstruction has NaN or infinite voxels: its weights are broken")
-    return ((rec.squeeze(1).numpy() + 1.0) / 2.0).clip(0.0, 1.0).astype(np.float32)
+    members = ((rec.squeeze(2) + 1.0) / 2.0).clamp(0.0, 1.0)  # each level's reconstruction in 0..1
+    return members.mean(0).numpy().astype(np.float32)
 
 
 def anomaly_score(image: np.ndarray, reconstruction: np.ndarray, mask: np.ndarray,
@@ -165,7 +175,7 @@ def detect_file(path: str | Path, out_dir: str | Path, model: DiffusionNet, card
     prepared: Preprocessed = preprocess(native, prep_config, mask=mask,
                                         on_step=lambda step: progress("preprocess", STEPS[step], step))
     lap("preprocess")
-    progress("reconstruct", 0.0, f"{card.config.name}, t_test {config.t_test or card.config.diffusion.t_test}")
+    progress("reconstruct", 0.0, f"{card.config.name}, t_test {levels_text(config.levels(card))}")
     rec = reconstruct(model, card, prepared.image, prepared.mask, config, device, progress)
     lap("reconstruct")
     progress("postprocess", 0.0, "scores and lesions")
@@ -183,7 +193,7 @@ def detect_file(path: str | Path, out_dir: str | Path, model: DiffusionNet, card
     rec_native = sitk.Cast(to_native(np.where(prepared.mask, rec * (high - low) + low, 0.0), record), sitk.sitkFloat32)
     summary = {
         "input": str(path), "model": card.config.name, "threshold": threshold,
-        "detect": {**asdict(config), "t_test": config.t_test or card.config.diffusion.t_test,
+        "detect": {**asdict(config), "t_test": list(config.levels(card)),
                    "stride": config.stride or card.config.patch.stride},
         "device": str(device), "lesion_count": len(table), "lesions": table, "timings_s": lap.seconds,
         "score_max": float(score.max()), "warnings": record["warnings"],

@@ -1,7 +1,8 @@
 """Forward diffusion, the hierarchical patch partition, and the x0-prediction objective.
 
 MAEDiff never runs a sampling chain: training predicts x0 from a partly noised slice, and detection
-makes one x0 prediction per patch position at a fixed t_test (paper Sec. 3.1, Algorithm 2).
+makes one x0 prediction per patch position at a fixed t_test (paper Sec. 3.1, Algorithm 2). cDDPM
+does the same at several noise levels and averages the predictions (its ensemble of t_test).
 """
 
 from __future__ import annotations
@@ -21,16 +22,28 @@ class DiffusionConfig:
     beta_start: float = 1e-4  # paper Sec. 4.3
     beta_end: float = 2e-2  # paper Sec. 4.3
     noise: str = "simplex"  # paper Sec. 4.3; 'gaussian' as an option
-    t_test: int = 500  # paper Sec. 4.3
+    t_test: tuple[int, ...] = (500,)  # paper Sec. 4.3; several levels: an ensemble of their predictions
 
     def __post_init__(self) -> None:
         if self.schedule not in ("linear", "cosine") or self.noise not in ("simplex", "gaussian"):
             raise ValueError(f"schedule must be linear|cosine and noise simplex|gaussian, "
                              f"got {self.schedule!r}, {self.noise!r}")
-        if self.timesteps < 1 or not 1 <= self.t_test <= self.timesteps:
-            raise ValueError(f"need 1 <= t_test <= timesteps, got t_test {self.t_test}, timesteps {self.timesteps}")
+        check_levels(self.t_test, self.timesteps)
         if not 0 < self.beta_start < self.beta_end < 1:
             raise ValueError(f"need 0 < beta_start < beta_end < 1, got {self.beta_start}, {self.beta_end}")
+
+
+def check_levels(levels: tuple[int, ...], timesteps: int) -> None:
+    """A t_test ensemble: one or more distinct noise levels in 1..timesteps."""
+    if timesteps < 1 or not levels or not all(1 <= t <= timesteps for t in levels):
+        raise ValueError(f"t-test must be one or more levels in 1..{timesteps}, got {levels_text(levels)}")
+    if len(set(levels)) != len(levels):
+        raise ValueError(f"t-test levels must differ, got {levels_text(levels)}")
+
+
+def levels_text(levels: tuple[int, ...]) -> str:
+    """``250,500,750``: how a t_test ensemble is written on the command line and in reports."""
+    return ",".join(str(t) for t in levels)
 
 
 def alphas_cumprod(config: DiffusionConfig) -> torch.Tensor:

@@ -18,8 +18,10 @@ import numpy as np
 from sklearn.metrics import precision_recall_curve
 
 from .cache import PreparedCase
+from .diffusion import levels_text
 from .files import write_text_atomic
-from .metrics import auprc, bisect_threshold, brain_fpr_thresholds, dice, l1_error, mean_std, roc_fpr_thresholds
+from .metrics import (auprc, bisect_threshold, brain_fpr_thresholds, dice, histogram_kl, l1_error, mean_std,
+                      roc_fpr_thresholds)
 from .postprocess import PostprocessConfig, lesion_labels, smooth_scores
 
 # A scorer turns a prepared case into (residual map, reconstruction or None), both (z, y, x).
@@ -81,6 +83,7 @@ class Scored:
     truth: np.ndarray | None
     l1_volume: float | None = None  # mean |x - x_rec| over the whole volume (None: no reconstruction)
     l1_brain: float | None = None  # ... inside the brain mask
+    kl: float | None = None  # KL divergence of the reconstruction's brain histogram from the input's
 
 
 def score_cases(cases: Sequence[PreparedCase], scorer: Scorer,
@@ -88,9 +91,9 @@ def score_cases(cases: Sequence[PreparedCase], scorer: Scorer,
     scored = []
     for case in cases:
         residual, rec = scorer(case)
-        scored.append(Scored(case.name, smooth_scores(residual, case.mask, config), case.mask, case.seg,
-                             None if rec is None else l1_error(case.image, rec),
-                             None if rec is None else l1_error(case.image, rec, case.mask)))
+        rec_metrics = (None, None, None) if rec is None else (
+            l1_error(case.image, rec), l1_error(case.image, rec, case.mask), histogram_kl(case.image, rec, case.mask))
+        scored.append(Scored(case.name, smooth_scores(residual, case.mask, config), case.mask, case.seg, *rec_metrics))
     return scored
 
 
@@ -118,19 +121,22 @@ def best_threshold(val: Sequence[Scored], protocol: Protocol = PROTOCOLS["refere
     return bisect_threshold(dice_at, maximum)
 
 
-def choose_t_test(cases: Sequence[PreparedCase], scorer_at: Callable[[int | None], Scorer],
-                  levels: Sequence[int | None], protocol: Protocol = PROTOCOLS["reference"],
+Levels = Optional[tuple[int, ...]]  # a t_test ensemble; None: the model's own
+
+
+def choose_t_test(cases: Sequence[PreparedCase], scorer_at: Callable[[Levels], Scorer],
+                  levels: Sequence[Levels], protocol: Protocol = PROTOCOLS["reference"],
                   config: PostprocessConfig = PostprocessConfig(),
-                  ) -> tuple[int | None, list[Scored], dict[int | None, float]]:
-    """The noise level of the reconstruction, chosen on the validation volumes like the threshold (ours:
-    the reference keeps t_test fixed): the level whose best pooled Dice is highest (the first given on
-    a tie; None stands for the model's own). Returns that level, the validation volumes scored at it,
-    and every level's pooled Dice."""
+                  ) -> tuple[Levels, list[Scored], dict[Levels, float]]:
+    """The noise levels of the reconstruction, chosen on the validation volumes like the threshold
+    (ours: the reference keeps t_test fixed): among candidate levels or ensembles, the one whose best
+    pooled Dice is highest (the first given on a tie). Returns it, the validation volumes scored with
+    it, and every candidate's pooled Dice."""
     if not levels:
         raise ValueError("give at least one noise level")
     _require_truth("validation", [c.name for c in cases if c.seg is None])
-    best: tuple[int | None, list[Scored]] | None = None
-    dices: dict[int | None, float] = {}
+    best: tuple[Levels, list[Scored]] | None = None
+    dices: dict[Levels, float] = {}
     for level in levels:
         scored = score_cases(cases, scorer_at(level), config)
         dices[level] = best_threshold(scored, protocol, config)[1]
@@ -163,8 +169,11 @@ def evaluate(val: Sequence[Scored], test: Sequence[Scored], healthy: Sequence[Sc
         "dice_mean": mean_std(dices)[0], "dice_std": mean_std(dices)[1],
         "auprc_mean": mean_std(auprcs)[0], "auprc_std": mean_std(auprcs)[1],
         "n_val": len(val), "n_test": len(test), "n_healthy": len(healthy), "n_healthy_val": len(healthy_val),
-        "per_case": [{"case": s.name, "dice": d, "auprc": a} for s, d, a in zip(test, dices, auprcs)],
+        "per_case": [{"case": s.name, "dice": d, "auprc": a, "kl": s.kl} for s, d, a in zip(test, dices, auprcs)],
     }
+    kls = [s.kl for s in test if s.kl is not None]
+    if kls:
+        result["kl_mean"] = mean_std(kls)[0]
     if healthy:
         l1s = [s.l1_brain if protocol.l1_in_brain else s.l1_volume for s in healthy]
         l1s = [v for v in l1s if v is not None]
@@ -190,8 +199,12 @@ def write_report(result: dict, test: Sequence[Scored], out_dir: str | Path, titl
              f"| threshold (validation Dice search) | {result['threshold']:.4f} |"]
     if "t_test" in result:
         chosen = ", ".join(f"{t}: {100 * d:.1f} %" for t, d in result.get("t_test_val_dice_pooled", {}).items())
-        lines.append(f"| reconstruction | t_test {result['t_test']}, stride {result['stride']}"
+        lines.append(f"| reconstruction | t_test {levels_text(result['t_test'])}, stride {result['stride']}"
                      + (f" (ours: chosen by pooled validation Dice, {chosen}) |" if chosen else " |"))
+    if result.get("kl_mean") is not None:
+        lines.append(f"| KL(input || reconstruction) of brain histograms (test, mean) | {result['kl_mean']:.4f} |")
+    if result.get("contrast"):
+        lines.append(f"| contrast shift of every volume | {result['contrast']} |")
     if result.get("l1_mean") is not None:
         lines.append(f"| l1 healthy (1e-3, mean over the {result['l1_scope']}) | {1000 * result['l1_mean']:.2f} |")
     for rate, t in result.get("fpr_thresholds", {}).items():

@@ -18,13 +18,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .diffusion import DiffusionConfig, PatchConfig
+from .conditioning import EncoderConfig
+from .diffusion import DiffusionConfig, PatchConfig, levels_text
 from .files import VolumeError, atomic_path, write_text_atomic
 from .networks import DiffusionNet, MAEConfig, UNetConfig
 from .preprocess_config import PreprocessConfig
 
 FORMAT_VERSION = 1
-METHODS = ("maediff", "pddpm", "anoddpm")
+METHODS = ("maediff", "pddpm", "anoddpm", "cddpm")
 # Refused before any memory is taken: 10x the paper-size MAEDiff (96 M, the largest configuration here).
 MAX_PARAMETERS = 1_000_000_000
 
@@ -32,21 +33,24 @@ MAX_PARAMETERS = 1_000_000_000
 @dataclass(frozen=True)
 class ModelConfig:
     name: str
-    method: str  # maediff | pddpm | anoddpm
+    method: str  # maediff | pddpm | anoddpm | cddpm
     unet: UNetConfig = UNetConfig()
     mae: MAEConfig | None = None
     patch: PatchConfig = PatchConfig()
     diffusion: DiffusionConfig = DiffusionConfig()
+    encoder: EncoderConfig | None = None  # cDDPM: the encoder of the clean slice
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if (self.method == "cddpm") != (self.encoder is not None):
+            raise ValueError("a cddpm configuration needs an encoder, and only cddpm has one")
         self.patch.positions()  # the stride tiles the slice
         if self.mae is not None and self.patch.size % (4 * self.mae.cell):
             raise ValueError(f"mae.cell {self.mae.cell} does not tile the {self.patch.size // 4}-pixel feature map")
 
     def build(self) -> DiffusionNet:
-        return DiffusionNet(self.unet, self.mae, self.patch.size)
+        return DiffusionNet(self.unet, self.mae, self.patch.size, self.encoder)
 
     def parameter_count(self) -> int:
         """Parameters of :meth:`build`, counted on the meta device (no memory taken)."""
@@ -59,6 +63,10 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
         """From JSON, every value checked against its declared type and range."""
+        diffusion = data.get("diffusion") if isinstance(data, dict) else None
+        if isinstance(diffusion, dict) and isinstance(diffusion.get("t_test"), int):
+            # Cards written before ensembles hold one level.
+            data = {**data, "diffusion": {**diffusion, "t_test": [diffusion["t_test"]]}}
         return parse_config(cls, data, "config")
 
 
@@ -106,20 +114,28 @@ def parse_config(cls, data, where: str):
 _SMALL_UNET = UNetConfig(channels=(32, 64, 64), res_blocks=2, head_channels=32)
 _SMALL_MAE = MAEConfig(encoder_depth=4, encoder_width=128, encoder_heads=4,
                        decoder_depth=4, decoder_width=128, decoder_heads=4)
-_NO_ATTENTION = (False, False, False)  # pDDPM / AnoDDPM: attention only in the middle block
+_NO_ATTENTION = (False, False, False)  # pDDPM / AnoDDPM / cDDPM: attention only in the middle block
+# ResNet-18's basic blocks, one per stage at a quarter of its widths; the condition keeps the
+# reference's rule, U-Net width x 4.
+_SMALL_ENCODER = EncoderConfig(block="basic", layers=(1, 1, 1, 1), widths=(16, 32, 64, 128), features=128)
 
 CONFIGS: dict[str, ModelConfig] = {
     "maediff": ModelConfig("maediff", "maediff", mae=MAEConfig()),
     "pddpm-s48": ModelConfig("pddpm-s48", "pddpm", UNetConfig(attention=_NO_ATTENTION), patch=PatchConfig(stride=48)),
     "pddpm-s16": ModelConfig("pddpm-s16", "pddpm", UNetConfig(attention=_NO_ATTENTION)),
     "anoddpm": ModelConfig("anoddpm", "anoddpm", UNetConfig(attention=_NO_ATTENTION), patch=PatchConfig(whole_slice=True)),
+    # cDDPM code (REFERENCE.md): the whole slice noised, cosine schedule, x0 at t = 250, 500, 750 averaged.
+    "cddpm": ModelConfig("cddpm", "cddpm", UNetConfig(attention=_NO_ATTENTION), patch=PatchConfig(whole_slice=True),
+                         diffusion=DiffusionConfig(schedule="cosine", t_test=(250, 500, 750)),
+                         encoder=EncoderConfig()),
 }
 for _name, _config in list(CONFIGS.items()):
     # Attention over the 48 x 48 map (2304 tokens) is half of a small net's FLOPs (15.2 -> 8.1
     # GFLOP for maediff-small): the small nets keep it at 24 x 24 only.
     _unet = replace(_SMALL_UNET, attention=(False, False, _config.unet.attention[-1]))
     CONFIGS[f"{_name}-small"] = replace(_config, name=f"{_name}-small", unet=_unet,
-                                        mae=_SMALL_MAE if _config.mae else None)
+                                        mae=_SMALL_MAE if _config.mae else None,
+                                        encoder=_SMALL_ENCODER if _config.encoder else None)
 
 
 def get_config(name: str) -> ModelConfig:
@@ -167,7 +183,8 @@ class ModelCard:
         return cls(config, threshold, preprocessing, training, description)
 
 
-def with_operating_point(card: ModelCard, threshold: float, t_test: int, stride: int, chosen_on: dict) -> ModelCard:
+def with_operating_point(card: ModelCard, threshold: float, t_test: tuple[int, ...], stride: int,
+                         chosen_on: dict) -> ModelCard:
     """The card with a decision threshold and the reconstruction it was chosen for (a threshold
     holds only for the t_test and stride that made the scores); ``chosen_on`` describes the data."""
     config = replace(card.config, diffusion=replace(card.config.diffusion, t_test=t_test),
@@ -348,10 +365,13 @@ def card_markdown(card: ModelCard, weights_mb: float) -> str:
     lines += [
         "## What it is",
         f"- method `{c.method}`, configuration `{c.name}`: U-Net channels {list(c.unet.channels)}, "
-        f"{c.unet.res_blocks} residual blocks per level" + (", masked-autoencoder module" if c.mae else ""),
+        f"{c.unet.res_blocks} residual blocks per level" + (", masked-autoencoder module" if c.mae else "")
+        + (f", conditioned on a ResNet encoding ({c.encoder.block} blocks {list(c.encoder.layers)}) of the input"
+           if c.encoder else ""),
         "- noised region: " + ("the whole slice" if c.patch.whole_slice else
                                f"{c.patch.patch} x {c.patch.patch} patches, stride {c.patch.stride}")
-        + f"; {c.diffusion.noise} noise, t_test {c.diffusion.t_test} of {c.diffusion.timesteps}",
+        + f"; {c.diffusion.noise} noise, {c.diffusion.schedule} schedule, t_test {levels_text(c.diffusion.t_test)}"
+        + f" of {c.diffusion.timesteps}" + (" (predictions averaged)" if len(c.diffusion.t_test) > 1 else ""),
         f"- weights: {weights_mb:.1f} MB (safetensors, {t.get('weights_dtype', 'float32')})",
         f"- decision threshold: {card.threshold if card.threshold is not None else 'none (pass --threshold)'}"
         + (f", chosen on {t['threshold_from']['val']} (pooled validation Dice "
@@ -360,7 +380,7 @@ def card_markdown(card: ModelCard, weights_mb: float) -> str:
     ]
     levels = t.get("threshold_from", {}).get("t_test_val_dice_pooled")
     if levels:
-        lines.append(f"- t_test {c.diffusion.t_test} chosen on the same validation volumes, by pooled Dice: "
+        lines.append(f"- t_test {levels_text(c.diffusion.t_test)} chosen on the same validation volumes, by pooled Dice: "
                      + ", ".join(f"{level}: {100 * d:.1f} %" for level, d in levels.items())
                      + f" ({t['threshold_from'].get('t_test_protocol', 'ours')} evaluation protocol)")
     lines += [

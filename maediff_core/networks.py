@@ -1,7 +1,8 @@
 """The generator: a guided-diffusion-style U-Net (MONAI's DiffusionModelUNet) with the MAEDiff
 masked-autoencoder module between its encoder and its bottleneck (paper Sec. 3.3, Fig. 2).
 
-One class serves every method: without ``mae`` it is the pDDPM / AnoDDPM U-Net.
+One class serves every method: without ``mae`` it is the pDDPM / AnoDDPM U-Net, and with an
+``encoder`` of the clean slice (conditioning.py) it is cDDPM's.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from monai.networks.blocks import CrossAttentionBlock, MLPBlock, SABlock
 from monai.networks.nets import DiffusionModelUNet
 from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
 from torch import nn
+
+from .conditioning import ConditionEncoder, EncoderConfig, use_scale_shift
 
 
 @dataclass(frozen=True)
@@ -169,13 +172,16 @@ class MAEModule(nn.Module):
 
 
 class DiffusionNet(nn.Module):
-    """x0-predicting U-Net with an optional MAE module before the bottleneck.
+    """x0-predicting U-Net with an optional MAE module before the bottleneck, or an optional encoder
+    of the clean slice that conditions every residual block.
 
     The forward pass is MONAI's DiffusionModelUNet.forward with the MAE step inserted between the
-    encoder and the middle block (MONAI offers residual hooks only after the middle block).
+    encoder and the middle block (MONAI offers residual hooks only after the middle block) and the
+    condition joined to the time embedding.
     """
 
-    def __init__(self, unet: UNetConfig, mae: MAEConfig | None = None, size: int = 96):
+    def __init__(self, unet: UNetConfig, mae: MAEConfig | None = None, size: int = 96,
+                 encoder: EncoderConfig | None = None):
         super().__init__()
         self.unet = DiffusionModelUNet(
             spatial_dims=2, in_channels=1, out_channels=1, channels=unet.channels,
@@ -187,10 +193,23 @@ class DiffusionNet(nn.Module):
         if mae is not None and self.feature_side * 4 != size:
             raise ValueError("the MAE module works on the H/4 feature map: use 3 U-Net levels")
         self.mae = MAEModule(unet.channels[-1], self.feature_side, mae) if mae is not None else None
+        self.condition = None
+        if encoder is not None:
+            # cDDPM: a condition as wide as the time embedding, concatenated to it.
+            width = 4 * unet.channels[0]
+            self.condition = ConditionEncoder(encoder, width)
+            use_scale_shift(self.unet, 2 * width)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, visible: torch.Tensor | None = None,
+                clean: torch.Tensor | None = None) -> torch.Tensor:
+        """``visible``: the grid cells the MAE module sees; ``clean``: the noise-free slice that a
+        conditioned network encodes (ignored by the others)."""
         net = self.unet
         emb = net.time_embed(get_timestep_embedding(t, net.block_out_channels[0]).to(x.dtype))
+        if self.condition is not None:
+            if clean is None:
+                raise ValueError("a conditioned network needs the clean slice")
+            emb = torch.cat([emb, self.condition(clean).to(emb.dtype)], 1)
         h = net.conv_in(x)
         skips = [h]
         for block in net.down_blocks:

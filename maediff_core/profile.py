@@ -20,17 +20,23 @@ def count(name: str) -> dict:
     mask = patch_masks(random_corners(1, config.patch, torch.Generator().manual_seed(0)), config.patch)
     visible = visible_cells(mask, config.patch.grid) if config.mae is not None else None
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x, torch.tensor([500]), visible)
-    mae = sum(p.numel() for p in model.mae.parameters()) if model.mae is not None else 0
-    return {"name": name, "parameters_m": sum(p.numel() for p in model.parameters()) / 1e6,
-            "mae_parameters_m": mae / 1e6, "gflop_per_forward": counter.get_total_flops() / 1e9,
-            "positions": len(config.patch.positions())}
+        model(x, torch.tensor([500]), visible, clean=x)
+
+    def millions(module: torch.nn.Module | None) -> float:
+        return sum(p.numel() for p in module.parameters()) / 1e6 if module is not None else 0.0
+
+    return {"name": name, "parameters_m": millions(model), "mae_parameters_m": millions(model.mae),
+            "encoder_parameters_m": millions(model.condition), "gflop_per_forward": counter.get_total_flops() / 1e9,
+            "positions": len(config.patch.positions()), "levels": len(config.diffusion.t_test)}
 
 
 def describe(name: str) -> str:
     c = count(name)
-    return (f"{c['name']:<18} {c['parameters_m']:7.2f} M parameters (MAE {c['mae_parameters_m']:5.2f} M), "
-            f"{c['gflop_per_forward']:7.1f} GFLOP per forward, {c['positions']:2d} patch positions")
+    passes = c["positions"] * c["levels"]
+    return (f"{c['name']:<18} {c['parameters_m']:7.2f} M parameters (MAE {c['mae_parameters_m']:5.2f} M, "
+            f"encoder {c['encoder_parameters_m']:5.2f} M), {c['gflop_per_forward']:7.1f} GFLOP per forward, "
+            f"{c['positions']:2d} patch positions x {c['levels']} t_test = {passes * c['gflop_per_forward']:6.1f} "
+            "GFLOP per slice")
 
 
 def noise_benchmark(slices: int = 256, repeats: int = 3) -> dict:

@@ -11,7 +11,7 @@ import csv
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,8 @@ from .models import ModelCard, ModelConfig, get_config, load_weights, read_pair,
 from .networks import visible_cells
 
 MIN_BRAIN_FRACTION = 0.01  # slices with less brain than this carry no anatomy to learn
-RESUMED_SETTINGS = ("batch_size", "lr", "slices_per_volume", "fold", "seed", "augment")  # fixed for the life of a run
+RESUMED_SETTINGS = ("batch_size", "lr", "slices_per_volume", "fold", "seed", "augment", "ema")  # fixed for a run
+AUGMENTED_METHODS = ("cddpm",)  # cDDPM code: aug_intensity in training; the MAEDiff and pDDPM papers have none
 
 
 @dataclass
@@ -42,7 +43,8 @@ class TrainConfig:
     val_slices: int = 8  # evenly spaced brain slices per validation volume
     max_minutes: float | None = None  # stop at the first epoch end past this budget
     device: str = "auto"
-    augment: bool = False  # intensity augmentation (augment.py): the cDDPM reference's; MAEDiff and pDDPM have none
+    augment: bool | None = None  # intensity augmentation (augment.py); None: as the method's paper (AUGMENTED_METHODS)
+    ema: float | None = None  # largest decay of an EMA of the weights, published as the model; None: none
 
     def __post_init__(self) -> None:
         counts = {"epochs": self.epochs, "batch_size": self.batch_size, "slices_per_volume": self.slices_per_volume,
@@ -54,6 +56,25 @@ class TrainConfig:
             raise ValueError(f"need a finite lr > 0 and a fold >= 0, got lr {self.lr}, fold {self.fold}")
         if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
             raise ValueError(f"max-minutes must be a finite number > 0, got {self.max_minutes}")
+        if self.ema is not None and not 0 < self.ema < 1:
+            raise ValueError(f"ema must lie between 0 and 1, got {self.ema}")
+
+
+def ema_update(max_decay: float, power: float = 2 / 3):
+    """An EMA step for ``AveragedModel`` whose decay grows with the number of updates n,
+    min(max_decay, 1 - (1 + n)^-power) (ema_pytorch's warm-up): a short run averages over its recent
+    steps, not over its random initialisation."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:
+        decay = min(max_decay, 1.0 - (1.0 + float(updates)) ** -power)
+        for a, c in zip(averaged, current):
+            if a.is_floating_point():
+                a.lerp_(c, 1.0 - decay)
+            else:
+                a.copy_(c)  # counters such as BatchNorm's
+
+    return update
 
 
 def brain_slices(mask: np.ndarray) -> np.ndarray:
@@ -61,10 +82,17 @@ def brain_slices(mask: np.ndarray) -> np.ndarray:
     return np.flatnonzero(fraction >= MIN_BRAIN_FRACTION)
 
 
+def for_method(train: TrainConfig, config: ModelConfig) -> TrainConfig:
+    """``train`` with the settings it leaves to the method decided."""
+    if train.augment is not None:
+        return train
+    return replace(train, augment=config.method in AUGMENTED_METHODS)
+
+
 def changed_settings(saved: dict, config: TrainConfig, keys: tuple[str, ...] = RESUMED_SETTINGS) -> list[str]:
     """Those of ``keys`` in which ``config`` differs from a saved run's training record (a setting
-    the record predates counts as its default)."""
-    defaults = TrainConfig()
+    the record predates counts as its default; runs from before augmentation had none)."""
+    defaults = replace(TrainConfig(), augment=False)
     return [key for key in keys if saved.get(key, getattr(defaults, key)) != getattr(config, key)]
 
 
@@ -87,20 +115,21 @@ class SliceData:
 
 def training_step(model: torch.nn.Module, config: ModelConfig, diffusion: Diffusion, x0: torch.Tensor,
                   generator: torch.Generator) -> torch.Tensor:
-    """Algorithm 1 on a batch: noise one patch per slice, predict x0, L1 inside the patch."""
+    """Algorithm 1 on a batch: noise one patch per slice (or the whole slice), predict x0 (seeing the
+    clean slice where the network is conditioned on it), L1 inside the noised region."""
     n = x0.shape[0]
     t = diffusion.sample_t(n, generator).to(x0.device)
     noise = diffusion.noise_like(x0, generator)
     mask = patch_masks(random_corners(n, config.patch, generator), config.patch).to(x0.device, x0.dtype)
     x_tilde = noised_input(x0, diffusion.q_sample(x0, t, noise), mask)
     visible = visible_cells(mask, config.patch.grid) if config.mae is not None else None
-    return patch_l1(model(x_tilde, t, visible), x0, mask)
+    return patch_l1(model(x_tilde, t, visible, clean=x0), x0, mask)
 
 
 class Trainer:
     def __init__(self, config: ModelConfig, train: TrainConfig, data_dir: str | Path, run_dir: str | Path,
                  preprocessing: dict | None = None):
-        self.config, self.train, self.run_dir = config, train, Path(run_dir)
+        self.config, self.train, self.run_dir = config, for_method(train, config), Path(run_dir)
         self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
         self.device = pick_device(train.device)
         if self.world > 1:
@@ -124,6 +153,10 @@ class Trainer:
         torch.manual_seed(train.seed)  # weight initialisation
         self.model = config.build().to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train.lr)
+        self.ema = None
+        if self.train.ema is not None:  # buffers too: BatchNorm statistics of cDDPM's encoder
+            self.ema = torch.optim.swa_utils.AveragedModel(self.model, multi_avg_fn=ema_update(self.train.ema),
+                                                           use_buffers=True).eval()
         self.generator = torch.Generator().manual_seed(train.seed * 1000 + self.rank)
         self.rng = np.random.default_rng(train.seed)  # the epoch order, identical on every rank
         self.epoch, self.step, self.best_val, self.seconds = 0, 0, math.inf, 0.0
@@ -131,6 +164,11 @@ class Trainer:
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+
+    @property
+    def published(self) -> torch.nn.Module:
+        """The weights that are validated and saved as ``best``: the EMA's when there is one."""
+        return self.ema.module if self.ema is not None else self.model
 
     # -- checkpoints ------------------------------------------------------------------------
     def card(self, val_loss: float | None = None) -> ModelCard:
@@ -147,6 +185,8 @@ class Trainer:
             for key, value in values.items():
                 tensors[f"optim.{index}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
         tensors["rng.torch"] = self.generator.get_state()
+        if self.ema is not None:
+            tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
         resume = {"epoch": self.epoch, "step": self.step, "best_val": self.best_val, "seconds": self.seconds,
                   "param_groups": state["param_groups"], "numpy_rng": self.rng.bit_generator.state}
         save_pair(tensors, {"card": self.card().to_dict(), "resume": resume}, self.run_dir / "last")
@@ -180,6 +220,9 @@ class Trainer:
                 _, index, name = key.split(".", 2)
                 optim_state.setdefault(int(index), {})[name] = value.to(self.device) if name != "step" else value
         self.optimizer.load_state_dict({"state": optim_state, "param_groups": r["param_groups"]})
+        if self.ema is not None:
+            self.ema.load_state_dict({k[len("ema."):]: v.to(self.device) for k, v in tensors.items()
+                                      if k.startswith("ema.")})
         self.generator.set_state(tensors["rng.torch"])
         self.rng.bit_generator.state = r["numpy_rng"]
         self.epoch, self.step, self.best_val, self.seconds = r["epoch"], r["step"], r["best_val"], r["seconds"]
@@ -188,8 +231,10 @@ class Trainer:
     # -- loop -------------------------------------------------------------------------------
     @torch.no_grad()
     def validate(self) -> float:
-        """L1 inside the patch on fixed slices, patches, timesteps and noise (comparable across epochs)."""
-        self.model.eval()
+        """L1 inside the patch on fixed slices, patches, timesteps and noise (comparable across epochs),
+        of the published weights."""
+        model = self.published
+        model.eval()
         generator = torch.Generator().manual_seed(12345)
         losses = []
         for case in self.val:
@@ -197,7 +242,7 @@ class Trainer:
             chosen = slices[np.linspace(0, len(slices) - 1, min(self.train.val_slices, len(slices))).astype(int)]
             x0 = torch.from_numpy(case.image[chosen] * 2.0 - 1.0).unsqueeze(1).to(self.device)
             with self.autocast():
-                losses.append(float(training_step(self.model, self.config, self.diffusion, x0, generator)))
+                losses.append(float(training_step(model, self.config, self.diffusion, x0, generator)))
         self.model.train()
         return float(np.mean(losses))
 
@@ -229,6 +274,8 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
+                if self.ema is not None:
+                    self.ema.update_parameters(self.model)
                 self.step += 1
                 losses.append(loss.item())
             self.epoch += 1
@@ -239,7 +286,7 @@ class Trainer:
                 improved = val_loss < self.best_val
                 if improved:
                     self.best_val = val_loss
-                    save_model(self.model, self.card(val_loss), self.run_dir / "best")
+                    save_model(self.published, self.card(val_loss), self.run_dir / "best")
                 self.save_last()
                 self._log(writer, train_loss, val_loss)
                 bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}", best="*" if improved else "")

@@ -284,7 +284,7 @@ def cases(work: Path, i: dict[str, Path], m: dict[str, Path]) -> list[Case]:
         "--t-test 5000": ("--t-test", "5000"), "--threshold nan": ("--threshold", "nan"),
         "--threshold -1": ("--threshold", "-1"), "--device cuda (no GPU)": ("--device", "cuda"),
     }
-    messages = {"--t-test 5000": "t-test must lie in 1..1000", "--threshold nan": "must be a finite number >= 0",
+    messages = {"--t-test 5000": "t-test must be one or more levels in 1..1000", "--threshold nan": "must be a finite number >= 0",
                 "--threshold -1": "must be a finite number >= 0", "--device cuda (no GPU)": "CUDA"}
     for name, option in options.items():
         args = detect(sample, o / "refused", demo, *option)

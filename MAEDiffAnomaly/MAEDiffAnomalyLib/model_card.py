@@ -23,11 +23,14 @@ def is_synthetic(card: dict) -> bool:
 
 
 def operating_point(card: dict) -> dict:
-    """What ``maediff detect`` uses unless told otherwise: t_test, stride, threshold (None if the
-    card has none), and whether the model noises whole slices (then there is no stride)."""
+    """What ``maediff detect`` uses unless told otherwise: t_test as text (one level, or an ensemble
+    such as ``250, 500, 750``), stride, threshold (None if the card has none), and whether the model
+    noises whole slices (then there is no stride)."""
     config = card.get("config", {})
     patch = config.get("patch", {})
-    return {"t_test": config.get("diffusion", {}).get("t_test"), "stride": patch.get("stride"),
+    levels = config.get("diffusion", {}).get("t_test")
+    levels = ", ".join(str(t) for t in levels) if isinstance(levels, list) else str(levels)
+    return {"t_test": levels, "stride": patch.get("stride"),
             "threshold": card.get("threshold"), "whole_slice": bool(patch.get("whole_slice"))}
 
 

@@ -1,0 +1,90 @@
+"""cDDPM's conditioning (arXiv 2312.04215): an encoder of the noise-free input slice whose vector joins
+the time embedding, and residual blocks that turn that embedding into a per-channel scale and shift
+of their normalised features (FiLM; guided-diffusion's ``use_scale_shift_norm``).
+
+MONAI's DiffusionModelUNet adds its embedding to the features and has no scale-shift option, so the
+residual block here takes over a MONAI block's layers (and their weight names) and changes only how
+the embedding enters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from monai.networks.nets import ResNet
+from monai.networks.nets.diffusion_model_unet import DiffusionUNetResnetBlock
+from torch import nn
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    block: str = "bottleneck"  # cDDPM: ResNet-50 (bottleneck blocks 3-4-6-3, widths 64..512)
+    layers: tuple[int, ...] = (3, 4, 6, 3)
+    widths: tuple[int, ...] = (64, 128, 256, 512)
+    features: int = 512  # cDDPM code: U-Net width x 4 (overriding the configured 128)
+
+    def __post_init__(self) -> None:
+        if self.block not in ("basic", "bottleneck"):
+            raise ValueError(f"block must be 'basic' or 'bottleneck', got {self.block!r}")
+        if len(self.layers) != 4 or len(self.widths) != 4 or min(*self.layers, *self.widths, self.features) < 1:
+            raise ValueError("a ResNet encoder needs 4 positive layer counts and widths and a positive feature size")
+
+
+class ConditionEncoder(nn.Module):
+    """The noise-free slice (in [-1, 1], the model's range) -> the conditioning embedding.
+
+    A one-channel 2-D ResNet (MONAI) whose classifier head gives ``features`` values, fed the slice in
+    [0, 1] as the reference does, then Linear-SiLU-Linear to the width of the time embedding.
+    """
+
+    def __init__(self, config: EncoderConfig, embedding: int):
+        super().__init__()
+        # A 7 x 7 stride-2 stem and max pooling, as timm's resnet50 that the reference builds.
+        self.resnet = ResNet(config.block, list(config.layers), list(config.widths), spatial_dims=2,
+                             n_input_channels=1, conv1_t_stride=2, num_classes=config.features)
+        self.project = nn.Sequential(nn.Linear(config.features, embedding), nn.SiLU(),
+                                     nn.Linear(embedding, embedding))
+
+    def forward(self, clean: torch.Tensor) -> torch.Tensor:
+        return self.project(self.resnet((clean + 1) / 2))
+
+
+class ScaleShiftResBlock(nn.Module):
+    """A MONAI residual block whose embedding gives ``h = norm2(h) * (1 + scale) + shift``.
+
+    The scale half of the projection starts at zero, so the block starts as MONAI's own (an added
+    shift) and learns how strongly the condition rescales each channel (as DiT's adaLN-Zero).
+    """
+
+    def __init__(self, block: DiffusionUNetResnetBlock, embedding: int):
+        super().__init__()
+        self.norm1, self.nonlinearity, self.conv1 = block.norm1, block.nonlinearity, block.conv1
+        self.upsample, self.downsample = block.upsample, block.downsample
+        self.norm2, self.conv2, self.skip_connection = block.norm2, block.conv2, block.skip_connection
+        self.out_channels = block.out_channels
+        self.time_emb_proj = nn.Linear(embedding, 2 * block.out_channels)
+        with torch.no_grad():
+            self.time_emb_proj.weight[:block.out_channels].zero_()
+            self.time_emb_proj.bias[:block.out_channels].zero_()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.nonlinearity(self.norm1(x))
+        if self.upsample is not None:
+            x, h = self.upsample(x), self.upsample(h)
+        elif self.downsample is not None:
+            x, h = self.downsample(x), self.downsample(h)
+        h = self.conv1(h)
+        scale, shift = self.time_emb_proj(self.nonlinearity(emb))[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.nonlinearity(h))
+        return self.skip_connection(x) + h
+
+
+def use_scale_shift(unet: nn.Module, embedding: int) -> None:
+    """Every residual block of a MONAI DiffusionModelUNet (up/down-sampling ones included) replaced
+    by its scale-shift form, taking an embedding of ``embedding`` values."""
+    for name, module in list(unet.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, DiffusionUNetResnetBlock):
+                setattr(module, child_name, ScaleShiftResBlock(child, embedding))
