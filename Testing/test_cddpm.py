@@ -151,6 +151,15 @@ def test_a_trained_cddpm_detects_and_evaluates_through_the_command_line(tmp_path
         assert sitk.ReadImage(str(tmp_path / "detect" / "input" / f"{name}.nii.gz")).GetSize() == phantom.image.GetSize()
 
 
+def test_maediff_models_says_what_the_small_cddpm_keeps():
+    from maediff_core.profile import count, describe
+
+    small, full = count("cddpm-small"), count("cddpm")
+    assert small["levels"] == full["levels"] == 3 and small["positions"] == 1
+    assert 0.2 < small["encoder_parameters_m"] < 0.5 and 20 < full["encoder_parameters_m"] < 30  # ResNet-50: 25 M
+    assert "U-Net 32/64/64 x 2 blocks; ResNet basic 1-1-1-1, 16..128 -> 128" in describe("cddpm-small")
+
+
 def test_cddpm_cards_round_trip_and_older_cards_read_as_one_level():
     for name in ("cddpm", "cddpm-small"):
         config = get_config(name)

@@ -30,13 +30,26 @@ def count(name: str) -> dict:
             "positions": len(config.patch.positions()), "levels": len(config.diffusion.t_test)}
 
 
+def parts(name: str) -> str:
+    """The sizes that distinguish a configuration: U-Net widths and blocks, MAE and encoder depths."""
+    config = get_config(name)
+    text = f"U-Net {'/'.join(map(str, config.unet.channels))} x {config.unet.res_blocks} blocks"
+    if config.mae is not None:
+        text += f"; MAE {config.mae.encoder_depth} x {config.mae.encoder_width} / {config.mae.decoder_depth} x " \
+                f"{config.mae.decoder_width}"
+    if config.encoder is not None:
+        e = config.encoder
+        text += f"; ResNet {e.block} {'-'.join(map(str, e.layers))}, {e.widths[0]}..{e.widths[-1]} -> {e.features}"
+    return text
+
+
 def describe(name: str) -> str:
     c = count(name)
     passes = c["positions"] * c["levels"]
-    return (f"{c['name']:<18} {c['parameters_m']:7.2f} M parameters (MAE {c['mae_parameters_m']:5.2f} M, "
-            f"encoder {c['encoder_parameters_m']:5.2f} M), {c['gflop_per_forward']:7.1f} GFLOP per forward, "
-            f"{c['positions']:2d} patch positions x {c['levels']} t_test = {passes * c['gflop_per_forward']:6.1f} "
-            "GFLOP per slice")
+    return (f"{c['name']:<16} {c['parameters_m']:6.2f} M parameters (MAE {c['mae_parameters_m']:5.2f} M, "
+            f"encoder {c['encoder_parameters_m']:5.2f} M), {c['gflop_per_forward']:6.1f} GFLOP per forward, "
+            f"{c['positions']:2d} positions x {c['levels']} t_test = {passes * c['gflop_per_forward']:6.1f} "
+            f"GFLOP per slice; {parts(name)}")
 
 
 def noise_benchmark(slices: int = 256, repeats: int = 3) -> dict:
