@@ -162,6 +162,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if card is not None:
         result["t_test"] = list(t_test or card.config.diffusion.t_test)
         result["stride"] = args.stride or card.config.patch.stride
+        result["whole_slice"] = card.config.patch.whole_slice
         if len(level_dice) > 1:
             result["t_test_val_dice_pooled"] = {levels_text(level): d for level, d in level_dice.items()}
     paths = write_report(result, test, args.output, f"{args.model} on {Path(args.test).name}")

@@ -199,7 +199,8 @@ def write_report(result: dict, test: Sequence[Scored], out_dir: str | Path, titl
              f"| threshold (validation Dice search) | {result['threshold']:.4f} |"]
     if "t_test" in result:
         chosen = ", ".join(f"{t}: {100 * d:.1f} %" for t, d in result.get("t_test_val_dice_pooled", {}).items())
-        lines.append(f"| reconstruction | t_test {levels_text(result['t_test'])}, stride {result['stride']}"
+        noised = "whole slices" if result.get("whole_slice") else f"stride {result['stride']}"
+        lines.append(f"| reconstruction | t_test {levels_text(result['t_test'])}, {noised}"
                      + (f" (ours: chosen by pooled validation Dice, {chosen}) |" if chosen else " |"))
     if result.get("kl_mean") is not None:
         lines.append(f"| KL(input || reconstruction) of brain histograms (test, mean) | {result['kl_mean']:.4f} |")
