@@ -129,10 +129,11 @@ def reconstruct(model: DiffusionNet, card: ModelCard, image: np.ndarray, mask: n
         masks = patch_masks(corners[[j[2] for j in chunk]], patch)
         inputs = noised_input(x0[z], xt[level, z], masks).to(device)
         visible = visible_cells(masks, patch.grid).to(device) if model_config.mae is not None else None
+        clean = x0[z].to(device) if model_config.encoder is not None else None
         steps = torch.tensor(levels, device=device)[level.to(device)]
         try:
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                prediction = model(inputs, steps, visible, clean=x0[z].to(device)).float().cpu()
+                prediction = model(inputs, steps, visible, clean=clean).float().cpu()
         except torch.cuda.OutOfMemoryError:
             if batch == 1:
                 raise VolumeError("out of GPU memory even for one patch: use --device cpu") from None
