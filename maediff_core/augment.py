@@ -11,7 +11,7 @@ volume at a time on the CPU, a data-loader stage this loop does not have.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -143,6 +143,10 @@ class ContrastShift:
         shifted = x.squeeze(1).clamp(0.0, 1.0).numpy()
         return np.where(mask, shifted, image).astype(image.dtype)
 
+    def cases(self, cases: list) -> list:
+        """Copies of prepared cases (``cache.PreparedCase``) with their images shifted."""
+        return [replace(case, image=self.apply(case.image, case.mask)) for case in cases]
+
 
 # The cDDPM paper's domain question on our phantoms: gamma 0.7 brightens grey and white matter towards
 # CSF, 1.4 darkens them; the bias field is a draw at TorchIO's largest default coefficients (+-0.5).
@@ -151,3 +155,9 @@ CONTRAST_SHIFTS = {
     "gamma-1.4": ContrastShift(gamma=1.4),
     "bias-field": ContrastShift(bias=(0.0, 0.3, -0.4, 0.1, 0.2, -0.3, 0.4, -0.2, 0.5, -0.1)),
 }
+
+
+def contrast_named(name: str) -> ContrastShift:
+    if name not in CONTRAST_SHIFTS:
+        raise ValueError(f"unknown contrast {name!r}: choose {', '.join(CONTRAST_SHIFTS)}")
+    return CONTRAST_SHIFTS[name]

@@ -106,27 +106,21 @@ def cmd_pack(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from dataclasses import replace
-
-    from .augment import CONTRAST_SHIFTS
+    from .augment import contrast_named
     from .cache import load_prepared, select, split_of
     from .diffusion import levels_text
     from .evaluate import choose_t_test, evaluate, intensity_scorer, model_scorer, protocol_named, score_cases, write_report
 
     protocol = protocol_named(args.protocol)
-    if args.contrast and args.contrast not in CONTRAST_SHIFTS:
-        raise ValueError(f"unknown contrast {args.contrast!r}: choose {', '.join(CONTRAST_SHIFTS)}")
-    if args.contrast and args.save_threshold:
+    shift = contrast_named(args.contrast) if args.contrast else None
+    if shift and args.save_threshold:
         raise ValueError("--save-threshold stores the operating point of the model's own contrast: "
                          "leave out --contrast")
 
     def cases(folder: str, split: str, fold: int | None = None):
         names = select(split_of(folder), split, fold) if args.use_splits else None
         loaded = load_prepared(folder, names, limit=args.max_volumes)
-        if args.contrast:
-            shift = CONTRAST_SHIFTS[args.contrast]
-            loaded = [replace(case, image=shift.apply(case.image, case.mask)) for case in loaded]
-        return loaded
+        return shift.cases(loaded) if shift else loaded
 
     if args.model == "thresh":
         if args.t_test or args.stride:

@@ -84,7 +84,7 @@ class ScaleShiftResBlock(nn.Module):
 def use_scale_shift(unet: nn.Module, embedding: int) -> None:
     """Every residual block of a MONAI DiffusionModelUNet (up/down-sampling ones included) replaced
     by its scale-shift form, taking an embedding of ``embedding`` values."""
-    for name, module in list(unet.named_modules()):
+    for module in list(unet.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, DiffusionUNetResnetBlock):
                 setattr(module, child_name, ScaleShiftResBlock(child, embedding))
