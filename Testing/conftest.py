@@ -10,6 +10,7 @@ import SimpleITK as sitk
 
 from maediff_core.atlas import Atlas
 from maediff_core.conditioning import EncoderConfig
+from maediff_core.latent import AutoencoderConfig
 from maediff_core.models import get_config, load_card, rewrite_card
 from maediff_core.networks import MAEConfig, UNetConfig
 from maediff_core.phantom import PhantomConfig, make_phantom
@@ -111,6 +112,12 @@ TINY_CDDPM = replace(get_config("cddpm-small"), name="cddpm-tiny",
                      unet=UNetConfig(channels=(32, 32, 32), res_blocks=1, attention=(False, False, False),
                                      head_channels=32),
                      encoder=EncoderConfig(block="basic", layers=(1, 1, 1, 1), widths=(8, 16, 16, 32), features=32))
+# A MAD-AD with every part (KL autoencoder, two-headed latent U-Net with attention and dropout), as small.
+TINY_MADAD = replace(get_config("madad-small"), name="madad-tiny",
+                     unet=UNetConfig(channels=(32, 32, 32), res_blocks=1, attention=(False, False, True),
+                                     head_channels=32),
+                     latent=replace(get_config("madad-small").latent,
+                                    autoencoder=AutoencoderConfig(channels=(16, 16, 32), res_blocks=1, norm_groups=8)))
 FAST = TrainConfig(epochs=3, batch_size=4, slices_per_volume=4, val_slices=2, seed=1)
 
 

@@ -21,13 +21,18 @@ def summary():
                       "ms": metrics, "detect_seconds_per_volume": 0.01,
                       "contrast": {"gamma-0.7": {**shifted["gamma-0.7"], "kl_mean": None}}},
                      {"method": "maediff-small", "training": {"epoch": 12, "step": 96}, "tumour": metrics,
-                      "ms": metrics, "detect_seconds_per_volume": 140.2, "contrast": shifted}]}
+                      "ms": metrics, "detect_seconds_per_volume": 140.2, "contrast": shifted},
+                     {"method": "madad-small", "training": {"epoch": 30, "step": 60, "seconds": 540.0,
+                                                            "autoencoder": {"epoch": 10, "step": 20, "seconds": 180.0}},
+                      "tumour": metrics, "ms": metrics, "detect_seconds_per_volume": 9.5, "contrast": shifted}]}
 
 
 def test_table_rows_in_per_cent():
     table = markdown_table(summary())
     assert "| thresh | 42.3 | 50.0 | 42.3 | 50.0 | - | 0.0 | - |" in table
     assert "| maediff-small | 42.3 | 50.0 | 42.3 | 50.0 | 12.3 | 140.2 | 12 epochs, 96 steps |" in table
+    assert ("| madad-small | 42.3 | 50.0 | 42.3 | 50.0 | 12.3 | 9.5 | 30 epochs, 60 steps after an autoencoder of "
+            "10 epochs, 20 steps (3.0 of the 12.0 minutes) |") in table
     assert "10 training minutes per method, batch 16, learning rate 0.0002, 8 slices per volume" in table
     assert "Evaluation protocol: reference (the steps of the protocol authors' utils_eval.py)" in table
     assert "healthy l1 over the whole volume" in table

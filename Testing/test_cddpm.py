@@ -95,7 +95,7 @@ def test_a_tiny_cddpm_learns(healthy_prepared):
     x0 = torch.from_numpy(slices[:: max(1, len(slices) // 4)][:4] * 2 - 1).unsqueeze(1)
     losses = []
     for _ in range(25):  # the same batch, timesteps and noise at every step: the loss must fall
-        loss = training_step(net, config, diffusion, x0, torch.Generator().manual_seed(0))
+        loss = training_step(net, x0, None, torch.Generator().manual_seed(0), config=config, diffusion=diffusion)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 from conftest import posed_phantom
 
 from maediff_core.cache import load_prepared
@@ -189,3 +190,19 @@ def test_bench_detect_times_each_variant_as_a_process_and_compares_its_outputs(t
     assert all(0.0 <= row["dice"] <= 1.0 for row in rows) and a["dice"] == again["dice"]
     table = detect_table(rows).splitlines()
     assert len(table) == 5 and table[2].startswith("| a | --model") and "| 1.00 |" in table[2]
+
+
+def test_batches_halve_on_out_of_memory_and_run_every_job_once():
+    from maediff_core.device import in_batches
+
+    seen, sizes = [], []
+
+    def run(begin: int, end: int) -> None:
+        if end - begin > 3:  # as a GPU that holds 3 at most
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        seen.extend(range(begin, end))
+
+    in_batches(10, 8, run, lambda done, size: sizes.append((done, size)))
+    assert seen == list(range(10)) and sizes == [(2, 2), (4, 2), (6, 2), (8, 2), (10, 2)]
+    with pytest.raises(VolumeError, match="even for a batch of one"):
+        in_batches(1, 1, lambda begin, end: run(0, 5), lambda done, size: None)

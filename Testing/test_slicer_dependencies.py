@@ -98,9 +98,21 @@ def test_installs_never_replace_what_slicer_ships():
         else:
             raise AssertionError(f"{forbidden} would be installed")
     commands = dependencies.pip_arguments("detect", ["einops", "monai"])
-    assert any("--no-deps" in command and "monai>=1.3" in command for command in commands)
+    assert any("--no-deps" in command and "monai>=1.4" in command for command in commands)
     constraints = Path(commands[0][commands[0].index("-c") + 1]).read_text().splitlines()
     import importlib.metadata
 
     for name in ("numpy", "SimpleITK", "torch", "pydicom"):
         assert f"{importlib.metadata.metadata(name)['Name']}=={importlib.metadata.version(name)}" in constraints
+
+
+def test_a_package_installed_too_old_counts_as_missing_and_is_upgraded(monkeypatch):
+    import importlib.metadata
+
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "1.3.2" if name == "monai" else real(name))
+    assert "monai" in dependencies.missing("detect")  # it imports, but lacks DiffusionModelUNet
+    assert dependencies.release("1.4.0rc1") == (1, 4, 0) and dependencies.satisfied("monai>=1.3")
+    command = dependencies.pip_arguments("detect", ["monai"])[0]
+    pins = Path(command[command.index("-c") + 1]).read_text().lower().splitlines()
+    assert not any(pin.startswith("monai==") for pin in pins) and any(pin.startswith("numpy==") for pin in pins)

@@ -45,6 +45,10 @@ def test_model_card_summary_operating_point_and_overrides(tmp_path):
                            "patch": {"stride": 16, "whole_slice": True}}, "threshold": None}
     assert model_card.operating_point(ensemble)["t_test"] == "250, 500, 750"
     assert "cddpm-small (cddpm); t_test 250, 500, 750; no threshold" in model_card.summary(ensemble)
+    madad = {"config": {"name": "madad-small", "method": "madad", "diffusion": {"t_test": [10]}, "latent": {"eta": 0.5},
+                        "patch": {"stride": 16, "whole_slice": True}}, "threshold": 0.05}
+    assert model_card.operating_point(madad)["t_test"] == "10" and model_card.operating_point(madad)["whole_slice"]
+    assert "madad-small (madad); t_test 10; scores the change its repair of the latent makes" in model_card.summary(madad)
     assert model_card.is_synthetic(card)
     assert not model_card.is_synthetic({"training": {}, "description": "IXI fold 0"})
     # Nothing changed in the panel: the command carries none of the card's settings.

@@ -182,7 +182,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .train import TrainConfig, train
 
     config = TrainConfig(**given(args, TrainConfig))
-    result = train(args.config, args.data, args.output, config, restart=args.restart)
+    result = train(args.config, args.data, args.output, config, restart=args.restart, stage=args.stage)
     print(json.dumps(result))
 
 
@@ -382,22 +382,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a method on a prepared healthy cohort (resumes if interrupted)",
                        epilog="Defaults (paper values): maediff_core/train.py, TrainConfig.")
     p.add_argument("--data", required=True, help="prepared healthy cohort (maediff prepare) or its pack (maediff pack)")
-    p.add_argument("--config", required=True, help="maediff, maediff-small, pddpm-s48, pddpm-s16, anoddpm (+ -small)")
+    p.add_argument("--config", required=True,
+                   help="maediff, pddpm-s48, pddpm-s16, anoddpm, cddpm, madad (+ -small); `maediff models` lists them")
     p.add_argument("-o", "--output", required=True, help="run folder: checkpoints, metrics.csv, tb/")
+    p.add_argument("--stage", choices=["autoencoder", "denoiser"],
+                   help="MAD-AD: train only this stage (default: the autoencoder, then the denoiser)")
+    p.add_argument("--autoencoder-share", type=float,
+                   help="MAD-AD: the part of --max-minutes (the budget of both stages) its autoencoder takes "
+                        "(default 0.25)")
     p.add_argument("--epochs", type=positive_int)
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--lr", type=positive_float)
     p.add_argument("--fold", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--slices-per-volume", type=positive_int)
-    p.add_argument("--max-minutes", type=positive_float, help="stop at the first epoch end past this budget")
+    p.add_argument("--max-minutes", type=positive_float, help="stop at the first epoch end past this budget "
+                                                              "(MAD-AD: of both stages, split by --autoencoder-share)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--augment", action=argparse.BooleanOptionalAction,
                    help="intensity augmentation of the training slices (gamma, bias field, blur, ghosting); "
                         "default: as the method's paper (on for cDDPM only)")
     p.add_argument("--ema", type=float, help="keep an exponential moving average of the weights with this largest "
                                              "decay (e.g. 0.999) and publish it as the model")
-    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in the run folder")
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in the run folder "
+                                                          "(of every stage it trains)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("detect", help="anomaly heatmap, healthy reconstruction and lesions of T2 volumes")

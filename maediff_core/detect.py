@@ -20,12 +20,14 @@ import SimpleITK as sitk
 import torch
 
 from .atlas import card_atlas
+from .device import in_batches
 from .diffusion import Diffusion, check_levels, levels_text, noised_input, patch_masks
 from .files import VolumeError, case_name, check_writable, folder_as_a_set, write_text_atomic
 from .models import ModelCard, load_model
 from .networks import DiffusionNet, visible_cells
 from .postprocess import PostprocessConfig, lesion_labels, smooth_scores
 from .preprocess import STEPS, PreprocessConfig, Preprocessed, preprocess, to_native
+from .repair import repair_volume
 from .timing import Laps
 from .volume_io import image_from_array, read_volume, write_volume
 from .writeback import labels_to_native
@@ -102,13 +104,16 @@ def reconstruct(model: DiffusionNet, card: ModelCard, image: np.ndarray, mask: n
                 progress: Progress = quiet) -> np.ndarray:
     """Healthy reconstruction (z, y, x) in 0..1 of a model-space volume (Algorithm 2, batched). With
     several t_test levels, the mean of the reconstructions at each, level i noised from seed + i (so
-    one level gives what a model of one level gives)."""
+    one level gives what a model of one level gives). MAD-AD repairs latents instead (repair.py)."""
     device = torch.device(device)
     model_config = card.config
     diffusion = Diffusion(model_config.diffusion)
     patch = model_config.patch
     config.check_reconstruction(card)
     levels = config.levels(card)
+    batch = config.batch_size or (512 if device.type == "cuda" else CPU_BATCH)
+    if model_config.latent is not None:
+        return repair_volume(model, diffusion, image, mask, levels, config.seed, batch, device, progress)
     positions = patch.positions(config.stride)
 
     x0 = torch.from_numpy(image * 2.0 - 1.0).float().unsqueeze(1)  # (Z, 1, H, W) in [-1, 1]
@@ -121,29 +126,22 @@ def reconstruct(model: DiffusionNet, card: ModelCard, image: np.ndarray, mask: n
     corners = torch.tensor(positions, dtype=torch.long)
     total = torch.zeros_like(xt)
     count = torch.zeros_like(xt)
-    batch = config.batch_size or (512 if device.type == "cuda" else CPU_BATCH)
-    done = 0
-    while done < len(jobs):
-        chunk = jobs[done:done + batch]
+
+    def run(begin: int, end: int) -> None:
+        chunk = jobs[begin:end]
         level, z = torch.tensor([j[0] for j in chunk]), torch.tensor([j[1] for j in chunk])
         masks = patch_masks(corners[[j[2] for j in chunk]], patch)
         inputs = noised_input(x0[z], xt[level, z], masks).to(device)
         visible = visible_cells(masks, patch.grid).to(device) if model_config.mae is not None else None
         clean = x0[z].to(device) if model_config.encoder is not None else None
         steps = torch.tensor(levels, device=device)[level.to(device)]
-        try:
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                prediction = model(inputs, steps, visible, clean=clean).float().cpu()
-        except torch.cuda.OutOfMemoryError:
-            if batch == 1:
-                raise VolumeError("out of GPU memory even for one patch: use --device cpu") from None
-            batch = max(1, batch // 2)
-            torch.cuda.empty_cache()
-            continue
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            prediction = model(inputs, steps, visible, clean=clean).float().cpu()
         total.index_put_((level, z), prediction * masks, accumulate=True)
         count.index_put_((level, z), masks, accumulate=True)
-        done += len(chunk)
-        progress("reconstruct", done / len(jobs), f"{done}/{len(jobs)} patches, batch {batch}")
+
+    in_batches(len(jobs), batch, run,
+               lambda done, size: progress("reconstruct", done / len(jobs), f"{done}/{len(jobs)} patches, batch {size}"))
     # Overlaps are averaged; pixels no patch touched (no brain nearby) keep their own value.
     rec = torch.where(count > 0, total / count.clamp(min=1), x0)
     if not torch.isfinite(rec).all():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .files import VolumeError
@@ -13,3 +15,22 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise VolumeError("--device cuda was asked for, but torch sees no CUDA GPU")
     return torch.device(name)
+
+
+def in_batches(count: int, batch: int, run: Callable[[int, int], None], done: Callable[[int, int], None]) -> None:
+    """``run(begin, end)`` over ``count`` jobs, ``batch`` at a time, then ``done(jobs done, batch)``; a
+    CUDA out-of-memory error halves the batch and runs that part again (``run`` must change nothing
+    before its forward pass succeeds)."""
+    begin = 0
+    while begin < count:
+        end = min(count, begin + batch)
+        try:
+            run(begin, end)
+        except torch.cuda.OutOfMemoryError:
+            if batch == 1:
+                raise VolumeError("out of GPU memory even for a batch of one: use --device cpu") from None
+            batch = max(1, batch // 2)
+            torch.cuda.empty_cache()
+            continue
+        begin = end
+        done(begin, batch)

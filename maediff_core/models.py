@@ -21,35 +21,43 @@ from safetensors.torch import load_file, save_file
 from .conditioning import EncoderConfig
 from .diffusion import DiffusionConfig, PatchConfig, levels_text
 from .files import VolumeError, atomic_path, write_text_atomic
+from .latent import AutoencoderConfig, LatentConfig, MaskedLatentNet
 from .networks import DiffusionNet, MAEConfig, UNetConfig
 from .preprocess_config import PreprocessConfig
 
 FORMAT_VERSION = 1
-METHODS = ("maediff", "pddpm", "anoddpm", "cddpm")
-# Refused before any memory is taken: 10x the paper-size MAEDiff (96 M, the largest configuration here).
+METHODS = ("maediff", "pddpm", "anoddpm", "cddpm", "madad")
+# Refused before any memory is taken: about 3x the paper-size MAD-AD (348 M, the largest configuration here).
 MAX_PARAMETERS = 1_000_000_000
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     name: str
-    method: str  # maediff | pddpm | anoddpm | cddpm
+    method: str  # maediff | pddpm | anoddpm | cddpm | madad
     unet: UNetConfig = UNetConfig()
     mae: MAEConfig | None = None
     patch: PatchConfig = PatchConfig()
     diffusion: DiffusionConfig = DiffusionConfig()
     encoder: EncoderConfig | None = None  # cDDPM: the encoder of the clean slice
+    latent: LatentConfig | None = None  # MAD-AD: the autoencoder, and the masking of its latents
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if (self.method == "cddpm") != (self.encoder is not None):
             raise ValueError("a cddpm configuration needs an encoder, and only cddpm has one")
+        if (self.method == "madad") != (self.latent is not None):
+            raise ValueError("a madad configuration needs a latent configuration, and only madad has one")
+        if self.latent is not None and (self.mae is not None or not self.patch.whole_slice):
+            raise ValueError("MAD-AD works on the whole slice's latent: no MAE module, whole_slice true")
         self.patch.positions()  # the stride tiles the slice
         if self.mae is not None and self.patch.size % (4 * self.mae.cell):
             raise ValueError(f"mae.cell {self.mae.cell} does not tile the {self.patch.size // 4}-pixel feature map")
 
-    def build(self) -> DiffusionNet:
+    def build(self) -> DiffusionNet | MaskedLatentNet:
+        if self.latent is not None:
+            return MaskedLatentNet(self.unet, self.latent, self.patch.size)
         return DiffusionNet(self.unet, self.mae, self.patch.size, self.encoder)
 
     def parameter_count(self) -> int:
@@ -118,6 +126,9 @@ _NO_ATTENTION = (False, False, False)  # pDDPM / AnoDDPM / cDDPM: attention only
 # ResNet-18's basic blocks, one per stage at a quarter of its widths; the condition keeps the
 # reference's rule, U-Net width x 4.
 _SMALL_ENCODER = EncoderConfig(block="basic", layers=(1, 1, 1, 1), widths=(16, 32, 64, 128), features=128)
+# The autoencoder's first level, at full resolution, is most of its cost: 16 channels and one block
+# there take 0.34 s per training batch of 16 on 2 cores against 1.1-1.5 s at 32 (0.25 M parameters).
+_SMALL_LATENT = LatentConfig(AutoencoderConfig(channels=(16, 32, 64), res_blocks=1, norm_groups=16))
 
 CONFIGS: dict[str, ModelConfig] = {
     "maediff": ModelConfig("maediff", "maediff", mae=MAEConfig()),
@@ -128,14 +139,21 @@ CONFIGS: dict[str, ModelConfig] = {
     "cddpm": ModelConfig("cddpm", "cddpm", UNetConfig(attention=_NO_ATTENTION), patch=PatchConfig(whole_slice=True),
                          diffusion=DiffusionConfig(schedule="cosine", t_test=(250, 500, 750)),
                          encoder=EncoderConfig()),
+    # MAD-AD code (REFERENCE.md): U-Net 256 x (1, 2, 4), 2 blocks, attention at every level; T = 10,
+    # cosine schedule, Gaussian noise; detection runs all 10 DDIM steps from the input's latent.
+    "madad": ModelConfig("madad", "madad", UNetConfig(channels=(256, 512, 1024), res_blocks=2, attention=(True,) * 3),
+                         patch=PatchConfig(whole_slice=True), latent=LatentConfig(),
+                         diffusion=DiffusionConfig(timesteps=10, schedule="cosine", noise="gaussian", t_test=(10,))),
 }
 for _name, _config in list(CONFIGS.items()):
     # Attention over the 48 x 48 map (2304 tokens) is half of a small net's FLOPs (15.2 -> 8.1
-    # GFLOP for maediff-small): the small nets keep it at 24 x 24 only.
-    _unet = replace(_SMALL_UNET, attention=(False, False, _config.unet.attention[-1]))
-    CONFIGS[f"{_name}-small"] = replace(_config, name=f"{_name}-small", unet=_unet,
+    # GFLOP for maediff-small): the small nets keep it at 24 x 24 only. MAD-AD's U-Net works on the
+    # latent, 24 x 24 at most, and keeps attention everywhere.
+    _attention = _config.unet.attention if _config.latent else (False, False, _config.unet.attention[-1])
+    CONFIGS[f"{_name}-small"] = replace(_config, name=f"{_name}-small", unet=replace(_SMALL_UNET, attention=_attention),
                                         mae=_SMALL_MAE if _config.mae else None,
-                                        encoder=_SMALL_ENCODER if _config.encoder else None)
+                                        encoder=_SMALL_ENCODER if _config.encoder else None,
+                                        latent=_SMALL_LATENT if _config.latent else None)
 
 
 def get_config(name: str) -> ModelConfig:
@@ -153,11 +171,21 @@ class ModelCard:
     preprocessing: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
     description: str = ""
+    # MAD-AD: its autoencoder's weight file, {"weights": path from the card's folder, "sha256": ...}
+    autoencoder: dict | None = None
     folder: Path | None = field(default=None, compare=False, repr=False)  # where it was read from
 
     def to_dict(self) -> dict:
         return {"format_version": FORMAT_VERSION, "config": self.config.to_dict(), "threshold": self.threshold,
-                "preprocessing": self.preprocessing, "training": self.training, "description": self.description}
+                "preprocessing": self.preprocessing, "training": self.training, "description": self.description,
+                "autoencoder": self.autoencoder}
+
+    @property
+    def score(self) -> str:
+        """What the anomaly score compares."""
+        if self.config.latent is not None:
+            return "|decode(repaired latent) - decode(latent)|, the change MAD-AD's repair makes"
+        return "|input - reconstruction|"
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelCard":
@@ -180,7 +208,25 @@ class ModelCard:
         training, description = data.get("training", {}), data.get("description", "")
         if not isinstance(training, dict) or not isinstance(description, str):
             raise VolumeError("'training' must be an object and 'description' a string")
-        return cls(config, threshold, preprocessing, training, description)
+        autoencoder = data.get("autoencoder")
+        if config.latent is not None:
+            check_part(autoencoder, training)
+        elif autoencoder is not None:
+            raise VolumeError("'autoencoder': only a MAD-AD model has one")
+        return cls(config, threshold, preprocessing, training, description, autoencoder)
+
+
+def check_part(part, training: dict) -> None:
+    """A MAD-AD card's reference to its autoencoder: a file inside the card's folder, and its SHA-256."""
+    if part is None:
+        stage = " (this is a run's autoencoder stage: use the run's best.json)" if training.get("stage") == "autoencoder" else ""
+        raise VolumeError(f"a MAD-AD model names its autoencoder's weights ('autoencoder'){stage}")
+    if (not isinstance(part, dict) or set(part) != {"weights", "sha256"}
+            or not all(isinstance(v, str) for v in part.values())):
+        raise VolumeError(f"'autoencoder': expected {{\"weights\": ..., \"sha256\": ...}}, got {part!r}")
+    path = Path(part["weights"])
+    if path.is_absolute() or ".." in path.parts or path.suffix != ".safetensors":
+        raise VolumeError(f"'autoencoder': {part['weights']!r} must be a .safetensors file inside the model's folder")
 
 
 def with_operating_point(card: ModelCard, threshold: float, t_test: tuple[int, ...], stride: int,
@@ -331,13 +377,29 @@ def load_weights(weights: Path, model: torch.nn.Module, device: torch.device | s
     return {k: v for k, v in tensors.items() if k not in expected}
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[DiffusionNet, ModelCard]:
+def autoencoder_weights(card: ModelCard) -> Path:
+    """A MAD-AD model's autoencoder file, once known to be the one its card names."""
+    path = card.folder / card.autoencoder["weights"]
+    if not path.is_file():
+        raise VolumeError(f"{path}: the autoencoder weights named by the model card are not found "
+                          "(a MAD-AD model is its card, its weights and these; copy all three)")
+    if sha256_of(path) != card.autoencoder["sha256"]:
+        raise VolumeError(f"{path}: does not match the model card (the autoencoder was retrained or replaced "
+                          "after this model was trained on it)")
+    return path
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[DiffusionNet | MaskedLatentNet, ModelCard]:
     weights, meta = model_paths(path)
     record = _read_json(meta)  # read once: the card, then the weights it names by hash
     card = _card(meta, record)
     _verified(weights, meta, record)
     model = card.config.build()
-    load_weights(weights, model, device)
+    if card.autoencoder is not None:
+        load_weights(weights, model.denoiser, device)
+        load_weights(autoencoder_weights(card), model.autoencoder, device)
+    else:
+        load_weights(weights, model, device)
     return model.to(device).eval(), card
 
 
@@ -362,17 +424,24 @@ def card_markdown(card: ModelCard, weights_mb: float) -> str:
                   "used for diagnosis or any clinical decision.", ""]
     else:
         lines += ["For research use only; not a medical device.", ""]
+    noised = "the whole slice" if c.patch.whole_slice else f"{c.patch.patch} x {c.patch.patch} patches, stride {c.patch.stride}"
+    if c.latent:
+        a = c.latent.autoencoder
+        noised = (f"random patches of the latent of a KL autoencoder (channels {list(a.channels)}, "
+                  f"{a.latent_channels} x {c.patch.size // a.downsampling} x {c.patch.size // a.downsampling}); "
+                  f"detection repairs the input's latent in DDIM steps")
     lines += [
         "## What it is",
         f"- method `{c.method}`, configuration `{c.name}`: U-Net channels {list(c.unet.channels)}, "
         f"{c.unet.res_blocks} residual blocks per level" + (", masked-autoencoder module" if c.mae else "")
         + (f", conditioned on a ResNet encoding ({c.encoder.block} blocks {list(c.encoder.layers)}) of the input"
            if c.encoder else ""),
-        "- noised region: " + ("the whole slice" if c.patch.whole_slice else
-                               f"{c.patch.patch} x {c.patch.patch} patches, stride {c.patch.stride}")
+        f"- noised region: {noised}"
         + f"; {c.diffusion.noise} noise, {c.diffusion.schedule} schedule, t_test {levels_text(c.diffusion.t_test)}"
         + f" of {c.diffusion.timesteps}" + (" (predictions averaged)" if len(c.diffusion.t_test) > 1 else ""),
-        f"- weights: {weights_mb:.1f} MB (safetensors, {t.get('weights_dtype', 'float32')})",
+        f"- anomaly score: {card.score}, median filtered in the eroded brain",
+        f"- weights: {weights_mb:.1f} MB (safetensors, {t.get('weights_dtype', 'float32')})"
+        + (f", the autoencoder's in `{card.autoencoder['weights']}`" if card.autoencoder else ""),
         f"- decision threshold: {card.threshold if card.threshold is not None else 'none (pass --threshold)'}"
         + (f", chosen on {t['threshold_from']['val']} (pooled validation Dice "
            f"{100 * t['threshold_from']['val_dice_pooled']:.1f} %, "
@@ -403,13 +472,24 @@ def publish_model(source: str | Path, dest: str | Path, description: str, notes:
                   half: bool = False) -> list[Path]:
     """A trained model as a release: weights only (``half``: as float16, half the size; loading
     casts them back), the card with ``notes`` added to its training record, and the card in
-    Markdown. Returns the three paths."""
+    Markdown; a MAD-AD model's autoencoder beside them (``x.autoencoder.safetensors``). Returns the
+    paths."""
+
+    def weights_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v.half() if half and v.is_floating_point() else v for k, v in module.state_dict().items()}
 
     model, card = load_model(source)
     card.description = description
     card.training.update({**(notes or {}), "weights_dtype": "float16" if half else "float32"})
-    tensors = {k: v.half() if half and v.is_floating_point() else v for k, v in model.state_dict().items()}
-    weights = save_pair(tensors, card.to_dict(), dest)
+    parts = []
+    if card.autoencoder is not None:
+        part = model_paths(dest)[0].with_suffix(".autoencoder.safetensors")
+        with atomic_path(part) as tmp:
+            save_file({k: v.contiguous() for k, v in weights_of(model.autoencoder).items()}, str(tmp))
+        card.autoencoder = {"weights": part.name, "sha256": sha256_of(part)}
+        model, parts = model.denoiser, [part]
+    weights = save_pair(weights_of(model), card.to_dict(), dest)
     markdown = weights.with_suffix(".md")
-    write_text_atomic(card_markdown(card, weights.stat().st_size / 1e6), markdown)
-    return [weights, model_paths(dest)[1], markdown]
+    size = sum(p.stat().st_size for p in [weights, *parts])
+    write_text_atomic(card_markdown(card, size / 1e6), markdown)
+    return [weights, *parts, model_paths(dest)[1], markdown]

@@ -13,21 +13,36 @@ from .models import get_config
 from .networks import visible_cells
 
 
+def _gflop(run) -> float:
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        run()
+    return counter.get_total_flops() / 1e9
+
+
 def count(name: str) -> dict:
+    """Parameters (all, and of the MAE module, cDDPM's encoder or MAD-AD's autoencoder) and GFLOP per
+    forward; MAD-AD's forward is one denoiser step, and a slice adds one encoding and two decodings."""
     config = get_config(name)
     model = config.build().eval()
     x = torch.zeros(1, 1, config.patch.size, config.patch.size)
-    mask = patch_masks(random_corners(1, config.patch, torch.Generator().manual_seed(0)), config.patch)
-    visible = visible_cells(mask, config.patch.grid) if config.mae is not None else None
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x, torch.tensor([500]), visible, clean=x)
 
     def millions(module: torch.nn.Module | None) -> float:
         return sum(p.numel() for p in module.parameters()) / 1e6 if module is not None else 0.0
 
-    return {"name": name, "parameters_m": millions(model), "mae_parameters_m": millions(model.mae),
-            "encoder_parameters_m": millions(model.condition), "gflop_per_forward": counter.get_total_flops() / 1e9,
-            "positions": len(config.patch.positions()), "levels": len(config.diffusion.t_test)}
+    result = {"name": name, "parameters_m": millions(model), "positions": len(config.patch.positions()),
+              "levels": len(config.diffusion.t_test), "mae_parameters_m": 0.0, "encoder_parameters_m": 0.0,
+              "autoencoder_parameters_m": 0.0, "gflop_per_slice_extra": 0.0}
+    if config.latent is not None:
+        z = model.encode(x)
+        result.update(autoencoder_parameters_m=millions(model.autoencoder), steps=max(config.diffusion.t_test),
+                      gflop_per_forward=_gflop(lambda: model.denoiser(z, torch.tensor([1]))),
+                      gflop_per_slice_extra=_gflop(lambda: model.encode(x)) + 2 * _gflop(lambda: model.decode(z)))
+        return result
+    mask = patch_masks(random_corners(1, config.patch, torch.Generator().manual_seed(0)), config.patch)
+    visible = visible_cells(mask, config.patch.grid) if config.mae is not None else None
+    result.update(mae_parameters_m=millions(model.mae), encoder_parameters_m=millions(model.condition), steps=1,
+                  gflop_per_forward=_gflop(lambda: model(x, torch.tensor([500]), visible, clean=x)))
+    return result
 
 
 def parts(name: str) -> str:
@@ -40,15 +55,25 @@ def parts(name: str) -> str:
     if config.encoder is not None:
         e = config.encoder
         text += f"; ResNet {e.block} {'-'.join(map(str, e.layers))}, {e.widths[0]}..{e.widths[-1]} -> {e.features}"
+    if config.latent is not None:
+        a = config.latent.autoencoder
+        side = config.patch.size // a.downsampling
+        text += (f"; autoencoder {'/'.join(map(str, a.channels))} x {a.res_blocks} blocks -> "
+                 f"{a.latent_channels} x {side} x {side}")
     return text
 
 
 def describe(name: str) -> str:
     c = count(name)
-    passes = c["positions"] * c["levels"]
-    return (f"{c['name']:<16} {c['parameters_m']:6.2f} M parameters (MAE {c['mae_parameters_m']:5.2f} M, "
-            f"encoder {c['encoder_parameters_m']:5.2f} M), {c['gflop_per_forward']:6.1f} GFLOP per forward, "
-            f"{c['positions']:2d} positions x {c['levels']} t_test = {passes * c['gflop_per_forward']:6.1f} "
+    passes = c["positions"] * c["levels"] * c["steps"]
+    per_slice = passes * c["gflop_per_forward"] + c["levels"] * c["gflop_per_slice_extra"]
+    sizes = ", ".join(f"{label} {c[key]:5.2f} M" for label, key in
+                      (("MAE", "mae_parameters_m"), ("encoder", "encoder_parameters_m"),
+                       ("autoencoder", "autoencoder_parameters_m")) if c[key])
+    work = (f"{c['steps']} steps x {c['levels']} t_test + autoencoder" if c["steps"] > 1
+            else f"{c['positions']:2d} positions x {c['levels']} t_test")
+    return (f"{c['name']:<16} {c['parameters_m']:6.2f} M parameters" + (f" ({sizes})" if sizes else "")
+            + f", {c['gflop_per_forward']:6.1f} GFLOP per forward, {work} = {per_slice:6.1f} "
             f"GFLOP per slice; {parts(name)}")
 
 

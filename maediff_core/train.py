@@ -2,7 +2,9 @@
 
 The plain model lives in ``networks``; this module owns the loop: data, optimiser, validation,
 checkpoints (safetensors + JSON), metrics CSV, TensorBoard, bf16 on CUDA and DistributedDataParallel
-under ``torchrun``.
+under ``torchrun``. MAD-AD trains in two stages through the same loop, its autoencoder (in the run's
+``autoencoder/`` folder) and then, with the autoencoder frozen, its latent denoiser (repair.py has
+their objectives).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +29,13 @@ from .diffusion import Diffusion, noised_input, patch_l1, patch_masks, random_co
 from .files import VolumeError
 from .models import ModelCard, ModelConfig, get_config, load_weights, read_pair, recover_pair, save_model, save_pair
 from .networks import visible_cells
+from .repair import autoencoder_loss, denoiser_loss, fit_latent_scale
 
 MIN_BRAIN_FRACTION = 0.01  # slices with less brain than this carry no anatomy to learn
 RESUMED_SETTINGS = ("batch_size", "lr", "slices_per_volume", "fold", "seed", "augment", "ema")  # fixed for a run
 AUGMENTED_METHODS = ("cddpm",)  # cDDPM code: aug_intensity in training; the MAEDiff and pDDPM papers have none
+STAGES = ("autoencoder", "denoiser")  # MAD-AD's, in order; the other methods train in one stage
+AUTOENCODER_DIR = "autoencoder"  # the autoencoder stage's folder inside a MAD-AD run
 
 
 @dataclass
@@ -45,6 +51,7 @@ class TrainConfig:
     device: str = "auto"
     augment: bool | None = None  # intensity augmentation (augment.py); None: as the method's paper (AUGMENTED_METHODS)
     ema: float | None = None  # largest decay of an EMA of the weights, published as the model; None: none
+    autoencoder_share: float = 0.25  # MAD-AD: the part of max_minutes (both stages) its autoencoder takes
 
     def __post_init__(self) -> None:
         counts = {"epochs": self.epochs, "batch_size": self.batch_size, "slices_per_volume": self.slices_per_volume,
@@ -58,6 +65,8 @@ class TrainConfig:
             raise ValueError(f"max-minutes must be a finite number > 0, got {self.max_minutes}")
         if self.ema is not None and not 0 < self.ema < 1:
             raise ValueError(f"ema must lie between 0 and 1, got {self.ema}")
+        if not 0 < self.autoencoder_share < 1:
+            raise ValueError(f"autoencoder-share must lie between 0 and 1, got {self.autoencoder_share}")
 
 
 def ema_update(max_decay: float, power: float = 2 / 3):
@@ -101,6 +110,7 @@ class SliceData:
 
     def __init__(self, images: list[np.ndarray], masks: list[np.ndarray]):
         self.images = [torch.from_numpy(im * 2.0 - 1.0) for im in images]  # model input in [-1, 1]
+        self.masks = [torch.from_numpy(m.astype(bool)) for m in masks]
         self.slices = [brain_slices(m) for m in masks]
         if not any(len(s) for s in self.slices):
             raise VolumeError("no slice with brain in the training volumes")
@@ -109,14 +119,17 @@ class SliceData:
         pairs = [(v, int(rng.choice(s))) for v, s in enumerate(self.slices) if len(s) for _ in range(per_volume)]
         return [pairs[i] for i in rng.permutation(len(pairs))]
 
-    def batch(self, pairs: list[tuple[int, int]]) -> torch.Tensor:
-        return torch.stack([self.images[v][z] for v, z in pairs]).unsqueeze(1)
+    def batch(self, pairs: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 1, H, W) slices in [-1, 1] and their brain masks."""
+        return (torch.stack([self.images[v][z] for v, z in pairs]).unsqueeze(1),
+                torch.stack([self.masks[v][z] for v, z in pairs]).unsqueeze(1).float())
 
 
-def training_step(model: torch.nn.Module, config: ModelConfig, diffusion: Diffusion, x0: torch.Tensor,
-                  generator: torch.Generator) -> torch.Tensor:
+def training_step(model: torch.nn.Module, x0: torch.Tensor, brain: torch.Tensor | None, generator: torch.Generator,
+                  config: ModelConfig, diffusion: Diffusion) -> torch.Tensor:
     """Algorithm 1 on a batch: noise one patch per slice (or the whole slice), predict x0 (seeing the
-    clean slice where the network is conditioned on it), L1 inside the noised region."""
+    clean slice where the network is conditioned on it), L1 inside the noised region. The patch may
+    cover non-brain (``brain`` is for MAD-AD's objective, which never noises it)."""
     n = x0.shape[0]
     t = diffusion.sample_t(n, generator).to(x0.device)
     noise = diffusion.noise_like(x0, generator)
@@ -127,9 +140,14 @@ def training_step(model: torch.nn.Module, config: ModelConfig, diffusion: Diffus
 
 
 class Trainer:
+    """One training stage: the whole network, or one of MAD-AD's ``STAGES``."""
+
     def __init__(self, config: ModelConfig, train: TrainConfig, data_dir: str | Path, run_dir: str | Path,
-                 preprocessing: dict | None = None):
-        self.config, self.train, self.run_dir = config, for_method(train, config), Path(run_dir)
+                 preprocessing: dict | None = None, stage: str | None = None):
+        if (stage is None) != (config.latent is None) or stage not in (None, *STAGES):
+            raise VolumeError(f"{config.name} trains in the stages {', '.join(STAGES)}" if config.latent
+                              else f"{config.name} trains in one stage; leave out --stage")
+        self.config, self.train, self.run_dir, self.stage = config, for_method(train, config), Path(run_dir), stage
         self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
         self.device = pick_device(train.device)
         if self.world > 1:
@@ -151,7 +169,17 @@ class Trainer:
         self.spacing_mm = float(train_cases[0].record["model_grid"]["spacing"][0])  # model space is isotropic
         self.diffusion = Diffusion(config.diffusion)
         torch.manual_seed(train.seed)  # weight initialisation
-        self.model = config.build().to(self.device)
+        self.network = config.build().to(self.device)
+        self.model = self.network  # what this stage trains, checkpoints and publishes
+        self.objective = partial(training_step, config=config, diffusion=self.diffusion)
+        self.autoencoder: dict | None = None
+        if stage == "autoencoder":
+            self.model = self.network.autoencoder
+            self.objective = partial(autoencoder_loss, config=config.latent.autoencoder)
+        elif stage == "denoiser":
+            self.model = self.network.denoiser
+            self.objective = partial(denoiser_loss, network=self.network, diffusion=self.diffusion)
+            self.autoencoder = self.frozen_autoencoder()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train.lr)
         self.ema = None
         if self.train.ema is not None:  # buffers too: BatchNorm statistics of cDDPM's encoder
@@ -170,13 +198,38 @@ class Trainer:
         """The weights that are validated and saved as ``best``: the EMA's when there is one."""
         return self.ema.module if self.ema is not None else self.model
 
+    def frozen_autoencoder(self) -> dict:
+        """MAD-AD's denoiser stage: the autoencoder stage's best weights, frozen, and the latent scale
+        fitted on the training slices; returns the card's reference to those weights and their training."""
+        source = self.run_dir / AUTOENCODER_DIR / "best"
+        recover_pair(source)
+        if not source.with_suffix(".json").is_file():
+            raise VolumeError(f"{source.with_suffix('.json')}: no trained autoencoder; train the autoencoder stage "
+                              "first (maediff train --stage autoencoder, or without --stage for both)")
+        weights, record = read_pair(source)
+        load_weights(weights, self.network.autoencoder, self.device)
+        self.network.autoencoder.eval().requires_grad_(False)
+        pairs = [(v, int(z)) for v, s in enumerate(self.data.slices) for z in s]
+        chosen = [pairs[i] for i in np.linspace(0, len(pairs) - 1, min(256, len(pairs))).astype(int)]
+        scale = fit_latent_scale(self.network.autoencoder, self.data.batch(chosen)[0].to(self.device))
+        self.network.denoiser.scale.fill_(scale)  # a resumed run loads its own
+        done = record["training"]
+        return {"weights": f"{AUTOENCODER_DIR}/{weights.name}", "sha256": record["weights_sha256"],
+                "training": {k: done.get(k) for k in ("epoch", "step", "seconds", "best_val_loss")}}
+
     # -- checkpoints ------------------------------------------------------------------------
     def card(self, val_loss: float | None = None) -> ModelCard:
-        return ModelCard(self.config, preprocessing=self.preprocessing, training={
-            **asdict(self.train), "epoch": self.epoch, "step": self.step, "val_loss": val_loss,
-            "best_val_loss": self.best_val if math.isfinite(self.best_val) else None,
-            "train_volumes": len(self.data.images), "val_volumes": len(self.val),
-            "seconds": round(self.seconds, 1), "world_size": self.world})
+        training = {**asdict(self.train), "epoch": self.epoch, "step": self.step, "val_loss": val_loss,
+                    "best_val_loss": self.best_val if math.isfinite(self.best_val) else None,
+                    "train_volumes": len(self.data.images), "val_volumes": len(self.val),
+                    "seconds": round(self.seconds, 1), "world_size": self.world}
+        reference = None
+        if self.stage is not None:
+            training["stage"] = self.stage
+        if self.autoencoder is not None:
+            reference = {k: self.autoencoder[k] for k in ("weights", "sha256")}
+            training["autoencoder"] = self.autoencoder["training"]
+        return ModelCard(self.config, preprocessing=self.preprocessing, training=training, autoencoder=reference)
 
     def save_last(self) -> None:
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
@@ -206,6 +259,9 @@ class Trainer:
             raise VolumeError(f"{self.run_dir / 'last.json'}: not a checkpoint ({err}); use --restart") from None
         if config != self.config:
             raise VolumeError(f"{self.run_dir}: holds a run of another configuration; use a new folder or --restart")
+        if self.autoencoder is not None and (saved["card"].get("autoencoder") or {}).get("sha256") != self.autoencoder["sha256"]:
+            raise VolumeError(f"{self.run_dir}: its denoiser was trained on another autoencoder than "
+                              f"{AUTOENCODER_DIR}/best; --restart the denoiser stage")
         # The optimiser (its learning rate included) and the data order resume as saved: other
         # settings would be silently ignored.
         changed = [f"{key} {done.get(key)} (asked {getattr(self.train, key)})"
@@ -241,8 +297,9 @@ class Trainer:
             slices = brain_slices(case.mask)
             chosen = slices[np.linspace(0, len(slices) - 1, min(self.train.val_slices, len(slices))).astype(int)]
             x0 = torch.from_numpy(case.image[chosen] * 2.0 - 1.0).unsqueeze(1).to(self.device)
+            brain = torch.from_numpy(case.mask[chosen].astype(np.float32)).unsqueeze(1).to(self.device)
             with self.autocast():
-                losses.append(float(training_step(model, self.config, self.diffusion, x0, generator)))
+                losses.append(float(self.objective(model, x0, brain, generator)))
         self.model.train()
         return float(np.mean(losses))
 
@@ -261,16 +318,16 @@ class Trainer:
         started = time.perf_counter() - self.seconds
         bar = tqdm(total=self.train.epochs, initial=self.epoch, desc=f"train {self.config.name}",
                    unit="epoch", disable=not main)
-        while self.epoch < self.train.epochs:
+        while self.epoch < self.train.epochs and not self.out_of_time():
             order = self.data.epoch_order(self.rng, self.train.slices_per_volume)
             mine = order[self.rank::self.world]
             losses = []
             for i in range(0, len(mine), self.train.batch_size):
-                x0 = self.data.batch(mine[i:i + self.train.batch_size]).to(self.device)
+                x0, brain = (t.to(self.device) for t in self.data.batch(mine[i:i + self.train.batch_size]))
                 if self.train.augment:  # on 0..1 intensities, the range the transforms are defined on
                     x0 = augment((x0 + 1) / 2, self.generator, spacing_mm=self.spacing_mm) * 2 - 1
                 with self.autocast():
-                    loss = training_step(self.net, self.config, self.diffusion, x0, self.generator)
+                    loss = self.objective(self.net, x0, brain, self.generator)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
@@ -291,14 +348,20 @@ class Trainer:
                 self._log(writer, train_loss, val_loss)
                 bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}", best="*" if improved else "")
             bar.update(1)
-            if self.train.max_minutes and self.seconds > 60 * self.train.max_minutes:
-                break
         bar.close()
         if writer:
             writer.close()
         if self.world > 1:
             dist.destroy_process_group()
         return {"epochs": self.epoch, "steps": self.step, "best_val_loss": self.best_val, "seconds": self.seconds}
+
+    def out_of_time(self) -> bool:
+        """Past the budget: checked at epoch ends, so a resumed run that spent it trains no further.
+        ``max_minutes`` is the whole model's; MAD-AD's stages split it by ``autoencoder_share``."""
+        if self.train.max_minutes is None:
+            return False
+        share = {"autoencoder": self.train.autoencoder_share, "denoiser": 1 - self.train.autoencoder_share}
+        return self.seconds > 60 * self.train.max_minutes * share.get(self.stage, 1.0)
 
     def _log(self, writer, train_loss: float, val_loss: float) -> None:
         path = self.run_dir / "metrics.csv"
@@ -313,11 +376,22 @@ class Trainer:
 
 
 def train(config_name: str, data_dir: str | Path, run_dir: str | Path, train_config: TrainConfig,
-          restart: bool = False) -> dict:
-    trainer = Trainer(get_config(config_name), train_config, data_dir, run_dir)
-    if restart:
-        for name in ("last.json", "last.safetensors", ".last.json.pending", "metrics.csv"):
-            (Path(run_dir) / name).unlink(missing_ok=True)
-    elif trainer.resume():
-        print(f"resuming {run_dir} at epoch {trainer.epoch} (step {trainer.step})")
-    return trainer.fit()
+          restart: bool = False, stage: str | None = None) -> dict:
+    """Train (or resume) a configuration; MAD-AD's stages in order unless ``stage`` names one."""
+    config = get_config(config_name)
+    if stage is not None and config.latent is None:
+        raise VolumeError(f"{config_name} trains in one stage; leave out --stage")
+    stages = [stage] if stage else list(STAGES) if config.latent else [None]
+    results = []
+    for name in stages:
+        folder = Path(run_dir) / AUTOENCODER_DIR if name == "autoencoder" else Path(run_dir)
+        if restart:
+            for file in ("last.json", "last.safetensors", ".last.json.pending", "metrics.csv"):
+                (folder / file).unlink(missing_ok=True)
+        trainer = Trainer(config, train_config, data_dir, folder, stage=name)
+        if not restart and trainer.resume():
+            print(f"resuming {folder} at epoch {trainer.epoch} (step {trainer.step})")
+        results.append(trainer.fit())
+    if len(results) == 1:
+        return results[0]
+    return {**results[-1], "seconds_all_stages": sum(r["seconds"] for r in results)}

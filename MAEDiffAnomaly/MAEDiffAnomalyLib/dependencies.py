@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -23,7 +24,7 @@ from pathlib import Path
 TORCH_REQUIREMENT = ">=2.1"  # torch.compile-era API used by the core; PyTorchUtils installs it
 # import name -> pip requirement, per group.
 GROUPS = {
-    "detect": {"monai": "monai>=1.3", "einops": "einops>=0.7", "safetensors": "safetensors>=0.4"},
+    "detect": {"monai": "monai>=1.4", "einops": "einops>=0.7", "safetensors": "safetensors>=0.4"},
     "export": {"highdicom": "highdicom>=0.23"},  # Slicer 5.12 ships highdicom 0.27
 }
 # Packages whose own requirements are only what Slicer and PyTorch provide (monai: numpy, torch):
@@ -35,9 +36,25 @@ PROVIDED = {"slicer", "qt", "ctk", "vtk", "SampleData", "PyTorchUtils", "DICOMLi
             "pydicom", "PIL", "torch"}
 
 
+def release(version: str) -> tuple[int, ...]:
+    """``1.4.0rc1`` -> (1, 4, 0): enough to compare with a ``>=`` requirement."""
+    return tuple(int(part) for part in re.findall(r"\d+", version.split("+")[0])[:3])
+
+
+def satisfied(requirement: str) -> bool:
+    """An installed distribution at or above a ``name>=version`` requirement."""
+    name, least = requirement.split(">=")
+    try:
+        return release(importlib.metadata.version(name)) >= release(least)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
 def missing(group: str) -> list[str]:
-    """Import names of ``group`` that this Python lacks."""
-    return [name for name in GROUPS[group] if importlib.util.find_spec(name) is None]
+    """Import names of ``group`` that this Python lacks, or has in a version too old (monai 1.3
+    imports, but has none of the diffusion networks the core builds)."""
+    return [name for name, requirement in GROUPS[group].items()
+            if importlib.util.find_spec(name) is None or not satisfied(requirement)]
 
 
 def dicom_seg_unavailable() -> str | None:
@@ -58,12 +75,13 @@ def torch_available() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
-def installed_pins() -> list[str]:
-    """``name==version`` for every distribution in this Python: the constraints of any install."""
+def installed_pins(upgraded: set[str] = frozenset()) -> list[str]:
+    """``name==version`` for every distribution in this Python but the ``upgraded`` ones: the
+    constraints of any install."""
     pins = {}
     for dist in importlib.metadata.distributions():
         name = dist.metadata["Name"]
-        if name and dist.version:
+        if name and dist.version and name.lower() not in upgraded:
             pins[name.lower()] = f"{name}=={dist.version}"
     return sorted(pins.values())
 
@@ -76,7 +94,8 @@ def pip_arguments(group: str, names: list[str]) -> list[list[str]]:
         if name in PROVIDED or name not in requirements:
             raise ValueError(f"{name} must not be installed by this module")
     constraints = Path(tempfile.mkdtemp(prefix="maediff-pip-")) / "constraints.txt"
-    constraints.write_text("\n".join(installed_pins()) + "\n")
+    # A package of ours installed too old is upgraded; everything else stays as it is.
+    constraints.write_text("\n".join(installed_pins({requirements[n].split(">=")[0].lower() for n in names})) + "\n")
     plain = [requirements[n] for n in names if n not in NO_DEPS]
     no_deps = [requirements[n] for n in names if n in NO_DEPS]
     commands = []

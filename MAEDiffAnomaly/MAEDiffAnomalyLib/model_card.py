@@ -47,6 +47,8 @@ def summary(card: dict) -> str:
     point = operating_point(card)
     parts = [f"{config.get('name', '?')} ({config.get('method', '?')})",
              f"t_test {point['t_test']}" + ("" if point["whole_slice"] else f", stride {point['stride']}")]
+    if config.get("latent"):
+        parts.append("scores the change its repair of the latent makes (MAD-AD)")
     if training.get("epoch") is not None:
         parts.append(f"{training['epoch']} epochs on {training.get('train_volumes', '?')} volumes")
     parts.append(f"threshold {point['threshold']:.4f}" if point["threshold"] is not None else "no threshold")
