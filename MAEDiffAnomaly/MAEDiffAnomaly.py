@@ -293,10 +293,12 @@ class MAEDiffAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if results is not None:
             self.ui.lesionTableView.setMRMLTableNode(results.table)
             low, high = results.threshold_range()
+            step, decimals = results.slider_step()
             slider = self.ui.thresholdSlider
             wasBlocked = slider.blockSignals(True)
+            slider.decimals = decimals  # first: the slider rounds its range and value to them
             slider.minimum, slider.maximum = low, high
-            slider.singleStep = (high - low) / 1000
+            slider.singleStep = step
             slider.value = results.threshold
             slider.blockSignals(wasBlocked)
         self.updateGUI()

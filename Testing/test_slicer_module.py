@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from MAEDiffAnomalyLib import model_card
+from MAEDiffAnomalyLib import scene as scene_lib
 from MAEDiffAnomalyLib.runner import DetectRequest, overall_fraction
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,6 +31,15 @@ def test_every_widget_the_code_uses_is_in_the_ui_file():
     assert used, "the widget uses no ui names?"
     missing = used - set(ui_widgets())
     assert not missing, f"not in {UI.name}: {sorted(missing)}"
+
+
+def test_the_threshold_slider_can_show_small_scores():
+    def results(threshold: float, score_max: float):
+        return scene_lib.Results(None, None, None, None, None, Path("."), None, None, {}, threshold, score_max)
+
+    assert results(0.05, 0.4).slider_step() == (pytest.approx(0.0004), 4)
+    step, decimals = results(0.0002, 0.0046).slider_step()  # a MAD-AD model's
+    assert decimals == 6 and round(step, decimals) == pytest.approx(step, rel=0.1)
 
 
 def test_model_card_summary_operating_point_and_overrides(tmp_path):

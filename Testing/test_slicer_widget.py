@@ -137,6 +137,7 @@ def test_detect_runs_with_inputs_locked_and_results_where_the_input_was(app, pan
     assert Path(app.slicer.app.temporaryPath) / "MAEDiffAnomaly" in results.result_dir.parents
     assert (panel.ui.thresholdSlider.minimum, panel.ui.thresholdSlider.maximum) == results.threshold_range()
     assert panel.ui.thresholdSlider.value == 0.05 and results.threshold_range()[1] >= 0.1
+    assert (panel.ui.thresholdSlider.singleStep, panel.ui.thresholdSlider.decimals) == results.slider_step()
 
     panel.ui.thresholdSlider.emit("valueChanged(double)", 0.08)
     assert not standins.UNCAUGHT and panel.ui.statusLabel.text.endswith("at threshold 0.0800")

@@ -6,6 +6,7 @@ same code runs in Slicer and on PyPI's ``slicer-core`` in the tests.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +92,13 @@ class Results:
     def threshold_range(self) -> tuple[float, float]:
         """Slider range: up to twice the model's threshold or the highest score, whichever is higher."""
         return 0.0, max(2.0 * self.threshold, self.score_max)
+
+    def slider_step(self) -> tuple[float, int]:
+        """A thousandth of the range, and the decimals that show it (at least 4): the scores of
+        some models (MAD-AD's repair) lie far below 1."""
+        low, high = self.threshold_range()
+        step = (high - low) / 1000
+        return step, max(4, math.ceil(-math.log10(step))) if step > 0 else 4
 
 
 # -- files <-> nodes ------------------------------------------------------------------------------
