@@ -23,6 +23,7 @@ from .atlas import card_atlas
 from .device import in_batches
 from .diffusion import Diffusion, check_levels, levels_text, noised_input, patch_masks
 from .files import VolumeError, case_name, check_writable, folder_as_a_set, write_text_atomic
+from .latent import MaskedLatentNet
 from .models import ModelCard, load_model
 from .networks import DiffusionNet, visible_cells
 from .postprocess import PostprocessConfig, lesion_labels, smooth_scores
@@ -99,7 +100,7 @@ def text_progress(stage: str, fraction: float, message: str = "") -> None:
 
 
 @torch.no_grad()
-def reconstruct(model: DiffusionNet, card: ModelCard, image: np.ndarray, mask: np.ndarray,
+def reconstruct(model: DiffusionNet | MaskedLatentNet, card: ModelCard, image: np.ndarray, mask: np.ndarray,
                 config: DetectConfig = DetectConfig(), device: torch.device | str = "cpu",
                 progress: Progress = quiet) -> np.ndarray:
     """Healthy reconstruction (z, y, x) in 0..1 of a model-space volume (Algorithm 2, batched). With
@@ -156,7 +157,7 @@ def anomaly_score(image: np.ndarray, reconstruction: np.ndarray, mask: np.ndarra
     return smooth_scores(np.abs(image - reconstruction), mask, config)
 
 
-def detect_file(path: str | Path, out_dir: str | Path, model: DiffusionNet, card: ModelCard,
+def detect_file(path: str | Path, out_dir: str | Path, model: DiffusionNet | MaskedLatentNet, card: ModelCard,
                 config: DetectConfig = DetectConfig(), preprocess_config: PreprocessConfig | None = None,
                 mask_path: str | Path | None = None, device: torch.device | str = "cpu",
                 progress: Progress = quiet) -> dict:
@@ -230,7 +231,8 @@ def preprocess_settings(card: ModelCard, **overrides) -> PreprocessConfig:
     return PreprocessConfig(**settings)
 
 
-def load_for_detection(path: str | Path, device: torch.device | str) -> tuple[DiffusionNet, ModelCard]:
+def load_for_detection(path: str | Path, device: torch.device | str,
+                       ) -> tuple[DiffusionNet | MaskedLatentNet, ModelCard]:
     model, card = load_model(path, device)
     if torch.device(device).type == "cpu":
         model = model.to(memory_format=torch.channels_last)  # ~20 % faster convolutions on CPU

@@ -1,4 +1,5 @@
-"""The compute device, kept apart from training so that detection imports nothing it does not need."""
+"""The compute device and batching on it, kept apart from training so that detection imports nothing it
+does not need."""
 
 from __future__ import annotations
 

@@ -145,7 +145,7 @@ class Trainer:
     def __init__(self, config: ModelConfig, train: TrainConfig, data_dir: str | Path, run_dir: str | Path,
                  preprocessing: dict | None = None, stage: str | None = None):
         if (stage is None) != (config.latent is None) or stage not in (None, *STAGES):
-            raise VolumeError(f"{config.name} trains in the stages {', '.join(STAGES)}" if config.latent
+            raise VolumeError(f"{config.name} trains in the stages {', '.join(STAGES)}: name one" if config.latent
                               else f"{config.name} trains in one stage; leave out --stage")
         self.config, self.train, self.run_dir, self.stage = config, for_method(train, config), Path(run_dir), stage
         self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
