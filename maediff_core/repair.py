@@ -62,8 +62,8 @@ def autoencoder_loss(autoencoder: nn.Module, x0: torch.Tensor, brain: torch.Tens
     the background too). In eval mode: L1 of the mean's decoding, what detection uses."""
     if not autoencoder.training:
         return F.l1_loss(autoencoder(x0)[0], x0)
-    side = x0.shape[-1] // config.downsampling
-    noise = torch.randn(len(x0), config.latent_channels, side, side, generator=generator).to(x0.device, x0.dtype)
+    shape = (len(x0), config.latent_channels, x0.shape[-2] // config.downsampling, x0.shape[-1] // config.downsampling)
+    noise = torch.randn(shape, generator=generator).to(x0.device, x0.dtype)
     reconstruction, mu, sigma = autoencoder(x0, noise)
     return F.l1_loss(reconstruction, x0) + config.kl_weight * kl_divergence(mu, sigma)
 
