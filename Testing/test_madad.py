@@ -53,7 +53,8 @@ def test_masks_cover_whole_patches_at_the_stated_ratio_and_never_non_brain():
     ones = torch.ones(2000, 1, 24, 24, dtype=torch.bool)
     single = LatentConfig(sizes=(1,), probabilities=(1.0,))
     ratios = corrupted_cells(ones, single, generator).float().mean((1, 2, 3))
-    assert ratios.max() <= 0.4 + 1 / 576 and ratios.min() < 0.01  # whole cells: up to one over and abs(ratios.mean() - 0.2) < 0.01
+    # Whole cells: a ratio may pass 0.4 by one cell of the 576.
+    assert ratios.max() <= 0.4 + 1 / 576 and ratios.min() < 0.01 and abs(ratios.mean() - 0.2) < 0.01
     assert abs(np.histogram(ratios, bins=4, range=(0, 0.4))[0] / 2000 - 0.25).max() < 0.04  # uniform
 
     blocks = corrupted_cells(ones[:50], LatentConfig(sizes=(4,), probabilities=(1.0,)), generator)
