@@ -112,8 +112,6 @@ def test_a_tiny_madad_denoiser_learns(healthy_prepared):
     assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3]), losses
 
 
-
-
 def test_the_autoencoder_round_trips_a_healthy_slice(healthy_prepared):
     """Its capacity and objective: 100 steps on four slices bring their round trip within 6 % of the
     intensity range (L1 0.12 on the model's [-1, 1]; 0.5 at the start, about 0.085 after them)."""
