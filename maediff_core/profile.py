@@ -34,13 +34,15 @@ def count(name: str) -> dict:
               "autoencoder_parameters_m": 0.0, "gflop_per_slice_extra": 0.0}
     if config.latent is not None:
         z = model.encode(x)
-        result.update(autoencoder_parameters_m=millions(model.autoencoder), steps=max(config.diffusion.t_test),
+        # One denoiser pass per DDIM step, from each starting step of the ensemble.
+        result.update(autoencoder_parameters_m=millions(model.autoencoder), passes=sum(config.diffusion.t_test),
                       gflop_per_forward=_gflop(lambda: model.denoiser(z, torch.tensor([1]))),
                       gflop_per_slice_extra=_gflop(lambda: model.encode(x)) + 2 * _gflop(lambda: model.decode(z)))
         return result
     mask = patch_masks(random_corners(1, config.patch, torch.Generator().manual_seed(0)), config.patch)
     visible = visible_cells(mask, config.patch.grid) if config.mae is not None else None
-    result.update(mae_parameters_m=millions(model.mae), encoder_parameters_m=millions(model.condition), steps=1,
+    result.update(mae_parameters_m=millions(model.mae), encoder_parameters_m=millions(model.condition),
+                  passes=result["positions"] * result["levels"],
                   gflop_per_forward=_gflop(lambda: model(x, torch.tensor([500]), visible, clean=x)))
     return result
 
@@ -65,12 +67,11 @@ def parts(name: str) -> str:
 
 def describe(name: str) -> str:
     c = count(name)
-    passes = c["positions"] * c["levels"] * c["steps"]
-    per_slice = passes * c["gflop_per_forward"] + c["levels"] * c["gflop_per_slice_extra"]
+    per_slice = c["passes"] * c["gflop_per_forward"] + c["levels"] * c["gflop_per_slice_extra"]
     sizes = ", ".join(f"{label} {c[key]:5.2f} M" for label, key in
                       (("MAE", "mae_parameters_m"), ("encoder", "encoder_parameters_m"),
                        ("autoencoder", "autoencoder_parameters_m")) if c[key])
-    work = (f"{c['steps']} steps x {c['levels']} t_test + autoencoder" if c["steps"] > 1
+    work = (f"{c['passes']} DDIM steps from {c['levels']} t_test + autoencoder" if c["autoencoder_parameters_m"]
             else f"{c['positions']:2d} positions x {c['levels']} t_test")
     return (f"{c['name']:<16} {c['parameters_m']:6.2f} M parameters" + (f" ({sizes})" if sizes else "")
             + f", {c['gflop_per_forward']:6.1f} GFLOP per forward, {work} = {per_slice:6.1f} "

@@ -10,6 +10,7 @@ their objectives).
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import time
@@ -213,9 +214,10 @@ class Trainer:
         chosen = [pairs[i] for i in np.linspace(0, len(pairs) - 1, min(256, len(pairs))).astype(int)]
         scale = fit_latent_scale(self.network.autoencoder, self.data.batch(chosen)[0].to(self.device))
         self.network.denoiser.scale.fill_(scale)  # a resumed run loads its own
-        # The stage's whole training (its last checkpoint) rather than the epoch of its best.
-        last = self.run_dir / AUTOENCODER_DIR / "last"
-        done = read_pair(last)[1]["card"]["training"] if last.with_suffix(".json").is_file() else record["training"]
+        # The stage's whole training (its last checkpoint's record; its weights, with the optimiser's
+        # state, are not needed) rather than the epoch of its best.
+        last = self.run_dir / AUTOENCODER_DIR / "last.json"
+        done = json.loads(last.read_text())["card"]["training"] if last.is_file() else record["training"]
         return {"weights": f"{AUTOENCODER_DIR}/{weights.name}", "sha256": record["weights_sha256"],
                 "training": {k: done.get(k) for k in ("epoch", "step", "seconds", "best_val_loss")}}
 
