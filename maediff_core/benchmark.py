@@ -26,7 +26,7 @@ from .evaluate import PROTOCOLS, Scored, evaluate, intensity_scorer, model_score
 from .files import VolumeError, write_text_atomic
 from .models import ModelConfig
 from .phantom import write_phantom_set
-from .train import RESUMED_SETTINGS, TrainConfig, changed_settings, for_method, train
+from .train import FIRST_STAGES, RESUMED_SETTINGS, TrainConfig, changed_settings, for_method, train
 
 README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 
@@ -88,18 +88,19 @@ def trained_run(method: str, healthy: Path, out: Path, config: BenchmarkConfig) 
 
 
 def training_seconds(training: dict) -> float:
-    """A run's training time, MAD-AD's autoencoder stage included."""
-    return training["seconds"] + (training.get("autoencoder") or {}).get("seconds", 0.0)
+    """A run's training time, its first stage (MAD-AD's autoencoder, cDDPM's encoder pre-training) included."""
+    return training["seconds"] + sum((training.get(stage) or {}).get("seconds", 0.0) for stage in FIRST_STAGES)
 
 
 def trained_text(training: dict | None) -> str:
     if not training:
         return "-"
     text = f"{training['epoch']} epochs, {training['step']} steps"
-    autoencoder = training.get("autoencoder")
-    if autoencoder:
-        text += (f" after an autoencoder of {autoencoder['epoch']} epochs, {autoencoder['step']} steps "
-                 f"({autoencoder['seconds'] / 60:.1f} of the {training_seconds(training) / 60:.1f} minutes)")
+    for stage, what in zip(FIRST_STAGES, ("an autoencoder", "an encoder pre-training")):
+        first = training.get(stage)
+        if first:
+            text += (f" after {what} of {first['epoch']} epochs, {first['step']} steps "
+                     f"({first['seconds'] / 60:.1f} of the {training_seconds(training) / 60:.1f} minutes)")
     return text
 
 

@@ -385,11 +385,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True,
                    help="maediff, pddpm-s48, pddpm-s16, anoddpm, cddpm, madad (+ -small); `maediff models` lists them")
     p.add_argument("-o", "--output", required=True, help="run folder: checkpoints, metrics.csv, tb/")
-    p.add_argument("--stage", choices=["autoencoder", "denoiser"],
-                   help="MAD-AD: train only this stage (default: the autoencoder, then the denoiser)")
-    p.add_argument("--autoencoder-share", type=float,
-                   help="MAD-AD: the part of --max-minutes (the budget of both stages) its autoencoder takes "
-                        "(default 0.25)")
+    p.add_argument("--stage", choices=["autoencoder", "denoiser", "encoder"],
+                   help="train only this stage: MAD-AD's autoencoder or denoiser (default: both in turn), or "
+                        "cDDPM's encoder pre-training")
+    p.add_argument("--pretrain", action="store_true", default=None,
+                   help="cDDPM: pre-train its encoder on masked slices (SparK) in the run's encoder/ folder, "
+                        "then train the whole network from it")
+    p.add_argument("--first-stage-share", type=float,
+                   help="the part of --max-minutes (the budget of all stages) that MAD-AD's autoencoder or "
+                        "cDDPM's encoder pre-training takes (default 0.25)")
     p.add_argument("--epochs", type=positive_int)
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--lr", type=positive_float)
@@ -397,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--slices-per-volume", type=positive_int)
     p.add_argument("--max-minutes", type=positive_float, help="stop at the first epoch end past this budget "
-                                                              "(MAD-AD: of both stages, split by --autoencoder-share)")
+                                                              "(of all stages, split by --first-stage-share)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--augment", action=argparse.BooleanOptionalAction,
                    help="intensity augmentation of the training slices (gamma, bias field, blur, ghosting); "

@@ -31,6 +31,13 @@ class EncoderConfig:
             raise ValueError("a ResNet encoder needs 4 positive layer counts and widths and a positive feature size")
 
 
+def resnet_of(config: EncoderConfig) -> ResNet:
+    """The encoder's one-channel 2-D ResNet: a 7 x 7 stride-2 stem and max pooling, as timm's resnet50
+    that the reference builds."""
+    return ResNet(config.block, list(config.layers), list(config.widths), spatial_dims=2, n_input_channels=1,
+                  conv1_t_stride=2, num_classes=config.features)
+
+
 class ConditionEncoder(nn.Module):
     """The noise-free slice (in [-1, 1], the model's range) -> the conditioning embedding.
 
@@ -40,9 +47,7 @@ class ConditionEncoder(nn.Module):
 
     def __init__(self, config: EncoderConfig, embedding: int):
         super().__init__()
-        # A 7 x 7 stride-2 stem and max pooling, as timm's resnet50 that the reference builds.
-        self.resnet = ResNet(config.block, list(config.layers), list(config.widths), spatial_dims=2,
-                             n_input_channels=1, conv1_t_stride=2, num_classes=config.features)
+        self.resnet = resnet_of(config)
         self.project = nn.Sequential(nn.Linear(config.features, embedding), nn.SiLU(),
                                      nn.Linear(embedding, embedding))
 

@@ -210,6 +210,8 @@ class ModelCard:
         training, description = data.get("training", {}), data.get("description", "")
         if not isinstance(training, dict) or not isinstance(description, str):
             raise VolumeError("'training' must be an object and 'description' a string")
+        if training.get("stage") == "encoder":
+            raise VolumeError("this is a run's encoder pre-training stage, not a model: use the run's best.json")
         autoencoder = data.get("autoencoder")
         if config.latent is not None:
             check_part(autoencoder, training)
@@ -469,6 +471,11 @@ def card_markdown(card: ModelCard, weights_mb: float) -> str:
         a = t["autoencoder"]
         lines.append(f"- before it, the autoencoder stage: {a.get('epoch', '?')} epochs, {a.get('step', '?')} steps, "
                      f"{a.get('seconds', 0) / 60:.0f} minutes, best validation L1 {a.get('best_val_loss') or 0:.4f}")
+    if t.get("encoder"):
+        e = t["encoder"]
+        lines.append(f"- before it, the encoder's masked pre-training (SparK, its weights trained on with the whole "
+                     f"network): {e.get('epoch', '?')} epochs, {e.get('step', '?')} steps, "
+                     f"{e.get('seconds', 0) / 60:.0f} minutes, best validation loss {e.get('best_val_loss') or 0:.4f}")
     if t.get("command"):
         lines += ["- recipe:", "", "```", t["command"].rstrip(), "```"]
     lines += ["", "## Train on a real healthy cohort instead", "",

@@ -2,9 +2,10 @@
 
 The plain model lives in ``networks``; this module owns the loop: data, optimiser, validation,
 checkpoints (safetensors + JSON), metrics CSV, TensorBoard, bf16 on CUDA and DistributedDataParallel
-under ``torchrun``. MAD-AD trains in two stages through the same loop, its autoencoder (in the run's
-``autoencoder/`` folder) and then, with the autoencoder frozen, its latent denoiser (repair.py has
-their objectives).
+under ``torchrun``. A first stage, in the run's folder of its name, can train a part before the model
+through the same loop: MAD-AD's autoencoder, frozen for its latent denoiser (repair.py has their
+objectives), or cDDPM's encoder, pre-trained on masked slices (encoder_pretraining.py) and trained on
+with the whole network.
 """
 
 from __future__ import annotations
@@ -27,16 +28,16 @@ from .augment import augment
 from .cache import load_prepared, select, split_of
 from .device import pick_device
 from .diffusion import Diffusion, noised_input, patch_l1, patch_masks, random_corners
+from .encoder_pretraining import STRIDE, MaskedPretrainer, PretrainConfig, pretraining_loss
 from .files import VolumeError
 from .models import ModelCard, ModelConfig, get_config, load_weights, read_pair, recover_pair, save_model, save_pair
 from .networks import visible_cells
 from .repair import autoencoder_loss, denoiser_loss, fit_latent_scale
 
 MIN_BRAIN_FRACTION = 0.01  # slices with less brain than this carry no anatomy to learn
-RESUMED_SETTINGS = ("batch_size", "lr", "slices_per_volume", "fold", "seed", "augment", "ema")  # fixed for a run
+RESUMED_SETTINGS = ("batch_size", "lr", "slices_per_volume", "fold", "seed", "augment", "ema", "pretrain")  # per run
 AUGMENTED_METHODS = ("cddpm",)  # cDDPM code: aug_intensity in training; the MAEDiff and pDDPM papers have none
-STAGES = ("autoencoder", "denoiser")  # MAD-AD's, in order; the other methods train in one stage
-AUTOENCODER_DIR = "autoencoder"  # the autoencoder stage's folder inside a MAD-AD run
+FIRST_STAGES = ("autoencoder", "encoder")  # MAD-AD's autoencoder, cDDPM's encoder pre-training
 
 
 @dataclass
@@ -52,7 +53,8 @@ class TrainConfig:
     device: str = "auto"
     augment: bool | None = None  # intensity augmentation (augment.py); None: as the method's paper (AUGMENTED_METHODS)
     ema: float | None = None  # largest decay of an EMA of the weights, published as the model; None: none
-    autoencoder_share: float = 0.25  # MAD-AD: the part of max_minutes (both stages) its autoencoder takes
+    pretrain: bool = False  # cDDPM: masked pre-training of its encoder first (cDDPM paper, optional)
+    first_stage_share: float = 0.25  # the part of max_minutes (all stages) a first stage takes
 
     def __post_init__(self) -> None:
         counts = {"epochs": self.epochs, "batch_size": self.batch_size, "slices_per_volume": self.slices_per_volume,
@@ -66,8 +68,8 @@ class TrainConfig:
             raise ValueError(f"max-minutes must be a finite number > 0, got {self.max_minutes}")
         if self.ema is not None and not 0 < self.ema < 1:
             raise ValueError(f"ema must lie between 0 and 1, got {self.ema}")
-        if not 0 < self.autoencoder_share < 1:
-            raise ValueError(f"autoencoder-share must lie between 0 and 1, got {self.autoencoder_share}")
+        if not 0 < self.first_stage_share < 1:
+            raise ValueError(f"first-stage-share must lie between 0 and 1, got {self.first_stage_share}")
 
 
 def ema_update(max_decay: float, power: float = 2 / 3):
@@ -97,6 +99,30 @@ def for_method(train: TrainConfig, config: ModelConfig) -> TrainConfig:
     if train.augment is not None:
         return train
     return replace(train, augment=config.method in AUGMENTED_METHODS)
+
+
+def check_stage(config: ModelConfig, stage: str | None, pretrain: bool) -> None:
+    """Refuse a stage, or a pre-training, that ``config`` does not have."""
+    if pretrain and config.encoder is None:
+        raise VolumeError(f"--pretrain pre-trains cDDPM's encoder; {config.name} has none")
+    if config.latent is not None:
+        if stage not in ("autoencoder", "denoiser"):
+            raise VolumeError(f"{config.name} trains in the stages autoencoder, denoiser: name one")
+    elif stage == "encoder":
+        if config.encoder is None:
+            raise VolumeError(f"{config.name} has no encoder to pre-train (--stage encoder is cDDPM's)")
+        if config.patch.size % STRIDE:
+            raise VolumeError(f"encoder pre-training needs slices whose side is a multiple of {STRIDE}, "
+                              f"not {config.patch.size}")
+    elif stage is not None:
+        raise VolumeError(f"{config.name} trains in one stage; leave out --stage")
+
+
+def stages_of(config: ModelConfig, train: TrainConfig) -> list[str | None]:
+    """The stages of a run, in order; None is the whole model in one."""
+    if config.latent is not None:
+        return ["autoencoder", "denoiser"]
+    return ["encoder", None] if train.pretrain else [None]
 
 
 def changed_settings(saved: dict, config: TrainConfig, keys: tuple[str, ...] = RESUMED_SETTINGS) -> list[str]:
@@ -141,13 +167,13 @@ def training_step(model: torch.nn.Module, x0: torch.Tensor, brain: torch.Tensor 
 
 
 class Trainer:
-    """One training stage: the whole network, or one of MAD-AD's ``STAGES``."""
+    """One training stage: the whole network, one of MAD-AD's two stages, or cDDPM's encoder pre-training."""
 
     def __init__(self, config: ModelConfig, train: TrainConfig, data_dir: str | Path, run_dir: str | Path,
                  preprocessing: dict | None = None, stage: str | None = None):
-        if (stage is None) != (config.latent is None) or stage not in (None, *STAGES):
-            raise VolumeError(f"{config.name} trains in the stages {', '.join(STAGES)}: name one" if config.latent
-                              else f"{config.name} trains in one stage; leave out --stage")
+        check_stage(config, stage, train.pretrain)
+        if stage == "encoder":  # its record says so, and a later --pretrain run resumes it
+            train = replace(train, pretrain=True)
         self.config, self.train, self.run_dir, self.stage = config, for_method(train, config), Path(run_dir), stage
         self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
         self.device = pick_device(train.device)
@@ -173,15 +199,23 @@ class Trainer:
         self.network = config.build().to(self.device)
         self.model = self.network  # what this stage trains, checkpoints and publishes
         self.objective = partial(training_step, config=config, diffusion=self.diffusion)
-        self.autoencoder: dict | None = None
+        self.first_stage: dict | None = None  # the card's record of the first stage this one starts from
+        optimizer = partial(torch.optim.Adam, lr=train.lr)
         if stage == "autoencoder":
             self.model = self.network.autoencoder
             self.objective = partial(autoencoder_loss, config=config.latent.autoencoder)
         elif stage == "denoiser":
             self.model = self.network.denoiser
             self.objective = partial(denoiser_loss, network=self.network, diffusion=self.diffusion)
-            self.autoencoder = self.frozen_autoencoder()
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=train.lr)
+            self.first_stage = self.frozen_autoencoder()
+        elif stage == "encoder":
+            pretraining = PretrainConfig()
+            self.model = MaskedPretrainer(config.encoder, pretraining).to(self.device)
+            self.objective = partial(pretraining_loss, config=pretraining)
+            optimizer = partial(torch.optim.AdamW, lr=train.lr, weight_decay=pretraining.weight_decay)
+        elif self.train.pretrain:
+            self.first_stage = self.first_stage_weights("encoder", self.network.condition.resnet, prefix="resnet.")
+        self.optimizer = optimizer(self.model.parameters())
         self.ema = None
         if self.train.ema is not None:  # buffers too: BatchNorm statistics of cDDPM's encoder
             self.ema = torch.optim.swa_utils.AveragedModel(self.model, multi_avg_fn=ema_update(self.train.ema),
@@ -192,34 +226,41 @@ class Trainer:
         self.net = self.model
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            # The pre-trainer leaves the ResNet's classifier head unused.
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids,
+                                                                 find_unused_parameters=stage == "encoder")
 
     @property
     def published(self) -> torch.nn.Module:
         """The weights that are validated and saved as ``best``: the EMA's when there is one."""
         return self.ema.module if self.ema is not None else self.model
 
-    def frozen_autoencoder(self) -> dict:
-        """MAD-AD's denoiser stage: the autoencoder stage's best weights, frozen, and the latent scale
-        fitted on the training slices; returns the card's reference to those weights and their training."""
-        source = self.run_dir / AUTOENCODER_DIR / "best"
+    def first_stage_weights(self, name: str, model: torch.nn.Module, prefix: str = "") -> dict:
+        """The best weights of the first stage ``name`` loaded into ``model``; returns the card's
+        record of them: their file, SHA-256 and that stage's whole training (its last checkpoint's
+        record, rather than the epoch of its best)."""
+        source = self.run_dir / name / "best"
         recover_pair(source)
         if not source.with_suffix(".json").is_file():
-            raise VolumeError(f"{source.with_suffix('.json')}: no trained autoencoder; train the autoencoder stage "
-                              "first (maediff train --stage autoencoder, or without --stage for both)")
+            raise VolumeError(f"{source.with_suffix('.json')}: no trained {name}; train the {name} stage first "
+                              f"(maediff train --stage {name}, or without --stage for all stages)")
         weights, record = read_pair(source)
-        load_weights(weights, self.network.autoencoder, self.device)
+        load_weights(weights, model, self.device, prefix=prefix)
+        last = self.run_dir / name / "last.json"
+        done = json.loads(last.read_text())["card"]["training"] if last.is_file() else record["training"]
+        return {"stage": name, "weights": f"{name}/{weights.name}", "sha256": record["weights_sha256"],
+                "training": {k: done.get(k) for k in ("epoch", "step", "seconds", "best_val_loss")}}
+
+    def frozen_autoencoder(self) -> dict:
+        """MAD-AD's denoiser stage: the autoencoder stage's best weights, frozen, and the latent scale
+        fitted on the training slices."""
+        record = self.first_stage_weights("autoencoder", self.network.autoencoder)
         self.network.autoencoder.eval().requires_grad_(False)
         pairs = [(v, int(z)) for v, s in enumerate(self.data.slices) for z in s]
         chosen = [pairs[i] for i in np.linspace(0, len(pairs) - 1, min(256, len(pairs))).astype(int)]
         scale = fit_latent_scale(self.network.autoencoder, self.data.batch(chosen)[0].to(self.device))
         self.network.denoiser.scale.fill_(scale)  # a resumed run loads its own
-        # The stage's whole training (its last checkpoint's record; its weights, with the optimiser's
-        # state, are not needed) rather than the epoch of its best.
-        last = self.run_dir / AUTOENCODER_DIR / "last.json"
-        done = json.loads(last.read_text())["card"]["training"] if last.is_file() else record["training"]
-        return {"weights": f"{AUTOENCODER_DIR}/{weights.name}", "sha256": record["weights_sha256"],
-                "training": {k: done.get(k) for k in ("epoch", "step", "seconds", "best_val_loss")}}
+        return record
 
     # -- checkpoints ------------------------------------------------------------------------
     def card(self, val_loss: float | None = None) -> ModelCard:
@@ -230,9 +271,10 @@ class Trainer:
         reference = None
         if self.stage is not None:
             training["stage"] = self.stage
-        if self.autoencoder is not None:
-            reference = {k: self.autoencoder[k] for k in ("weights", "sha256")}
-            training["autoencoder"] = self.autoencoder["training"]
+        if self.first_stage is not None:
+            training[self.first_stage["stage"]] = {**self.first_stage["training"], "sha256": self.first_stage["sha256"]}
+            if self.stage == "denoiser":  # frozen, so the model names its file; a pre-trained encoder trains on
+                reference = {k: self.first_stage[k] for k in ("weights", "sha256")}
         return ModelCard(self.config, preprocessing=self.preprocessing, training=training, autoencoder=reference)
 
     def save_last(self) -> None:
@@ -263,9 +305,6 @@ class Trainer:
             raise VolumeError(f"{self.run_dir / 'last.json'}: not a checkpoint ({err}); use --restart") from None
         if config != self.config:
             raise VolumeError(f"{self.run_dir}: holds a run of another configuration; use a new folder or --restart")
-        if self.autoencoder is not None and (saved["card"].get("autoencoder") or {}).get("sha256") != self.autoencoder["sha256"]:
-            raise VolumeError(f"{self.run_dir}: its denoiser was trained on another autoencoder than "
-                              f"{AUTOENCODER_DIR}/best; --restart the denoiser stage")
         # The optimiser (its learning rate included) and the data order resume as saved: other
         # settings would be silently ignored.
         changed = [f"{key} {done.get(key)} (asked {getattr(self.train, key)})"
@@ -273,6 +312,12 @@ class Trainer:
         if changed:
             raise VolumeError(f"{self.run_dir}: holds a run trained with {', '.join(changed)}; "
                               "pass the same settings, or use a new folder or --restart")
+        if self.first_stage is not None:
+            name = self.first_stage["stage"]
+            started_from = saved["card"].get("autoencoder") if name == "autoencoder" else done.get(name)
+            if (started_from or {}).get("sha256") != self.first_stage["sha256"]:
+                raise VolumeError(f"{self.run_dir}: was trained from another {name} than {name}/best; "
+                                  "--restart this stage")
         tensors = load_weights(weights, self.model, "cpu", prefix="model.")
         optim_state: dict = {}
         for key, value in tensors.items():
@@ -361,11 +406,15 @@ class Trainer:
 
     def out_of_time(self) -> bool:
         """Past the budget: checked at epoch ends, so a resumed run that spent it trains no further.
-        ``max_minutes`` is the whole model's; MAD-AD's stages split it by ``autoencoder_share``."""
+        ``max_minutes`` is the whole run's; a first stage takes ``first_stage_share`` of it."""
         if self.train.max_minutes is None:
             return False
-        share = {"autoencoder": self.train.autoencoder_share, "denoiser": 1 - self.train.autoencoder_share}
-        return self.seconds > 60 * self.train.max_minutes * share.get(self.stage, 1.0)
+        share = 1.0
+        if self.stage in FIRST_STAGES:
+            share = self.train.first_stage_share
+        elif self.stage == "denoiser" or self.train.pretrain:
+            share = 1 - self.train.first_stage_share
+        return self.seconds > 60 * self.train.max_minutes * share
 
     def _log(self, writer, train_loss: float, val_loss: float) -> None:
         path = self.run_dir / "metrics.csv"
@@ -381,14 +430,14 @@ class Trainer:
 
 def train(config_name: str, data_dir: str | Path, run_dir: str | Path, train_config: TrainConfig,
           restart: bool = False, stage: str | None = None) -> dict:
-    """Train (or resume) a configuration; MAD-AD's stages in order unless ``stage`` names one."""
+    """Train (or resume) a configuration; all its stages in order unless ``stage`` names one."""
     config = get_config(config_name)
-    if stage is not None and config.latent is None:
-        raise VolumeError(f"{config_name} trains in one stage; leave out --stage")
-    stages = [stage] if stage else list(STAGES) if config.latent else [None]
+    stages = [stage] if stage else stages_of(config, train_config)
+    for name in stages:  # before anything is deleted
+        check_stage(config, name, train_config.pretrain)
     results = []
     for name in stages:
-        folder = Path(run_dir) / AUTOENCODER_DIR if name == "autoencoder" else Path(run_dir)
+        folder = Path(run_dir) / name if name in FIRST_STAGES else Path(run_dir)
         if restart:
             for file in ("last.json", "last.safetensors", ".last.json.pending", "metrics.csv"):
                 (folder / file).unlink(missing_ok=True)
