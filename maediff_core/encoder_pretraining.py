@@ -34,6 +34,11 @@ class PretrainConfig:
     decoder_floor: int = 16  # fewest channels of a decoder level; SparK's widths halve per level from deep // 4
 
 
+def at_resolution(cells: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Boolean cells (N, 1, h, w) as a float (N, 1, H, W) mask at the resolution of ``x``."""
+    return F.interpolate(cells.to(x.dtype), size=x.shape[-2:], mode="nearest")
+
+
 class Visible:
     """The visible cells of the batch being encoded, (N, 1, h, w) bool, or None outside pre-training.
 
@@ -45,8 +50,7 @@ class Visible:
         self.cells: torch.Tensor | None = None
 
     def at(self, x: torch.Tensor) -> torch.Tensor:
-        """The cells at the resolution of ``x``, as a float (N, 1, H, W) mask."""
-        return F.interpolate(self.cells.to(x.dtype), size=x.shape[-2:], mode="nearest")
+        return at_resolution(self.cells, x)
 
     def __call__(self, module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor | None:
         return None if self.cells is None else output * self.at(output)
@@ -138,7 +142,7 @@ class MaskedPretrainer(nn.Module):
             self.visible.cells = None
         dense = []
         for feature, token, densify in zip(features, self.tokens, self.densify):
-            keep = F.interpolate(cells.to(feature.dtype), size=feature.shape[-2:], mode="nearest")
+            keep = at_resolution(cells, feature)
             dense.append(densify(feature * keep + token * (1 - keep)))
         x = dense[0]
         for i, block in enumerate(self.blocks):
