@@ -46,11 +46,13 @@ def test_the_gpu_recipe_runs_end_to_end_on_cpu(tmp_path, healthy_prepared, lesio
     assert "packed .gpu" in _script("pack.sh", str(healthy_prepared), cwd=work, env=env)
     assert not load_prepared(work / ".gpu" / "data.npz")[0].seg  # the healthy training cases only
 
-    device = {**env, "OUT": str(out), "PYTHONPATH": str(blocked)}
-    train = ["anoddpm-small", "5", "--batch-size", "2", "--device", "cpu"]  # one patch position: quick to score
-    _script("train.sh", *train, "--epochs", "1", cwd=work, env=device)
-    log = _script("train.sh", *train, "--epochs", "2", cwd=work, env=device)
-    assert "resuming .gpu/run at epoch 1" in log
+    # Each call ends at its first epoch end past CALL_MINUTES: one epoch here, then the same command resumes.
+    device = {**env, "OUT": str(out), "PYTHONPATH": str(blocked), "CALL_MINUTES": "0.0001"}
+    train = ["anoddpm-small", "5", "--batch-size", "2", "--device", "cpu", "--epochs", "2"]  # one patch position
+    assert "stopped after 0.0001 minutes of this call" in _script("train.sh", *train, cwd=work, env=device)
+    assert json.loads((out / "last.json").read_text())["resume"]["epoch"] == 1
+    log = _script("train.sh", *train, cwd=work, env=device)
+    assert "resuming .gpu/run at epoch 1" in log and "stopped after" not in log
     assert sorted(p.name for p in out.iterdir()) == ["best.json", "best.md", "best.safetensors", "last.json",
                                                      "metrics.csv"]
     assert json.loads((out / "last.json").read_text())["resume"]["epoch"] == 2

@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 
 from maediff_core.files import VolumeError
 from maediff_core.models import get_config, load_model
-from maediff_core.train import RESUMED_SETTINGS, Trainer, changed_settings, for_method
+from maediff_core.train import (COSINE_FLOOR, CPU_RECIPE, PAPER_RECIPE, RESUMED_SETTINGS, TrainConfig, Trainer,
+                                changed_settings, lr_factor, resolved)
 
 
 def test_training_writes_checkpoints_metrics_and_loadable_model(tmp_path, healthy_prepared):
@@ -58,6 +59,41 @@ def test_resume_continues_exactly(tmp_path, healthy_prepared):
     assert first_train_loss("straight") != first_train_loss("plain")  # augmented slices, another loss
 
 
+def test_cosine_schedule_warms_up_then_decays_to_its_floor():
+    assert lr_factor(0.0, 0.1) == 0.0 and lr_factor(0.05, 0.1) == pytest.approx(0.5)
+    assert lr_factor(0.1, 0.1) == pytest.approx(1.0) and lr_factor(1.0, 0.1) == pytest.approx(COSINE_FLOOR)
+    assert lr_factor(0.55, 0.1) == pytest.approx((1 + COSINE_FLOOR) / 2)  # half-way through the decay
+    decay = [lr_factor(p, 0.1) for p in torch.linspace(0.1, 1.0, 50).tolist()]
+    assert all(a > b for a, b in zip(decay, decay[1:]))
+    assert lr_factor(0.5, 0.0) == pytest.approx((1 + COSINE_FLOOR) / 2)  # no warm-up
+
+
+def test_cosine_run_stopped_between_epochs_resumes_exactly(tmp_path, healthy_prepared):
+    cosine = {"schedule": "cosine", "warmup": 0.2, "lr": 1e-3}
+    straight = run(tmp_path, "straight", 3, healthy_prepared, **cosine)
+    # The rate of the last step: its progress is the steps done before it over the run's steps.
+    last = straight.step - 1
+    assert straight.optimizer.param_groups[0]["lr"] == pytest.approx(
+        1e-3 * lr_factor(last / (3 * straight.steps_per_epoch), 0.2))
+    first = Trainer(TINY, replace(FAST, epochs=3, **cosine), healthy_prepared, tmp_path / "sliced")
+    stopped = first.fit(deadline=0.0)  # past at once: the call ends at its first epoch end
+    assert stopped["stopped"] and stopped["epochs"] == 1
+    sliced = Trainer(TINY, replace(FAST, epochs=3, **cosine), healthy_prepared, tmp_path / "sliced")
+    assert sliced.resume() and sliced.epoch == 1
+    assert "stopped" not in sliced.fit()
+    a = load_file(str(tmp_path / "straight" / "last.safetensors"))
+    b = load_file(str(tmp_path / "sliced" / "last.safetensors"))
+    for key in a:
+        if key.startswith("model."):
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    # A decay over the run's length cannot be stretched on resume; a constant rate can.
+    longer = Trainer(TINY, replace(FAST, epochs=5, **cosine), healthy_prepared, tmp_path / "sliced")
+    with pytest.raises(VolumeError, match=r"epochs 3 \(asked 5\); a cosine schedule decays over the run's length"):
+        longer.resume()
+    run(tmp_path, "constant", 1, healthy_prepared)
+    assert run(tmp_path, "constant", 2, healthy_prepared).epoch == 2
+
+
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, healthy_prepared):
     folder = tmp_path / "killed"
     command = [sys.executable, "-m", "maediff_core.cli", "train", "--data", str(healthy_prepared),
@@ -70,9 +106,11 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, healthy_prepared)
     process.wait()
     epoch = json.loads((folder / "last.json").read_text())["resume"]["epoch"]
     assert epoch >= 1
-    done = subprocess.run(command + ["--epochs", str(epoch + 1)], capture_output=True, encoding="utf-8", errors="replace", timeout=300)
+    # The same command resumes; --stop-after-minutes ends this call at its next epoch end.
+    done = subprocess.run(command + ["--epochs", "1000", "--stop-after-minutes", "0.0001"], capture_output=True,
+                          encoding="utf-8", errors="replace", timeout=300)
     assert done.returncode == 0, done.stderr
-    assert f"resuming {folder} at epoch {epoch}" in done.stdout
+    assert f"resuming {folder} at epoch {epoch}" in done.stdout and "stopped after 0.0001 minutes" in done.stdout
     assert json.loads((folder / "last.json").read_text())["resume"]["epoch"] == epoch + 1
 
 
@@ -87,14 +125,28 @@ def test_refuses_other_config_in_run_folder_and_lesion_data(tmp_path, healthy_pr
     augmented = Trainer(TINY, replace(FAST, epochs=2, augment=True), healthy_prepared, tmp_path / "run")
     with pytest.raises(VolumeError, match=r"trained with augment False \(asked True\)"):
         augmented.resume()
-    # A record from before augmentation existed trained without it.
-    plain = for_method(FAST, TINY)
-    assert changed_settings({k: getattr(FAST, k) for k in RESUMED_SETTINGS if k != "augment"}, plain) == []
+    # A record from before augmentation, the EMA and the schedule existed trained without them.
+    plain = resolved(FAST, TINY)
+    old = {k: getattr(plain, k) for k in RESUMED_SETTINGS if k not in ("augment", "schedule", "warmup")}
+    assert changed_settings({**old, "ema": None}, plain) == []
     # Left unset, augmentation follows the method's paper: on for cDDPM only.
-    assert (plain.augment, for_method(FAST, get_config("cddpm-small")).augment) == (False, True)
-    assert for_method(replace(FAST, augment=False), get_config("cddpm-small")).augment is False
+    assert (plain.augment, resolved(FAST, get_config("cddpm-small")).augment) == (False, True)
+    assert resolved(replace(FAST, augment=False), get_config("cddpm-small")).augment is False
     with pytest.raises(VolumeError, match="no prepared cases|split.csv"):
         Trainer(TINY, FAST, tmp_path / "empty", tmp_path / "x")
+
+
+def test_small_configurations_train_with_the_cpu_recipe_and_paper_sizes_with_the_papers():
+    recipe = ("batch_size", "lr", "slices_per_volume", "ema", "schedule")
+    for name, expected in (("maediff-small", CPU_RECIPE), ("cddpm-small", CPU_RECIPE), ("maediff", PAPER_RECIPE),
+                           ("cddpm", PAPER_RECIPE), ("maediff-tiny", PAPER_RECIPE)):
+        config = TINY if name == "maediff-tiny" else get_config(name)
+        train = resolved(replace(FAST, batch_size=None, slices_per_volume=None), config)
+        assert tuple(getattr(train, key) for key in recipe) == tuple(getattr(expected, key) for key in recipe), name
+    assert PAPER_RECIPE.batch_size == 32 and PAPER_RECIPE.lr == 1e-4 and PAPER_RECIPE.schedule == "constant"
+    # What the user sets stays: no EMA (0), a constant rate.
+    mine = resolved(TrainConfig(ema=0.0, schedule="constant", lr=2e-4), get_config("maediff-small"))
+    assert (mine.ema, mine.schedule, mine.lr, mine.batch_size) == (0.0, "constant", 2e-4, CPU_RECIPE.batch_size)
 
 
 def test_distributed_data_parallel_with_torchrun(tmp_path, healthy_prepared):
@@ -125,3 +177,14 @@ def test_publish_writes_weights_only_and_honest_cards(tmp_path, tiny_model):
     text = (tmp_path / "release" / "tiny.md").read_text()
     assert "synthetic data" in text and "not be\nused for diagnosis" in text and "maediff prepare /data/IXI-T2" in text
     assert "0.05" in text and "maediff train --config maediff-tiny" in text
+
+
+def test_bench_train_times_a_real_training_step_per_variant_and_batch():
+    done = subprocess.run([sys.executable, "-m", "maediff_core.cli", "bench-train", "--config", "anoddpm-small",
+                           "--batch-size", "1", "2", "--variant", "eager", "channels_last", "--steps", "1",
+                           "--device", "cpu"], capture_output=True, encoding="utf-8", errors="replace", timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines() if "ms/sample" in line]
+    assert [(row[0], int(row[2].rstrip(":"))) for row in rows] == [("eager", 1), ("eager", 2), ("channels_last", 1),
+                                                                    ("channels_last", 2)]
+    assert all(float(row[3]) > 0 for row in rows)

@@ -24,9 +24,9 @@ from .detect import DetectConfig, load_for_detection
 from .device import pick_device
 from .evaluate import PROTOCOLS, Scored, evaluate, intensity_scorer, model_scorer, protocol_named, score_cases
 from .files import VolumeError, write_text_atomic
-from .models import ModelConfig
+from .models import ModelConfig, recipe_text
 from .phantom import write_phantom_set
-from .train import FIRST_STAGES, RESUMED_SETTINGS, TrainConfig, changed_settings, for_method, train
+from .train import FIRST_STAGES, RESUMED_SETTINGS, TrainConfig, changed_settings, resolved, train
 
 README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 
@@ -41,10 +41,11 @@ class BenchmarkConfig:
     methods: tuple[str, ...] = ("anoddpm-small", "pddpm-s48-small", "pddpm-s16-small", "maediff-small", "cddpm-small",
                                 "madad-small")
     contrasts: tuple[str, ...] = tuple(CONTRAST_SHIFTS)  # the cDDPM paper's domain question, on the tumour set
-    # Within minutes of CPU, smaller batches at a higher rate take more steps (scripts/demo_model.sh).
-    batch_size: int = 16
-    lr: float = 2e-4
-    slices_per_volume: int = 8
+    batch_size: int | None = None  # None: each configuration's recipe (train.recipe_of)
+    lr: float | None = None
+    slices_per_volume: int | None = None
+    ema: float | None = None
+    schedule: str | None = None
     eval_val: int | None = None  # at most this many validation / test / healthy volumes per set
     eval_test: int | None = None  # (None: all); CPU runs subsample, GPU runs need not
     eval_healthy: int | None = None
@@ -70,15 +71,15 @@ def trained_run(method: str, healthy: Path, out: Path, config: BenchmarkConfig) 
     checkpoint may come from after the budget)."""
     run_dir = out / "runs" / method
     settings = TrainConfig(epochs=10**6, batch_size=config.batch_size, lr=config.lr,
-                           slices_per_volume=config.slices_per_volume, max_minutes=config.minutes, seed=config.seed,
-                           device=config.device)
+                           slices_per_volume=config.slices_per_volume, ema=config.ema, schedule=config.schedule,
+                           max_minutes=config.minutes, seed=config.seed, device=config.device)
     last = run_dir / "last.json"
     if last.is_file():
         card = json.loads(last.read_text())["card"]
         done = card["training"]
         if training_seconds(done) >= 60 * config.minutes:
-            resolved = for_method(settings, ModelConfig.from_dict(card["config"]))
-            differs = changed_settings(done, resolved, ("max_minutes", *RESUMED_SETTINGS))
+            wanted = resolved(settings, ModelConfig.from_dict(card["config"]))
+            differs = changed_settings(done, wanted, ("max_minutes", *RESUMED_SETTINGS))
             if differs:
                 raise VolumeError(f"{run_dir}: a run of {done['seconds'] / 60:.0f} minutes with other "
                                   f"{', '.join(differs)} than this benchmark's; benchmark into another folder (-o)")
@@ -167,6 +168,15 @@ def _device_name(device: torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
+def recipes_text(rows: list[dict]) -> str:
+    """The methods' training recipes, each once: 'a, b: batch 16, ...; c: ...'."""
+    recipes: dict[str, list[str]] = {}
+    for row in rows:
+        if row["training"]:
+            recipes.setdefault(recipe_text(row["training"]), []).append(row["method"])
+    return "; ".join(f"{', '.join(methods)}: {text}" for text, methods in recipes.items())
+
+
 def markdown_table(summary: dict) -> str:
     config = summary["config"]
     counts = summary["counts"]
@@ -187,9 +197,8 @@ def markdown_table(summary: dict) -> str:
         f"evaluated on {counts['tumour']['val']}+{counts['tumour']['test']} tumour and "
         f"{counts['ms']['val']}+{counts['ms']['test']} MS validation+test volumes, {counts['healthy_test']} healthy test "
         f"volumes ({counts['healthy_val']} healthy validation volumes for the FPR thresholds). "
-        f"Budget: {config['minutes']:g} training minutes per method, batch {config['batch_size']}, "
-        f"learning rate {config['lr']:g}, {config['slices_per_volume']} slices per volume per epoch, "
-        f"on {summary['device']}. Evaluation protocol: {config['protocol']} "
+        f"Budget: {config['minutes']:g} training minutes per method on {summary['device']}; "
+        f"{recipes_text(summary['rows'])}. Evaluation protocol: {config['protocol']} "
         f"({PROTOCOLS[config['protocol']].summary}): Dice and AUPRC in per cent, per volume then averaged; "
         f"threshold from the validation volumes of each set; healthy l1 over the "
         f"{'brain' if PROTOCOLS[config['protocol']].l1_in_brain else 'whole volume'}.",

@@ -182,7 +182,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .train import TrainConfig, train
 
     config = TrainConfig(**given(args, TrainConfig))
-    result = train(args.config, args.data, args.output, config, restart=args.restart, stage=args.stage)
+    result = train(args.config, args.data, args.output, config, restart=args.restart, stage=args.stage,
+                   stop_after_minutes=args.stop_after_minutes)
+    if result.get("stopped"):
+        print(f"stopped after {args.stop_after_minutes:g} minutes of this call; run it again to resume {args.output}")
     print(json.dumps(result))
 
 
@@ -250,6 +253,17 @@ def cmd_bench_noise(args: argparse.Namespace) -> None:
 
     for key, value in noise_benchmark(args.slices).items():
         print(f"{key:>18}: {value:.1f} slices/s" if isinstance(value, float) else f"{key:>18}: {value}")
+
+
+def cmd_bench_train(args: argparse.Namespace) -> None:
+    from .device import pick_device
+    from .profile import train_step_benchmark
+
+    device = pick_device(args.device)
+    print(f"{args.config} on {device}, {os.cpu_count()} CPUs: ms per sample of a training step (median of {args.steps})")
+    for row in train_step_benchmark(args.config, tuple(args.batch_size), tuple(args.variant), args.steps, device):
+        print(f"{row['variant']:>14} batch {row['batch']:3d}: {row['ms_per_sample']:7.1f} ms/sample "
+              f"(first step {row['first_step_s']:.1f} s, {row['threads']} threads)", flush=True)
 
 
 def cmd_bench_detect(args: argparse.Namespace) -> None:
@@ -380,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("train", help="train a method on a prepared healthy cohort (resumes if interrupted)",
-                       epilog="Defaults (paper values): maediff_core/train.py, TrainConfig.")
+                       epilog="Defaults: the paper's for paper-size configurations, the measured CPU recipe "
+                              "for the -small ones (maediff_core/train.py: TrainConfig, PAPER_RECIPE, CPU_RECIPE).")
     p.add_argument("--data", required=True, help="prepared healthy cohort (maediff prepare) or its pack (maediff pack)")
     p.add_argument("--config", required=True,
                    help="maediff, pddpm-s48, pddpm-s16, anoddpm, cddpm, madad (+ -small); `maediff models` lists them")
@@ -402,12 +417,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slices-per-volume", type=positive_int)
     p.add_argument("--max-minutes", type=positive_float, help="stop at the first epoch end past this budget "
                                                               "(of all stages, split by --first-stage-share)")
+    p.add_argument("--stop-after-minutes", type=positive_float,
+                   help="end this call at the first epoch end past this many minutes of its own, resumably (a job "
+                        "runner's time limit); the run's --max-minutes and its schedule stay as they are")
+    p.add_argument("--schedule", choices=["constant", "cosine"],
+                   help="learning rate: constant (the papers'), or cosine: a linear warm-up, then a decay to a tenth "
+                        "over the run (--max-minutes, or --epochs where that ends first); default: the recipe's")
+    p.add_argument("--warmup", type=float, help="cosine: the part of the run that warms up (default 0.05)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--augment", action=argparse.BooleanOptionalAction,
                    help="intensity augmentation of the training slices (gamma, bias field, blur, ghosting); "
                         "default: as the method's paper (on for cDDPM only)")
     p.add_argument("--ema", type=float, help="keep an exponential moving average of the weights with this largest "
-                                             "decay (e.g. 0.999) and publish it as the model")
+                                             "decay (e.g. 0.999) and publish it as the model; 0: none")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in the run folder "
                                                           "(of every stage it trains)")
     p.set_defaults(func=cmd_train)
@@ -444,6 +466,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slices", type=positive_int, default=256)
     p.set_defaults(func=cmd_bench_noise)
 
+    p = sub.add_parser("bench-train", help="milliseconds per sample of a training step, per batch size and variant")
+    p.add_argument("--config", default="maediff-small")
+    p.add_argument("--batch-size", type=positive_int, nargs="+", default=[8, 16, 32])
+    p.add_argument("--variant", nargs="+", default=["eager", "channels_last", "compile"],
+                   choices=["eager", "channels_last", "compile"])
+    p.add_argument("--steps", type=positive_int, default=5, help="timed steps per row, after one warm-up step")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_bench_train)
+
     p = sub.add_parser("bench-detect", help="seconds per stage and peak memory of maediff detect, per set of options")
     p.add_argument("input", nargs="?", help="T2 volume (default: the bundled sample, scored against its lesion)")
     p.add_argument("--truth", help="the input's lesion mask: Dice of each variant's lesions")
@@ -468,6 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--lr", type=positive_float)
     p.add_argument("--slices-per-volume", type=positive_int)
+    p.add_argument("--ema", type=float, help="EMA decay of every method's weights (0: none)")
+    p.add_argument("--schedule", choices=["constant", "cosine"])
     p.add_argument("--eval-val", type=positive_int, help="at most this many validation volumes per lesion set")
     p.add_argument("--eval-test", type=positive_int, help="at most this many test volumes per lesion set")
     p.add_argument("--eval-healthy", type=positive_int, help="at most this many healthy test (and validation) volumes")

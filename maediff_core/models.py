@@ -156,6 +156,7 @@ for _name, _config in list(CONFIGS.items()):
                                         mae=_SMALL_MAE if _config.mae else None,
                                         encoder=_SMALL_ENCODER if _config.encoder else None,
                                         latent=_SMALL_LATENT if _config.latent else None)
+SMALL_CONFIGS = frozenset(name for name in CONFIGS if name.endswith("-small"))  # CPU-sized: train.CPU_RECIPE
 
 
 def get_config(name: str) -> ModelConfig:
@@ -463,9 +464,8 @@ def card_markdown(card: ModelCard, weights_mb: float) -> str:
         "## How it was trained",
         f"- data: {t.get('train_volumes', '?')} training and {t.get('val_volumes', '?')} validation volumes"
         + (f" from `{t['data']}`" if t.get("data") else ""),
-        f"- {t.get('epoch', '?')} epochs, {t.get('step', '?')} steps, batch {t.get('batch_size', '?')}, "
-        f"learning rate {t.get('lr', '?')}, seed {t.get('seed', '?')}, {t.get('seconds', 0) / 60:.0f} minutes"
-        + (" (the denoiser stage)" if t.get("autoencoder") else ""),
+        f"- {t.get('epoch', '?')} epochs, {t.get('step', '?')} steps, {recipe_text(t)}, seed {t.get('seed', '?')}, "
+        f"{t.get('seconds', 0) / 60:.0f} minutes" + (" (the denoiser stage)" if t.get("autoencoder") else ""),
     ]
     if t.get("autoencoder"):
         a = t["autoencoder"]
@@ -482,6 +482,17 @@ def card_markdown(card: ModelCard, weights_mb: float) -> str:
               "With IXI T2 volumes as the healthy cohort and BraTS21 for the threshold:", "",
               "```", IXI_RECIPE.rstrip(), "```", ""]
     return "\n".join(lines)
+
+
+def recipe_text(training: dict) -> str:
+    """A training record's recipe in words: batch, rate and its schedule, EMA, slices, augmentation."""
+    text = f"batch {training.get('batch_size', '?')}, learning rate {training.get('lr', '?')}"
+    if training.get("schedule", "constant") != "constant":
+        text += f" ({training['schedule']} schedule, warm-up {100 * training.get('warmup', 0):.0f} % of the run)"
+    if training.get("ema"):
+        text += f", published as the EMA of its weights (decay {training['ema']})"
+    text += f", {training.get('slices_per_volume', '?')} slices per volume per epoch"
+    return text + (", intensity augmentation" if training.get("augment") else "")
 
 
 def publish_model(source: str | Path, dest: str | Path, description: str, notes: dict | None = None,

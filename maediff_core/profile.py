@@ -1,8 +1,10 @@
 """What things cost: parameters and GFLOPs per 96 x 96 forward pass of the named configurations, the
-simplex noise's speed, and the seconds and peak memory of `maediff detect` (bench-detect)."""
+simplex noise's speed, the milliseconds of a training step (bench-train), and the seconds and peak
+memory of `maediff detect` (bench-detect)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -200,3 +202,52 @@ def detect_table(rows: list[dict]) -> str:
                      + f" | {other:.1f} | {row['wall_s']:.1f} | {row['ratio']:.2f} | {row['peak_mb']:.0f} | "
                        f"{row['lesions']} | {dice} | {row['heatmap_max_diff']:.2g} |")
     return "\n".join(lines) + "\n"
+
+
+TRAIN_VARIANTS = ("eager", "channels_last", "compile")
+
+
+def train_step_benchmark(name: str, batch_sizes: tuple[int, ...] = (8, 16, 32), variants: tuple[str, ...] = TRAIN_VARIANTS,
+                         steps: int = 5, device: torch.device | str = "cpu") -> Iterator[dict]:
+    """Milliseconds per sample of one training step of configuration ``name`` (Algorithm 1's loss,
+    backward, Adam) per batch size and variant: eager, channels_last memory, or torch.compile'd (its
+    compilation timed apart). Slices are random; the cost does not depend on their content."""
+    import time
+
+    from .diffusion import Diffusion
+    from .train import training_step
+
+    config, device = get_config(name), torch.device(device)
+    diffusion = Diffusion(config.diffusion)
+    for variant in variants:
+        for batch in batch_sizes:
+            torch.manual_seed(0)
+            model = config.build().to(device).train()
+            if variant == "channels_last":
+                model = model.to(memory_format=torch.channels_last)
+            net = torch.compile(model) if variant == "compile" else model
+            optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+            generator = torch.Generator().manual_seed(0)
+            x0 = (torch.rand(batch, 1, config.patch.size, config.patch.size, generator=generator) * 2 - 1).to(device)
+            if variant == "channels_last":
+                x0 = x0.contiguous(memory_format=torch.channels_last)
+
+            def step() -> None:
+                loss = training_step(net, x0, None, generator, config, diffusion)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+
+            start = time.perf_counter()
+            step()  # compilation, allocator and cache warm-up
+            first = time.perf_counter() - start
+            times = []
+            for _ in range(steps):
+                start = time.perf_counter()
+                step()
+                times.append(time.perf_counter() - start)
+            median = sorted(times)[len(times) // 2]
+            yield {"variant": variant, "batch": batch, "ms_per_sample": 1000 * median / batch,
+                   "first_step_s": first, "threads": torch.get_num_threads()}

@@ -30,46 +30,93 @@ from .device import pick_device
 from .diffusion import Diffusion, noised_input, patch_l1, patch_masks, random_corners
 from .encoder_pretraining import STRIDE, MaskedPretrainer, PretrainConfig, pretraining_loss
 from .files import VolumeError
-from .models import ModelCard, ModelConfig, get_config, load_weights, read_pair, recover_pair, save_model, save_pair
+from .models import (SMALL_CONFIGS, ModelCard, ModelConfig, get_config, load_weights, read_pair, recover_pair,
+                     save_model, save_pair)
 from .networks import visible_cells
 from .repair import autoencoder_loss, denoiser_loss, fit_latent_scale
 
 MIN_BRAIN_FRACTION = 0.01  # slices with less brain than this carry no anatomy to learn
-RESUMED_SETTINGS = ("batch_size", "lr", "slices_per_volume", "fold", "seed", "augment", "ema", "pretrain")  # per run
+RESUMED_SETTINGS = ("batch_size", "lr", "slices_per_volume", "fold", "seed", "augment", "ema", "pretrain",
+                    "schedule", "warmup")  # per run
+# A decaying rate is a function of the whole run's length: its horizon cannot change on resume.
+HORIZON_SETTINGS = ("epochs", "max_minutes")
+SCHEDULES = ("constant", "cosine")
+COSINE_FLOOR = 0.1  # the cosine ends at this part of the peak rate, not at 0, where the last steps would be lost
 AUGMENTED_METHODS = ("cddpm",)  # cDDPM code: aug_intensity in training; the MAEDiff and pDDPM papers have none
 FIRST_STAGES = ("autoencoder", "encoder")  # MAD-AD's autoencoder, cDDPM's encoder pre-training
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The training settings a configuration takes where its TrainConfig leaves them unset."""
+    batch_size: int
+    lr: float
+    slices_per_volume: int
+    ema: float  # largest decay of the EMA of the weights; 0: none (the weights themselves)
+    schedule: str
+
+
+# MAEDiff paper Sec. 4.3 (Adam, batch 32, lr 1e-4) and the reference's one random slice per volume
+# per epoch, at one rate and without an EMA: the paper-size configurations.
+PAPER_RECIPE = Recipe(batch_size=32, lr=1e-4, slices_per_volume=1, ema=0.0, schedule="constant")
+# The most model per CPU-minute on 2 cores (README, "Training per CPU-minute"; scripts/recipe_study.sh):
+# the small configurations. Batch 16 costs what batch 8 does per sample (32: 1.4x); 8 slices per
+# volume keep epochs, and so validations, a few minutes apart; the EMA lowered every validation loss
+# at no cost per step; a warm-up and cosine decay, at 2e-4 or 5e-4, did worse within 15 minutes.
+CPU_RECIPE = Recipe(batch_size=16, lr=2e-4, slices_per_volume=8, ema=0.999, schedule="constant")
+# What a training record from before a setting existed trained with.
+LEGACY = {"augment": False, "ema": 0.0, "schedule": "constant"}
+
+
+def recipe_of(config: ModelConfig) -> Recipe:
+    return CPU_RECIPE if config.name in SMALL_CONFIGS else PAPER_RECIPE
 
 
 @dataclass
 class TrainConfig:
     epochs: int = 1600  # paper Sec. 4.3: up to 1600 epochs
-    batch_size: int = 32  # paper Sec. 4.3
-    lr: float = 1e-4  # paper Sec. 4.3 (Adam)
-    slices_per_volume: int = 1  # reference: one random slice per volume per epoch
+    batch_size: int | None = None  # None here and below: the configuration's recipe (recipe_of)
+    lr: float | None = None  # Adam's rate (the peak of a schedule)
+    slices_per_volume: int | None = None  # random brain slices of each volume per epoch
     fold: int = 0  # validation fold of split.csv (IXI: 5 folds)
     seed: int = 0
     val_slices: int = 8  # evenly spaced brain slices per validation volume
     max_minutes: float | None = None  # stop at the first epoch end past this budget
     device: str = "auto"
     augment: bool | None = None  # intensity augmentation (augment.py); None: as the method's paper (AUGMENTED_METHODS)
-    ema: float | None = None  # largest decay of an EMA of the weights, published as the model; None: none
+    ema: float | None = None  # largest decay of an EMA of the weights, published as the model; 0: none
     pretrain: bool = False  # cDDPM: masked pre-training of its encoder first (cDDPM paper, optional)
     first_stage_share: float = 0.25  # the part of max_minutes (all stages) a first stage takes
+    schedule: str | None = None  # "constant" (the papers'), or "cosine": warm-up, then a decay over the run
+    warmup: float = 0.05  # cosine: the part of the run (of max_minutes, or of the epochs) warming up linearly
 
     def __post_init__(self) -> None:
         counts = {"epochs": self.epochs, "batch_size": self.batch_size, "slices_per_volume": self.slices_per_volume,
                   "val_slices": self.val_slices}
         for name, value in counts.items():
-            if value < 1:
+            if value is not None and value < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be a positive integer, got {value}")
-        if not (math.isfinite(self.lr) and self.lr > 0) or self.fold < 0:
+        if (self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0)) or self.fold < 0:
             raise ValueError(f"need a finite lr > 0 and a fold >= 0, got lr {self.lr}, fold {self.fold}")
         if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
             raise ValueError(f"max-minutes must be a finite number > 0, got {self.max_minutes}")
-        if self.ema is not None and not 0 < self.ema < 1:
-            raise ValueError(f"ema must lie between 0 and 1, got {self.ema}")
+        if self.ema is not None and not 0 <= self.ema < 1:
+            raise ValueError(f"ema must lie in [0, 1) (0: none), got {self.ema}")
         if not 0 < self.first_stage_share < 1:
             raise ValueError(f"first-stage-share must lie between 0 and 1, got {self.first_stage_share}")
+        if self.schedule is not None and self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not 0 <= self.warmup < 1:
+            raise ValueError(f"warmup is a part of the run, at least 0 and below 1, got {self.warmup}")
+
+
+def lr_factor(progress: float, warmup: float) -> float:
+    """The rate of a cosine schedule, as a part of the peak, after ``progress`` (0..1) of the run:
+    linear from 0 over the first ``warmup`` of it, then half a cosine down to COSINE_FLOOR."""
+    if progress < warmup:
+        return progress / warmup
+    decayed = min(1.0, (progress - warmup) / (1.0 - warmup))
+    return COSINE_FLOOR + (1.0 - COSINE_FLOOR) * 0.5 * (1.0 + math.cos(math.pi * decayed))
 
 
 def ema_update(max_decay: float, power: float = 2 / 3):
@@ -94,11 +141,14 @@ def brain_slices(mask: np.ndarray) -> np.ndarray:
     return np.flatnonzero(fraction >= MIN_BRAIN_FRACTION)
 
 
-def for_method(train: TrainConfig, config: ModelConfig) -> TrainConfig:
-    """``train`` with the settings it leaves to the method decided."""
-    if train.augment is not None:
-        return train
-    return replace(train, augment=config.method in AUGMENTED_METHODS)
+def resolved(train: TrainConfig, config: ModelConfig) -> TrainConfig:
+    """``train`` with the settings it leaves unset decided: by the configuration's recipe, and
+    augmentation by the method's paper."""
+    recipe = asdict(recipe_of(config))
+    unset = {key: value for key, value in recipe.items() if getattr(train, key) is None}
+    if train.augment is None:
+        unset["augment"] = config.method in AUGMENTED_METHODS
+    return replace(train, **unset)
 
 
 def check_stage(config: ModelConfig, stage: str | None, pretrain: bool) -> None:
@@ -125,11 +175,18 @@ def stages_of(config: ModelConfig, train: TrainConfig) -> list[str | None]:
     return ["encoder", None] if train.pretrain else [None]
 
 
-def changed_settings(saved: dict, config: TrainConfig, keys: tuple[str, ...] = RESUMED_SETTINGS) -> list[str]:
-    """Those of ``keys`` in which ``config`` differs from a saved run's training record (a setting
-    the record predates counts as its default; runs from before augmentation had none)."""
-    defaults = replace(TrainConfig(), augment=False)
-    return [key for key in keys if saved.get(key, getattr(defaults, key)) != getattr(config, key)]
+def changed_settings(saved: dict, config: TrainConfig, keys: tuple[str, ...] | None = None) -> list[str]:
+    """Those of ``keys`` (by default the resumed settings, and the run's length where the rate
+    decays over it) in which a resolved ``config`` differs from a saved run's training record (a
+    setting the record predates, or holds as None, counts as what runs trained with then: LEGACY)."""
+    if keys is None:
+        keys = RESUMED_SETTINGS + (HORIZON_SETTINGS if config.schedule != "constant" else ())
+
+    def saved_value(key: str):
+        value = saved.get(key)
+        return LEGACY.get(key, getattr(TrainConfig(), key)) if value is None else value
+
+    return [key for key in keys if saved_value(key) != getattr(config, key)]
 
 
 class SliceData:
@@ -172,9 +229,10 @@ class Trainer:
     def __init__(self, config: ModelConfig, train: TrainConfig, data_dir: str | Path, run_dir: str | Path,
                  preprocessing: dict | None = None, stage: str | None = None):
         check_stage(config, stage, train.pretrain)
+        train = resolved(train, config)
         if stage == "encoder":  # its record says so, and a later --pretrain run resumes it
             train = replace(train, pretrain=True)
-        self.config, self.train, self.run_dir, self.stage = config, for_method(train, config), Path(run_dir), stage
+        self.config, self.train, self.run_dir, self.stage = config, train, Path(run_dir), stage
         self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
         self.device = pick_device(train.device)
         if self.world > 1:
@@ -191,6 +249,8 @@ class Trainer:
         if any(c.seg is not None and c.seg.any() for c in train_cases):
             raise VolumeError("training cases contain lesions: train on healthy volumes only")
         self.data = SliceData([c.image for c in train_cases], [c.mask for c in train_cases])
+        pairs = sum(1 for s in self.data.slices if len(s)) * self.train.slices_per_volume  # as epoch_order draws
+        self.steps_per_epoch = math.ceil(math.ceil(pairs / self.world) / self.train.batch_size)
         self.val = load_prepared(data_dir, val_names)
         self.preprocessing = preprocessing or train_cases[0].record.get("config", {})
         self.spacing_mm = float(train_cases[0].record["model_grid"]["spacing"][0])  # model space is isotropic
@@ -217,7 +277,7 @@ class Trainer:
             self.first_stage = self.first_stage_weights("encoder", self.network.condition.resnet, prefix="resnet.")
         self.optimizer = optimizer(self.model.parameters())
         self.ema = None
-        if self.train.ema is not None:  # buffers too: BatchNorm statistics of cDDPM's encoder
+        if self.train.ema:  # buffers too: BatchNorm statistics of cDDPM's encoder
             self.ema = torch.optim.swa_utils.AveragedModel(self.model, multi_avg_fn=ema_update(self.train.ema),
                                                            use_buffers=True).eval()
         self.generator = torch.Generator().manual_seed(train.seed * 1000 + self.rank)
@@ -307,10 +367,12 @@ class Trainer:
             raise VolumeError(f"{self.run_dir}: holds a run of another configuration; use a new folder or --restart")
         # The optimiser (its learning rate included) and the data order resume as saved: other
         # settings would be silently ignored.
-        changed = [f"{key} {done.get(key)} (asked {getattr(self.train, key)})"
-                   for key in changed_settings(done, self.train)]
-        if changed:
-            raise VolumeError(f"{self.run_dir}: holds a run trained with {', '.join(changed)}; "
+        keys = changed_settings(done, self.train)
+        if keys:
+            changed = ", ".join(f"{key} {done.get(key)} (asked {getattr(self.train, key)})" for key in keys)
+            why = ("; a cosine schedule decays over the run's length, which cannot change"
+                   if set(keys) & set(HORIZON_SETTINGS) else "")
+            raise VolumeError(f"{self.run_dir}: holds a run trained with {changed}{why}; "
                               "pass the same settings, or use a new folder or --restart")
         if self.first_stage is not None:
             name = self.first_stage["stage"]
@@ -355,7 +417,10 @@ class Trainer:
     def autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
 
-    def fit(self) -> dict:
+    def fit(self, deadline: float | None = None) -> dict:
+        """Train until the run's epochs or budget are spent or, where ``deadline`` (a time.perf_counter()
+        value) is given, until the first epoch end past it: a time slice of the run, which a later call
+        resumes with its budget and schedule unchanged."""
         main = self.rank == 0
         writer = None
         if main:
@@ -367,11 +432,16 @@ class Trainer:
         started = time.perf_counter() - self.seconds
         bar = tqdm(total=self.train.epochs, initial=self.epoch, desc=f"train {self.config.name}",
                    unit="epoch", disable=not main)
-        while self.epoch < self.train.epochs and not self.out_of_time():
+        stopped = False
+        while self.epoch < self.train.epochs and not self.out_of_time() and not stopped:
             order = self.data.epoch_order(self.rng, self.train.slices_per_volume)
             mine = order[self.rank::self.world]
             losses = []
             for i in range(0, len(mine), self.train.batch_size):
+                if self.train.schedule != "constant":
+                    self.seconds = self.agreed(time.perf_counter() - started)
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = self.train.lr * lr_factor(self.progress(), self.train.warmup)
                 x0, brain = (t.to(self.device) for t in self.data.batch(mine[i:i + self.train.batch_size]))
                 if self.train.augment:  # on 0..1 intensities, the range the transforms are defined on
                     x0 = augment((x0 + 1) / 2, self.generator, spacing_mm=self.spacing_mm) * 2 - 1
@@ -385,7 +455,7 @@ class Trainer:
                 self.step += 1
                 losses.append(loss.item())
             self.epoch += 1
-            self.seconds = time.perf_counter() - started
+            self.seconds = self.agreed(time.perf_counter() - started)
             if main:
                 val_loss = self.validate()
                 train_loss = float(np.mean(losses)) if losses else float("nan")
@@ -397,24 +467,49 @@ class Trainer:
                 self._log(writer, train_loss, val_loss)
                 bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}", best="*" if improved else "")
             bar.update(1)
+            stopped = deadline is not None and self.agreed(time.perf_counter() > deadline) > 0
         bar.close()
         if writer:
             writer.close()
         if self.world > 1:
             dist.destroy_process_group()
-        return {"epochs": self.epoch, "steps": self.step, "best_val_loss": self.best_val, "seconds": self.seconds}
+        result = {"epochs": self.epoch, "steps": self.step, "best_val_loss": self.best_val, "seconds": self.seconds}
+        unfinished = self.epoch < self.train.epochs and not self.out_of_time()
+        return {**result, "stopped": True} if stopped and unfinished else result
 
-    def out_of_time(self) -> bool:
-        """Past the budget: checked at epoch ends, so a resumed run that spent it trains no further.
-        ``max_minutes`` is the whole run's; a first stage takes ``first_stage_share`` of it."""
+    def agreed(self, value: float) -> float:
+        """Rank 0's ``value`` on every rank: the clock behind the budget, the schedule and the stop,
+        so that no rank stops alone or steps at another rate."""
+        if self.world == 1:
+            return float(value)
+        shared = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
+        dist.broadcast(shared, 0)
+        return float(shared)
+
+    def budget_seconds(self) -> float | None:
+        """This stage's part of ``max_minutes``, the whole run's: a first stage takes
+        ``first_stage_share`` of it."""
         if self.train.max_minutes is None:
-            return False
+            return None
         share = 1.0
         if self.stage in FIRST_STAGES:
             share = self.train.first_stage_share
         elif self.stage == "denoiser" or self.train.pretrain:
             share = 1 - self.train.first_stage_share
-        return self.seconds > 60 * self.train.max_minutes * share
+        return 60 * self.train.max_minutes * share
+
+    def out_of_time(self) -> bool:
+        """Past the budget: checked at epoch ends, so a resumed run that spent it trains no further."""
+        budget = self.budget_seconds()
+        return budget is not None and self.seconds > budget
+
+    def progress(self) -> float:
+        """How much of the run is done, 0..1: of its epochs, or of its budget where that ends first."""
+        done = self.step / (self.train.epochs * self.steps_per_epoch)
+        budget = self.budget_seconds()
+        if budget is not None:
+            done = max(done, self.seconds / budget)
+        return min(done, 1.0)
 
     def _log(self, writer, train_loss: float, val_loss: float) -> None:
         path = self.run_dir / "metrics.csv"
@@ -429,14 +524,19 @@ class Trainer:
 
 
 def train(config_name: str, data_dir: str | Path, run_dir: str | Path, train_config: TrainConfig,
-          restart: bool = False, stage: str | None = None) -> dict:
-    """Train (or resume) a configuration; all its stages in order unless ``stage`` names one."""
+          restart: bool = False, stage: str | None = None, stop_after_minutes: float | None = None) -> dict:
+    """Train (or resume) a configuration; all its stages in order unless ``stage`` names one. With
+    ``stop_after_minutes``, this call stops at the first epoch end past that many minutes of its own
+    (a job runner's time limit); calling again resumes the run where it stopped."""
     config = get_config(config_name)
     stages = [stage] if stage else stages_of(config, train_config)
     for name in stages:  # before anything is deleted
         check_stage(config, name, train_config.pretrain)
+    deadline = None if stop_after_minutes is None else time.perf_counter() + 60 * stop_after_minutes
     results = []
     for name in stages:
+        if results and (results[-1].get("stopped") or (deadline is not None and time.perf_counter() > deadline)):
+            return {**results[-1], "stopped": True}
         folder = Path(run_dir) / name if name in FIRST_STAGES else Path(run_dir)
         if restart:
             for file in ("last.json", "last.safetensors", ".last.json.pending", "metrics.csv"):
@@ -444,7 +544,7 @@ def train(config_name: str, data_dir: str | Path, run_dir: str | Path, train_con
         trainer = Trainer(config, train_config, data_dir, folder, stage=name)
         if not restart and trainer.resume():
             print(f"resuming {folder} at epoch {trainer.epoch} (step {trainer.step})")
-        results.append(trainer.fit())
+        results.append(trainer.fit(deadline))
     if len(results) == 1:
         return results[0]
     return {**results[-1], "seconds_all_stages": sum(r["seconds"] for r in results)}

@@ -328,8 +328,8 @@ def training_cases(work: Path) -> list[Case]:
 
 
 def damaged_checkpoint(train: list[str]) -> None:
-    """One epoch trained, then one byte of its last weights flipped."""
-    subprocess.run(MAEDIFF + train + ["--epochs", "1"], check=True, capture_output=True)
+    """One epoch of the 2-epoch run trained, then one byte of its last weights flipped."""
+    subprocess.run(MAEDIFF + train + ["--epochs", "2", "--stop-after-minutes", "0.0001"], check=True, capture_output=True)
     weights = Path(train[-1]) / "last.safetensors"
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0xFF
