@@ -4,6 +4,7 @@ memory of `maediff detect` (bench-detect)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,8 +84,6 @@ def describe(name: str) -> str:
 def noise_benchmark(slices: int = 256, repeats: int = 3) -> dict:
     """Slices per second of the batched torch simplex noise (CPU, and CUDA when present) next to
     the reference generator, opensimplex, one 6-octave field per slice."""
-    import time
-
     from .noise import SimplexConfig, simplex_noise
 
     def best_rate(fn, n: int) -> float:
@@ -142,7 +141,6 @@ def timed_detect(volume: Path, out: Path, options: list[str]) -> dict:
     import os
     import subprocess
     import sys
-    import time
 
     from .files import case_name
 
@@ -212,8 +210,6 @@ def train_step_benchmark(name: str, batch_sizes: tuple[int, ...] = (8, 16, 32), 
     """Milliseconds per sample of one training step of configuration ``name`` (Algorithm 1's loss,
     backward, Adam) per batch size and variant: eager, channels_last memory, or torch.compile'd (its
     compilation timed apart). Slices are random; the cost does not depend on their content."""
-    import time
-
     from .diffusion import Diffusion
     from .train import training_step
 

@@ -199,6 +199,10 @@ class SliceData:
         if not any(len(s) for s in self.slices):
             raise VolumeError("no slice with brain in the training volumes")
 
+    def epoch_size(self, per_volume: int) -> int:
+        """How many (volume, slice) pairs epoch_order draws."""
+        return per_volume * sum(1 for s in self.slices if len(s))
+
     def epoch_order(self, rng: np.random.Generator, per_volume: int) -> list[tuple[int, int]]:
         pairs = [(v, int(rng.choice(s))) for v, s in enumerate(self.slices) if len(s) for _ in range(per_volume)]
         return [pairs[i] for i in rng.permutation(len(pairs))]
@@ -249,7 +253,7 @@ class Trainer:
         if any(c.seg is not None and c.seg.any() for c in train_cases):
             raise VolumeError("training cases contain lesions: train on healthy volumes only")
         self.data = SliceData([c.image for c in train_cases], [c.mask for c in train_cases])
-        pairs = sum(1 for s in self.data.slices if len(s)) * self.train.slices_per_volume  # as epoch_order draws
+        pairs = self.data.epoch_size(self.train.slices_per_volume)
         self.steps_per_epoch = math.ceil(math.ceil(pairs / self.world) / self.train.batch_size)
         self.val = load_prepared(data_dir, val_names)
         self.preprocessing = preprocessing or train_cases[0].record.get("config", {})
