@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,11 +11,12 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import FAST, TINY, run
+from conftest import FAST, TINY, TINY_MADAD, run
 from safetensors.torch import load_file
 
 from maediff_core.files import VolumeError
-from maediff_core.models import get_config, load_model
+from maediff_core.models import (card_markdown, get_config, load_card, load_model, rewrite_card, save_model,
+                                 with_operating_point)
 from maediff_core.train import (COSINE_FLOOR, CPU_RECIPE, PAPER_RECIPE, RESUMED_SETTINGS, TrainConfig, Trainer,
                                 changed_settings, lr_factor, resolved)
 
@@ -112,6 +114,40 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, healthy_prepared)
     assert done.returncode == 0, done.stderr
     assert f"resuming {folder} at epoch {epoch}" in done.stdout and "stopped after 0.0001 minutes" in done.stdout
     assert json.loads((folder / "last.json").read_text())["resume"]["epoch"] == epoch + 1
+
+
+def test_a_run_started_from_a_published_model_starts_at_its_weights(tmp_path, healthy_prepared, tiny_model):
+    release = tmp_path / "release"
+    release.mkdir()
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(tiny_model.with_suffix(suffix), release / f"tiny{suffix}")
+    # A published card holds its operating point; the network is the same at any t_test and stride.
+    card = load_card(release / "tiny.json")
+    rewrite_card(with_operating_point(card, 0.05, (150,), 48, {"val": "tumour"}), release / "tiny.json")
+    init = str(release / "tiny.json")
+    warm = Trainer(TINY, replace(FAST, epochs=1, init=init, ema=0.99), healthy_prepared, tmp_path / "warm")
+    published, _ = load_model(init)
+    for key, value in published.state_dict().items():  # the network and its EMA start there
+        torch.testing.assert_close(warm.network.state_dict()[key], value, rtol=0, atol=0, msg=key)
+        torch.testing.assert_close(warm.ema.module.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    warm.fit()
+    best = load_card(tmp_path / "warm" / "best.json")
+    started = best.training["started_from"]
+    assert started["model"] == "tiny.json" and started["epoch"] == card.training["epoch"]
+    assert started["sha256"] == json.loads((release / "tiny.json").read_text())["weights_sha256"]
+    assert best.training["epoch"] == 1 and "started from the weights of `tiny.json`" in card_markdown(best, 1.0)
+    # Resuming needs the weights it started from, not others under the same name.
+    other = Trainer(TINY, replace(FAST, epochs=1, seed=7), healthy_prepared, tmp_path / "other")
+    save_model(other.network, other.card(), release / "tiny")
+    with pytest.raises(VolumeError, match="started from other weights"):
+        Trainer(TINY, replace(FAST, epochs=2, init=init, ema=0.99), healthy_prepared, tmp_path / "warm").resume()
+    # nor does a random start
+    with pytest.raises(VolumeError, match=r"trained with init \S*tiny\.json \(asked None\)"):
+        Trainer(TINY, replace(FAST, epochs=2, ema=0.99), healthy_prepared, tmp_path / "warm").resume()
+    with pytest.raises(VolumeError, match="a maediff-tiny model cannot start a pddpm-s48-small run"):
+        Trainer(get_config("pddpm-s48-small"), replace(FAST, init=init), healthy_prepared, tmp_path / "x")
+    with pytest.raises(VolumeError, match="trains in stages"):
+        Trainer(TINY_MADAD, replace(FAST, init=init), healthy_prepared, tmp_path / "y", stage="denoiser")
 
 
 def test_refuses_other_config_in_run_folder_and_lesion_data(tmp_path, healthy_prepared):

@@ -430,6 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: as the method's paper (on for cDDPM only)")
     p.add_argument("--ema", type=float, help="keep an exponential moving average of the weights with this largest "
                                              "decay (e.g. 0.999) and publish it as the model; 0: none")
+    p.add_argument("--init", metavar="MODEL", help="start the network from a published model's weights (its .json; "
+                                                   "the same configuration) instead of random ones: a longer run of "
+                                                   "a released model, or fine-tuning; the optimiser starts afresh")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in the run folder "
                                                           "(of every stage it trains)")
     p.set_defaults(func=cmd_train)

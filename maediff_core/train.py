@@ -30,14 +30,14 @@ from .device import pick_device
 from .diffusion import Diffusion, noised_input, patch_l1, patch_masks, random_corners
 from .encoder_pretraining import STRIDE, MaskedPretrainer, PretrainConfig, pretraining_loss
 from .files import VolumeError
-from .models import (SMALL_CONFIGS, ModelCard, ModelConfig, get_config, load_weights, read_pair, recover_pair,
-                     save_model, save_pair)
+from .models import (SMALL_CONFIGS, ModelCard, ModelConfig, get_config, load_card, load_weights, read_pair,
+                     recover_pair, save_model, save_pair, sha256_of)
 from .networks import visible_cells
 from .repair import autoencoder_loss, denoiser_loss, fit_latent_scale
 
 MIN_BRAIN_FRACTION = 0.01  # slices with less brain than this carry no anatomy to learn
 RESUMED_SETTINGS = ("batch_size", "lr", "slices_per_volume", "fold", "seed", "augment", "ema", "pretrain",
-                    "schedule", "warmup")  # per run
+                    "schedule", "warmup", "init")  # per run
 # A decaying rate is a function of the whole run's length: its horizon cannot change on resume.
 HORIZON_SETTINGS = ("epochs", "max_minutes")
 SCHEDULES = ("constant", "cosine")
@@ -89,6 +89,7 @@ class TrainConfig:
     first_stage_share: float = 0.25  # the part of max_minutes (all stages) a first stage takes
     schedule: str | None = None  # "constant" (the papers'), or "cosine": warm-up, then a decay over the run
     warmup: float = 0.05  # cosine: the part of the run (of max_minutes, or of the epochs) warming up linearly
+    init: str | None = None  # a published model (.json) whose weights the network starts from, not random ones
 
     def __post_init__(self) -> None:
         counts = {"epochs": self.epochs, "batch_size": self.batch_size, "slices_per_volume": self.slices_per_volume,
@@ -261,6 +262,7 @@ class Trainer:
         self.diffusion = Diffusion(config.diffusion)
         torch.manual_seed(train.seed)  # weight initialisation
         self.network = config.build().to(self.device)
+        self.started_from = self.warm_start(train.init) if train.init is not None else None
         self.model = self.network  # what this stage trains, checkpoints and publishes
         self.objective = partial(training_step, config=config, diffusion=self.diffusion)
         self.first_stage: dict | None = None  # the card's record of the first stage this one starts from
@@ -299,6 +301,26 @@ class Trainer:
         """The weights that are validated and saved as ``best``: the EMA's when there is one."""
         return self.ema.module if self.ema is not None else self.model
 
+    def warm_start(self, path: str) -> dict:
+        """The network starts from a published model's weights: a longer run of a released model, or
+        one fine-tuned on another cohort, without the minutes already spent on it. The optimiser (and
+        an EMA) start afresh from them. Returns the card's record of that model and its training."""
+        if self.stage is not None or self.train.pretrain:
+            raise VolumeError(f"--init starts a network trained in one stage; {self.config.name} trains in "
+                              "stages" + (" (here with --pretrain)" if self.train.pretrain else ""))
+        weights, record = read_pair(path)
+        card = load_card(path)
+        # A published card holds its operating point; the network is the same at any t_test and stride.
+        network = replace(card.config, diffusion=replace(card.config.diffusion, t_test=self.config.diffusion.t_test),
+                          patch=replace(card.config.patch, stride=self.config.patch.stride))
+        if network != self.config:
+            raise VolumeError(f"{path}: a {card.config.name} model cannot start a {self.config.name} run "
+                              "(their networks differ)")
+        load_weights(weights, self.network, self.device)
+        done = card.training
+        return {"model": Path(path).name, "sha256": record.get("weights_sha256") or sha256_of(weights),
+                **{k: done.get(k) for k in ("epoch", "step", "seconds", "best_val_loss")}}
+
     def first_stage_weights(self, name: str, model: torch.nn.Module, prefix: str = "") -> dict:
         """The best weights of the first stage ``name`` loaded into ``model``; returns the card's
         record of them: their file, SHA-256 and that stage's whole training (its last checkpoint's
@@ -335,6 +357,8 @@ class Trainer:
         reference = None
         if self.stage is not None:
             training["stage"] = self.stage
+        if self.started_from is not None:
+            training["started_from"] = self.started_from
         if self.first_stage is not None:
             training[self.first_stage["stage"]] = {**self.first_stage["training"], "sha256": self.first_stage["sha256"]}
             if self.stage == "denoiser":  # frozen, so the model names its file; a pre-trained encoder trains on
@@ -384,6 +408,9 @@ class Trainer:
             if (started_from or {}).get("sha256") != self.first_stage["sha256"]:
                 raise VolumeError(f"{self.run_dir}: was trained from another {name} than {name}/best; "
                                   "--restart this stage")
+        if self.started_from is not None and (done.get("started_from") or {}).get("sha256") != self.started_from["sha256"]:
+            raise VolumeError(f"{self.run_dir}: started from other weights than {self.train.init}; use a new folder "
+                              "or --restart")
         tensors = load_weights(weights, self.model, "cpu", prefix="model.")
         optim_state: dict = {}
         for key, value in tensors.items():
