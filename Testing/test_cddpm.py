@@ -1,9 +1,11 @@
 """cDDPM in the engine: the condition reaches the output, the scale-shift block starts where it
 should, an ensemble is the mean of its members, a tiny cDDPM learns, and its card round-trips."""
 
+import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,6 +151,37 @@ def test_a_trained_cddpm_detects_and_evaluates_through_the_command_line(tmp_path
     assert summary["model"] == "cddpm-tiny" and summary["detect"]["t_test"] == [250, 750]
     for name in ("heatmap", "reconstruction", "lesions"):
         assert sitk.ReadImage(str(tmp_path / "detect" / "input" / f"{name}.nii.gz")).GetSize() == phantom.image.GetSize()
+
+
+def test_residual_contrast_conditions_on_healthy_slices_and_reports_each_level(tmp_path, tiny_cddpm,
+                                                                              lesion_prepared, healthy_prepared):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "residual_contrast.py"
+    spec = importlib.util.spec_from_file_location("residual_contrast", script)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    model = randomised(TINY_CDDPM.build()).eval()
+    generator = torch.Generator().manual_seed(0)
+    image, healthy = (torch.rand(5, 96, 96, generator=generator).numpy() for _ in range(2))
+    x, t = torch.randn(2, 1, 96, 96, generator=generator), torch.tensor([250, 500])
+    own = torch.from_numpy(image[[3, 1]] * 2 - 1).unsqueeze(1)
+    with torch.no_grad():  # each slice recognised, and conditioned on that slice of the healthy volume
+        swapped = study.HealthyCondition(model, image, healthy)(x, t, clean=own)
+        expected = model(x, t, clean=torch.from_numpy(healthy[[3, 1]] * 2 - 1).unsqueeze(1))
+    torch.testing.assert_close(swapped, expected)
+
+    out = tmp_path / "rows.json"
+    done = subprocess.run([sys.executable, str(script), "--model", str(tiny_cddpm), "--tumour", str(lesion_prepared),
+                           "--healthy", str(healthy_prepared), "--levels", "250", "750", "--volumes", "1",
+                           "-o", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(out.read_text())
+    assert [(r["level"], r["condition"]) for r in rows] == [(250, "own slice"), (250, "healthy slice"),
+                                                             (750, "own slice"), (750, "healthy slice")]
+    for row in rows:
+        assert row["ratio"] == pytest.approx(row["lesion_residual"] / row["brain_residual"])
+        assert 0 < row["voxel_auprc"] <= 1
+    assert all(r["healthy_l1"] > 0 for r in rows[::2]) and all(r["lesion_change"] > 0 for r in rows[1::2])
+    assert "| cddpm-tiny | 750 | healthy slice |" in done.stdout
 
 
 def test_maediff_models_says_what_the_small_cddpm_keeps():
