@@ -172,7 +172,8 @@ def test_residual_contrast_conditions_on_healthy_slices_and_reports_each_level(t
     out = tmp_path / "rows.json"
     done = subprocess.run([sys.executable, str(script), "--model", str(tiny_cddpm), "--tumour", str(lesion_prepared),
                            "--healthy", str(healthy_prepared), "--levels", "250", "750", "--volumes", "1",
-                           "-o", str(out)], capture_output=True, text=True, timeout=600)
+                           "-o", str(out), "--figure", str(tmp_path / "residuals.png")],
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads(out.read_text())
     assert [(r["level"], r["condition"]) for r in rows] == [(250, "own slice"), (250, "healthy slice"),
@@ -182,6 +183,7 @@ def test_residual_contrast_conditions_on_healthy_slices_and_reports_each_level(t
         assert 0 < row["voxel_auprc"] <= 1
     assert all(r["healthy_l1"] > 0 for r in rows[::2]) and all(r["lesion_change"] > 0 for r in rows[1::2])
     assert "| cddpm-tiny | 750 | healthy slice |" in done.stdout
+    assert (tmp_path / "residuals.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_maediff_models_says_what_the_small_cddpm_keeps():

@@ -5,10 +5,12 @@ rest of the brain of tumour test volumes, their ratio, the voxel AUPRC of the po
 in the brain, and the healthy l1 (brain) of healthy test volumes. A model conditioned on the clean
 slice (cDDPM) is also run with each slice's condition taken from a healthy volume (same slice of
 the atlas-space grid): if its reconstruction inside the lesions moves towards healthy tissue, the
-condition carried the lesion into the reconstruction.
+condition carried the lesion into the reconstruction. ``--figure`` draws the first tumour test
+volume's slice of largest lesion area: the input, then each row's reconstruction and residual per level.
 
     python scripts/residual_contrast.py --model runs/cddpm/best.json Resources/models/maediff-small-demo.json \
-        --tumour benchmark/prepared/tumour --healthy benchmark/prepared/healthy --levels 150 250 500 750
+        --tumour benchmark/prepared/tumour --healthy benchmark/prepared/healthy --levels 150 250 500 750 \
+        --figure residuals.png
 """
 
 from __future__ import annotations
@@ -41,12 +43,14 @@ class HealthyCondition(torch.nn.Module):
         return self.network(x, t, visible, clean=self.healthy[index].to(clean.device))
 
 
-def level_row(model, card, tumours, healthy, level: int, stride: int | None, swap: bool) -> dict:
+def level_row(model, card, tumours, healthy, level: int, stride: int | None, swap: bool) -> tuple[dict, np.ndarray]:
+    """The row of one level and condition, and the reconstruction of the first tumour volume."""
     config = DetectConfig(t_test=(level,), stride=stride)
-    inside, outside, scores, truths, moved = [], [], [], [], []
+    inside, outside, scores, truths, moved, first = [], [], [], [], [], None
     for case, normal in zip(tumours, healthy):
         network = HealthyCondition(model, case.image, normal.image) if swap else model
         rec = reconstruct(network, card, case.image, case.mask, config)
+        first = rec if first is None else first
         residual = np.abs(case.image - rec)
         lesion, brain = case.seg > 0, case.mask > 0
         inside.append(residual[lesion].mean())
@@ -65,7 +69,35 @@ def level_row(model, card, tumours, healthy, level: int, stride: int | None, swa
     else:
         row["healthy_l1"] = float(np.mean([np.abs(c.image - reconstruct(model, card, c.image, c.mask, config))[c.mask > 0]
                                            .mean() for c in healthy]))
-    return row
+    return row, first
+
+
+def figure(case, panels: dict[str, list[tuple[int, np.ndarray]]], out: str) -> None:
+    """One row a model and condition: the input with the lesion outlined, then the reconstruction
+    and |residual| at each level, on the slice of largest lesion area."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    z = int(np.argmax(case.seg.reshape(len(case.seg), -1).sum(1)))
+    columns = 1 + 2 * max(len(p) for p in panels.values())
+    fig, axes = plt.subplots(len(panels), columns, figsize=(1.6 * columns, 1.7 * len(panels)), squeeze=False)
+    for axis_row, (label, recs) in zip(axes, panels.items()):
+        axis_row[0].imshow(case.image[z], cmap="gray", vmin=0, vmax=1)
+        axis_row[0].contour(case.seg[z] > 0, levels=[0.5], colors="r", linewidths=0.6)
+        axis_row[0].set_title(label, fontsize=6, loc="left")
+        for k, (level, rec) in enumerate(recs):
+            axis_row[1 + 2 * k].imshow(rec[z], cmap="gray", vmin=0, vmax=1)
+            axis_row[1 + 2 * k].set_title(f"t {level}", fontsize=6)
+            residual = np.abs(case.image[z] - rec[z]) * (case.mask[z] > 0)  # the score is the brain's
+            axis_row[2 + 2 * k].imshow(residual, cmap="inferno", vmin=0, vmax=0.5)
+            axis_row[2 + 2 * k].set_title(f"|residual| t {level}", fontsize=6)
+    for axis in axes.ravel():
+        axis.axis("off")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -77,25 +109,30 @@ def main() -> None:
     parser.add_argument("--volumes", type=int, default=4, help="tumour and healthy test volumes each")
     parser.add_argument("--stride", type=int, help="patch stride (default: each model's)")
     parser.add_argument("-o", "--output", help="JSON of every row")
+    parser.add_argument("--figure", help="PNG of the first tumour test volume's reconstructions")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     tumours = load_prepared(args.tumour, select(split_of(args.tumour), "test"))[:args.volumes]
     healthy = load_prepared(args.healthy, select(split_of(args.healthy), "test"))[:args.volumes]
-    rows = []
+    rows, panels = [], {}
     print("| model | t | condition | lesion residual | brain residual | ratio | voxel AUPRC | healthy l1 | lesion change |")
     print("|---|---|---|---|---|---|---|---|---|")
     for path in args.model:
         model, card = load_model(path)
         for level in args.levels:
             for swap in (False, True) if card.config.encoder is not None else (False,):
-                row = {"model": Path(path).stem, **level_row(model, card, tumours, healthy, level, args.stride, swap)}
+                row, rec = level_row(model, card, tumours, healthy, level, args.stride, swap)
+                row = {"model": Path(path).stem, **row}
                 rows.append(row)
+                panels.setdefault(f"{card.config.name}, {row['condition']}", []).append((level, rec))
                 print(f"| {card.config.name} | {level} | {row['condition']} | {row['lesion_residual']:.4f} | "
                       f"{row['brain_residual']:.4f} | {row['ratio']:.2f} | {100 * row['voxel_auprc']:.1f} | "
                       f"{row.get('healthy_l1', float('nan')):.4f} | {row.get('lesion_change', float('nan')):.4f} |",
                       flush=True)
     if args.output:
         Path(args.output).write_text(json.dumps(rows, indent=1) + "\n")
+    if args.figure:
+        figure(tumours[0], panels, args.figure)
 
 
 if __name__ == "__main__":
