@@ -78,6 +78,7 @@ def select_model(panel, path) -> None:
 
 
 def test_panel_loads_with_the_bundled_model(app, panel):
+    from maediff_core.models import load_card
     from maediff_core.resources import default_model_path
 
     parameters = panel._parameterNode
@@ -86,7 +87,8 @@ def test_panel_loads_with_the_bundled_model(app, panel):
     assert panel.ui.syntheticWarningLabel.visible
     assert panel.ui.tTestSpinBox.specialValueText == "model's (150)"
     assert panel.ui.strideComboBox.items == ["model's (48)", "16", "48"]
-    assert panel.ui.detectThresholdSpinBox.specialValueText.startswith("model's (0.09")
+    threshold = load_card(default_model_path()).threshold
+    assert panel.ui.detectThresholdSpinBox.specialValueText.startswith(f"model's ({threshold:.3f}")
     assert parameters.exportFolder == Path(app.slicer.app.defaultScenePath)
     assert not panel.ui.applyButton.enabled  # no volume yet
 
