@@ -136,6 +136,14 @@ def test_a_run_started_from_a_published_model_starts_at_its_weights(tmp_path, he
     assert started["model"] == "tiny.json" and started["epoch"] == card.training["epoch"]
     assert started["sha256"] == json.loads((release / "tiny.json").read_text())["weights_sha256"]
     assert best.training["epoch"] == 1 and "started from the weights of `tiny.json`" in card_markdown(best, 1.0)
+    # A run from that model keeps the whole lineage, back to the run that started at random.
+    third = Trainer(TINY, replace(FAST, epochs=1, init=str(tmp_path / "warm" / "best.json")), healthy_prepared,
+                    tmp_path / "third")
+    assert third.started_from["model"] == "best.json" and third.started_from["started_from"] == started
+    lineage = card_markdown(third.card(), 1.0)
+    assert lineage.index("- started from the weights of `best.json`") < lineage.index(
+        f"- which started from the weights of `tiny.json` (SHA-256 {started['sha256'][:12]}): "
+        f"{started['epoch']} epochs")
     # Resuming needs the weights it started from, not others under the same name.
     other = Trainer(TINY, replace(FAST, epochs=1, seed=7), healthy_prepared, tmp_path / "other")
     save_model(other.network, other.card(), release / "tiny")

@@ -467,11 +467,13 @@ def card_markdown(card: ModelCard, weights_mb: float) -> str:
         f"- {t.get('epoch', '?')} epochs, {t.get('step', '?')} steps, {recipe_text(t)}, seed {t.get('seed', '?')}, "
         f"{t.get('seconds', 0) / 60:.0f} minutes" + (" (the denoiser stage)" if t.get("autoencoder") else ""),
     ]
-    if t.get("started_from"):
-        s = t["started_from"]
-        lines.append(f"- started from the weights of `{s['model']}` (SHA-256 {s['sha256'][:12]}), not at random: "
+    s, first = t.get("started_from"), True
+    while s:  # each model this one started from, back to the run that started at random
+        lines.append(("- started from" if first else "- which started from") + f" the weights of `{s['model']}` "
+                     f"(SHA-256 {s['sha256'][:12]})" + (", not at random" if first else "") + ": "
                      f"{s.get('epoch', '?')} epochs, {s.get('step', '?')} steps and {(s.get('seconds') or 0) / 60:.0f} "
-                     "minutes before the ones above")
+                     "minutes before " + ("the ones above" if first else "those"))
+        s, first = s.get("started_from"), False
     if t.get("autoencoder"):
         a = t["autoencoder"]
         lines.append(f"- before it, the autoencoder stage: {a.get('epoch', '?')} epochs, {a.get('step', '?')} steps, "

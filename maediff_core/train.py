@@ -304,7 +304,8 @@ class Trainer:
     def warm_start(self, path: str) -> dict:
         """The network starts from a published model's weights: a longer run of a released model, or
         one fine-tuned on another cohort, without the minutes already spent on it. The optimiser (and
-        an EMA) start afresh from them. Returns the card's record of that model and its training."""
+        an EMA) start afresh from them. Returns the card's record of that model and its training, with
+        the models it started from in turn."""
         if self.stage is not None or self.train.pretrain:
             raise VolumeError(f"--init starts a network trained in one stage; {self.config.name} trains in "
                               "stages" + (" (here with --pretrain)" if self.train.pretrain else ""))
@@ -319,7 +320,8 @@ class Trainer:
         load_weights(weights, self.network, self.device)
         done = card.training
         return {"model": Path(path).name, "sha256": record.get("weights_sha256") or sha256_of(weights),
-                **{k: done.get(k) for k in ("epoch", "step", "seconds", "best_val_loss")}}
+                **{k: done.get(k) for k in ("epoch", "step", "seconds", "best_val_loss")},
+                **({"started_from": done["started_from"]} if done.get("started_from") else {})}
 
     def first_stage_weights(self, name: str, model: torch.nn.Module, prefix: str = "") -> dict:
         """The best weights of the first stage ``name`` loaded into ``model``; returns the card's
