@@ -6,7 +6,7 @@
 # at 100 minutes, from before the small configurations' EMA (--ema 0); the second starts from its best
 # weights (--init) with the recipe study's best (README, "Training per CPU-minute": batch 8, EMA 0.999);
 # the third starts from the second's and decays the rate over its hour (cosine, to a tenth; README,
-# "The bundled model").
+# "Training per CPU-minute").
 set -eu
 WORK=${WORK:-benchmark}
 MAEDIFF=${MAEDIFF:-maediff}
@@ -41,4 +41,4 @@ $MAEDIFF evaluate --model "$RUN/best.json" --val "$WORK/prepared/tumour" --test 
     --healthy "$WORK/prepared/healthy" --use-splits --stride 48 --save-threshold -o "$WORK/eval/demo"
 $MAEDIFF publish "$RUN/best.json" -o Resources/models/maediff-small-demo --synthetic-data \
     --data "100 healthy T2 phantoms (maediff phantom healthy -n 100 --seed 0)" --recipe scripts/demo_model.sh \
-    --description "A CPU-sized MAEDiff (maediff-small) trained for 150 minutes on 2 CPU cores (100 minutes, then 50 more from those weights at batch 8 with an EMA of the weights), for the demo and the tests: it runs the whole product with no download. Its noise level (t_test 150 instead of the paper's 500: a model this far from converged reconstructs anatomy only at lower noise) was chosen on 4 phantom tumour validation volumes, and its threshold on the same volumes with the reference evaluation protocol, at patch stride 48 (4 positions per slice, reconstructing 3.4x faster than the paper's 16); on the 16 phantom tumour test volumes it scores Dice 35.5 % and AUPRC 39.8 % (reference protocol), where a plain intensity threshold scores 25.1 % and 17.6 %, with a healthy l1 of 22.8e-3 on 28 healthy test volumes. Its reconstructions are still blurred; see the evaluation in the README."
+    --description "A CPU-sized MAEDiff (maediff-small) trained for 210 minutes on 2 CPU cores (100 minutes, then 50 more from those weights at batch 8 with an EMA of the weights, then 60 more with the rate decayed by a cosine), for the demo and the tests: it runs the whole product with no download. Its noise level (t_test 150 instead of the paper's 500: a model this far from converged reconstructs anatomy only at lower noise) was chosen on 4 phantom tumour validation volumes, and its threshold on the same volumes with the reference evaluation protocol, at patch stride 48 (4 positions per slice, reconstructing 3.4x faster than the paper's 16); on the 16 phantom tumour test volumes it scores Dice 43.0 % and AUPRC 49.0 % (reference protocol), where a plain intensity threshold scores 25.1 % and 17.6 %, with a healthy l1 of 20.6e-3 on 28 healthy test volumes. Its reconstructions are still blurred; see the evaluation in the README."
