@@ -72,7 +72,7 @@ demo: setup
 sample: setup
 	$(PY) -c "from maediff_core.demo import write_sample; print(*write_sample('Resources/samples'))"
 
-# Rebuilds the bundled demo model from phantoms (about 3 h on 2 cores); see the script.
+# Rebuilds the bundled demo model from phantoms (about 6 h on 2 cores); see the script.
 demo-model: setup
 	MAEDIFF="$(VENV)/bin/maediff" ./scripts/demo_model.sh
 
