@@ -10,7 +10,7 @@ export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/.torchinductor
 SLICER_RELEASES := 5.10 5.12
 MODULE_SOURCES := scripts/build_slicer_module.py $(shell git ls-files MAEDiffAnomaly maediff_core Resources/atlas Resources/models Resources/samples)
 
-.PHONY: setup test test-core test-slicer test-simpleitk23 demo demo-model sample slicer-module clean-venv
+.PHONY: setup lint test test-core test-slicer test-simpleitk23 demo demo-model sample slicer-module clean-venv
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ dist/MAEDiffAnomaly.zip: $(MODULE_SOURCES)
 	.venv-simpleitk23/bin/python -m pip install --quiet "SimpleITK==2.3.1" "numpy<2" pytest
 	touch $@
 
+# ruff with the configuration in pyproject.toml: style, bugbear, complexity, import order.
+lint: setup
+	$(PY) -m ruff check .
+
 test-core: setup
 	$(PY) -m pytest -q Testing
 
@@ -63,7 +67,7 @@ test-simpleitk23: .venv-simpleitk23/.installed
 # downloads and unpacking), then the suites run one after the other.
 test:
 	$(MAKE) -j4 setup .venv-simpleitk23/.installed $(SLICER_RELEASES:%=.venv-slicer-%/.installed) dist/MAEDiffAnomaly.zip
-	$(MAKE) test-core test-simpleitk23 test-slicer
+	$(MAKE) lint test-core test-simpleitk23 test-slicer
 
 demo: setup
 	$(PY) -m maediff_core.cli demo -o demo-output

@@ -9,12 +9,14 @@ import pytest
 import SimpleITK as sitk
 
 from maediff_core.atlas import Atlas
-from maediff_core.conditioning import EncoderConfig
-from maediff_core.latent import AutoencoderConfig
-from maediff_core.models import get_config, load_card, rewrite_card
-from maediff_core.networks import MAEConfig, UNetConfig
+from maediff_core.methods import get_config
+from maediff_core.methods.cddpm.conditioning import EncoderConfig
+from maediff_core.methods.madad.networks import AutoencoderConfig
+from maediff_core.methods.patch.mae import MAEConfig
+from maediff_core.modelfile import load_card, rewrite_card
+from maediff_core.networks import UNetConfig
 from maediff_core.phantom import PhantomConfig, make_phantom
-from maediff_core.train import TrainConfig, Trainer
+from maediff_core.training import TrainConfig, Trainer
 from maediff_core.volume_io import reference_image
 
 # Scanner axes of the three acquisition frames the registration must handle.
@@ -32,7 +34,8 @@ def atlas() -> Atlas:
 
 def random_pose(rng: np.random.Generator, centre: np.ndarray) -> sitk.AffineTransform:
     """Scanner -> atlas mapping with rotations up to 15 deg, scaling up to 10 %, shifts up to 20 mm."""
-    rotation = np.array(sitk.Euler3DTransform((0, 0, 0), *np.deg2rad(rng.uniform(-15, 15, 3))).GetMatrix()).reshape(3, 3)
+    angles = np.deg2rad(rng.uniform(-15, 15, 3))
+    rotation = np.array(sitk.Euler3DTransform((0, 0, 0), *angles).GetMatrix()).reshape(3, 3)
     matrix = rotation @ np.diag(rng.uniform(0.9, 1.1, 3))
     return sitk.AffineTransform(matrix.ravel().tolist(), rng.uniform(-20, 20, 3).tolist(), centre.tolist())
 
@@ -85,7 +88,7 @@ def lesion_prepared(tmp_path_factory, atlas):
     grid = np.indices(brain.shape, sparse=True)
     raw = tmp_path_factory.mktemp("tumour")
     for i, offset in enumerate(([0, 0, 0], [6, 12, -15], [-8, -10, 12]), start=1):
-        seg = sum((g - c) ** 2 for g, c in zip(grid, centre + offset)) <= 8**2
+        seg = sum((g - c) ** 2 for g, c in zip(grid, centre + offset, strict=True)) <= 8**2
         for name, array in (("t2", np.where(seg, brain.max(), brain)), ("seg", seg.astype(np.uint8))):
             image = sitk.GetImageFromArray(array)
             image.CopyInformation(atlas.template)
@@ -118,6 +121,10 @@ TINY_MADAD = replace(get_config("madad-small"), name="madad-tiny",
                                      head_channels=32),
                      latent=replace(get_config("madad-small").latent,
                                     autoencoder=AutoencoderConfig(channels=(16, 16, 32), res_blocks=1, norm_groups=8)))
+# pDDPM and AnoDDPM as small, without attention but in the middle block, as theirs.
+TINY_PDDPM = replace(get_config("pddpm-s48-small"), name="pddpm-tiny", unet=replace(TINY.unet, attention=(False,) * 3))
+TINY_ANODDPM = replace(get_config("anoddpm-small"), name="anoddpm-tiny", unet=TINY_PDDPM.unet)
+TINY_CONFIGS = {config.method: config for config in (TINY, TINY_PDDPM, TINY_ANODDPM, TINY_CDDPM, TINY_MADAD)}
 FAST = TrainConfig(epochs=3, batch_size=4, slices_per_volume=4, val_slices=2, seed=1)
 
 
@@ -147,9 +154,8 @@ def detection_run(tmp_path_factory, atlas, tiny_model):
     import sys
     import time
 
-    from MAEDiffAnomalyLib.runner import DetectionProcess, DetectRequest
-
     from maediff_core.volume_io import write_volume
+    from MAEDiffAnomalyLib.runner import DetectionProcess, DetectRequest
 
     folder = tmp_path_factory.mktemp("detection")
     phantom = make_phantom("tumour", 31, PhantomConfig(skull_probability=0.0), atlas, native_grid=atlas.template,

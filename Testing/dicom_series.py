@@ -8,7 +8,8 @@ from pathlib import Path
 import SimpleITK as sitk
 
 
-def write_dicom_series(image: sitk.Image, folder: str | Path, series: str = "1.2.826.0.1.3680043.2.1125.1.123456") -> list[str]:
+def write_dicom_series(image: sitk.Image, folder: str | Path,
+                       series: str = "1.2.826.0.1.3680043.2.1125.1.123456") -> list[str]:
     """Files in instance order (slice k of ``image`` in file k)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -152,6 +152,14 @@ class Widget:
 UNCAUGHT: list[Exception] = []
 
 
+def raised_in_slots() -> list[str]:
+    """The messages of the errors slots raised since the last call; taken, so that a test that
+    expects one (Slicer's tryWithErrorDisplay shows a dialog, then raises on) can say so."""
+    messages = [str(error) for error in UNCAUGHT]
+    UNCAUGHT.clear()
+    return messages
+
+
 def accepted(slot, offered: int) -> int:
     parameters = inspect.signature(slot).parameters.values()
     if any(p.kind is p.VAR_POSITIONAL for p in parameters):
@@ -210,12 +218,11 @@ def parameterNodeWrapper(cls):
     hints = typing.get_type_hints(cls, include_extras=True)
     defaults = {name: getattr(cls, name, None) for name in hints}
 
-    values_of_node: dict[str, dict] = {}  # the values live with the node, as in Slicer
-
     class Wrapped:
         def __init__(self, node):
             object.__setattr__(self, "parameterNode", node)
-            object.__setattr__(self, "_values", values_of_node.setdefault(node.GetID(), dict(defaults)))
+            # The values live with the node, as in Slicer (VTK keeps a wrapped object's attributes).
+            object.__setattr__(self, "_values", node.__dict__.setdefault("parameter_values", dict(defaults)))
 
         def __getattr__(self, name):
             if name in hints:
@@ -225,9 +232,7 @@ def parameterNodeWrapper(cls):
         def __setattr__(self, name, value):
             if name not in hints:
                 raise AttributeError(f"{cls.__name__} has no parameter {name}")
-            base, extras = split(hints[name])
-            if kind(base) in PATHS and value is not None:
-                value = pathlib.Path(value)
+            value = as_declared(hints[name], value)
             self._values[name] = value
             self.parameterNode.SetParameter(name, str(value))  # fires ModifiedEvent, as Slicer's does
             for widget, bound in getattr(self, "_bound", []):
@@ -235,25 +240,8 @@ def parameterNodeWrapper(cls):
                     write(widget, value)
 
         def connectGui(self, ui):
-            bound = []
-            for widget in vars(ui).values():
-                name = getattr(widget, "SlicerParameterName", None)
-                if name is None:
-                    continue
-                if name not in hints:
-                    raise RuntimeError(f"no parameter {name} for widget {widget.objectName}")
-                error = binding_error(widget.className, hints[name])
-                if error:
-                    raise RuntimeError(f"Unable to create GUI connector from datatype '{hints[name]}' to "
-                                       f"widget '{widget.objectName}': {error}")
-                base, extras = split(hints[name])
-                for extra in extras:
-                    if isinstance(extra, Choice):
-                        widget.items = [str(c) for c in extra.choices]
-                    if isinstance(extra, WithinRange):
-                        widget.minimum, widget.maximum = extra.minimum, extra.maximum
-                write(widget, self._values.get(name))
-                bound.append((widget, name))
+            bound = [(widget, bind(widget, hints, self._values)) for widget in vars(ui).values()
+                     if getattr(widget, "SlicerParameterName", None) is not None]
             object.__setattr__(self, "_bound", bound)
             return bound
 
@@ -262,6 +250,31 @@ def parameterNodeWrapper(cls):
 
     Wrapped.__name__ = cls.__name__
     return Wrapped
+
+
+def as_declared(annotation, value):
+    """A path parameter holds a Path, whatever the widget gave it, as Slicer's wrapper converts."""
+    return pathlib.Path(value) if kind(split(annotation)[0]) in PATHS and value is not None else value
+
+
+def bind(widget: Widget, hints: dict, values: dict) -> str:
+    """Slicer's connectGui for one widget: refused unless a connector accepts its class and the
+    parameter's declared type; the widget then shows the parameter's choices, range and value.
+    Returns the parameter's name."""
+    name = widget.SlicerParameterName
+    if name not in hints:
+        raise RuntimeError(f"no parameter {name} for widget {widget.objectName}")
+    error = binding_error(widget.className, hints[name])
+    if error:
+        raise RuntimeError(f"Unable to create GUI connector from datatype '{hints[name]}' to "
+                           f"widget '{widget.objectName}': {error}")
+    for extra in split(hints[name])[1]:
+        if isinstance(extra, Choice):
+            widget.items = [str(c) for c in extra.choices]
+        if isinstance(extra, WithinRange):
+            widget.minimum, widget.maximum = extra.minimum, extra.maximum
+    write(widget, values.get(name))
+    return name
 
 
 def write(widget: Widget, value) -> None:

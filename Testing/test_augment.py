@@ -7,8 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from maediff_core.augment import (CONTRAST_SHIFTS, AugmentConfig, ContrastShift, augment, bias_field, blur, gamma,
-                                  ghosting, monomials)
+from maediff_core.augment import (
+    CONTRAST_SHIFTS,
+    AugmentConfig,
+    ContrastShift,
+    augment,
+    bias_field,
+    blur,
+    gamma,
+    ghosting,
+    monomials,
+)
 
 
 def slices(n: int = 4, seed: int = 0) -> torch.Tensor:
@@ -77,7 +86,8 @@ def test_augment_draws_reproducibly_and_keeps_the_model_range():
     assert bool((augment(x, torch.Generator().manual_seed(3), always) - x).abs().amax((1, 2, 3)).gt(1e-3).all())
     # The same draws whatever is applied: a resumed run's generator stays in step.
     assert torch.equal(states[0], states[1])
-    torch.testing.assert_close(augment(x, torch.Generator().manual_seed(5)), augment(x, torch.Generator().manual_seed(5)))
+    torch.testing.assert_close(augment(x, torch.Generator().manual_seed(5)),
+                               augment(x, torch.Generator().manual_seed(5)))
     with pytest.raises(ValueError, match="probabilities"):
         AugmentConfig(gamma_p=1.5)
 

@@ -6,9 +6,9 @@ import pytest
 from conftest import FAST, TINY
 
 from maediff_core.benchmark import README_END, README_START, BenchmarkConfig, markdown_table, trained_run, update_readme
-from maediff_core.files import VolumeError
-from maediff_core.train import Trainer
-
+from maediff_core.errors import CardError
+from maediff_core.methods import get_config
+from maediff_core.training import Trainer
 
 RECIPE = {"batch_size": 16, "lr": 5e-4, "schedule": "cosine", "warmup": 0.05, "ema": 0.999, "slices_per_volume": 8}
 
@@ -19,14 +19,17 @@ def summary():
     return {"config": {"healthy": 100, "tumour": 20, "ms": 20, "seed": 0, "minutes": 10.0, "batch_size": 16,
                        "lr": 2e-4, "slices_per_volume": 8, "protocol": "reference", "contrasts": ["gamma-0.7"]},
             "device": "CPU (x86_64, 2 cores, 2 threads)",
-            "counts": {"tumour": {"val": 4, "test": 16}, "ms": {"val": 4, "test": 16}, "healthy_test": 28, "healthy_val": 14},
+            "counts": {"tumour": {"val": 4, "test": 16}, "ms": {"val": 4, "test": 16}, "healthy_test": 28,
+                       "healthy_val": 14},
             "rows": [{"method": "thresh", "training": None, "tumour": {**metrics, "l1_mean": None, "kl_mean": None},
                       "ms": metrics, "detect_seconds_per_volume": 0.01,
                       "contrast": {"gamma-0.7": {**shifted["gamma-0.7"], "kl_mean": None}}},
-                     {"method": "maediff-small", "training": {"epoch": 12, "step": 96, **RECIPE}, "tumour": metrics,
+                     {"method": "maediff-small", "config": get_config("maediff-small").to_dict(),
+                      "training": {"epoch": 12, "step": 96, **RECIPE}, "tumour": metrics,
                       "ms": metrics, "detect_seconds_per_volume": 140.2, "contrast": shifted},
-                     {"method": "madad-small", "training": {"epoch": 30, "step": 60, "seconds": 540.0, **RECIPE,
-                                                            "autoencoder": {"epoch": 10, "step": 20, "seconds": 180.0}},
+                     {"method": "madad-small", "config": get_config("madad-small").to_dict(),
+                      "training": {"epoch": 30, "step": 60, "seconds": 540.0, **RECIPE,
+                                   "autoencoder": {"epoch": 10, "step": 20, "seconds": 180.0}},
                       "tumour": metrics, "ms": metrics, "detect_seconds_per_volume": 9.5, "contrast": shifted}]}
 
 
@@ -34,8 +37,8 @@ def test_table_rows_in_per_cent():
     table = markdown_table(summary())
     assert "| thresh | 42.3 | 50.0 | 42.3 | 50.0 | - | 0.0 | - |" in table
     assert "| maediff-small | 42.3 | 50.0 | 42.3 | 50.0 | 12.3 | 140.2 | 12 epochs, 96 steps |" in table
-    assert ("| madad-small | 42.3 | 50.0 | 42.3 | 50.0 | 12.3 | 9.5 | 30 epochs, 60 steps after an autoencoder of "
-            "10 epochs, 20 steps (3.0 of the 12.0 minutes) |") in table
+    assert ("| madad-small | 42.3 | 50.0 | 42.3 | 50.0 | 12.3 | 9.5 | 30 epochs, 60 steps after the autoencoder "
+            "stage of 10 epochs, 20 steps (3.0 of the 12.0 minutes) |") in table
     assert ("10 training minutes per method on CPU (x86_64, 2 cores, 2 threads); maediff-small, madad-small: batch 16, "
             "learning rate 0.0005 (cosine schedule, warm-up 5 % of the run), published as the EMA of its weights "
             "(decay 0.999), 8 slices per volume per epoch. Evaluation") in table
@@ -62,7 +65,7 @@ def test_a_run_is_reused_only_under_the_budget_it_was_trained_for(tmp_path, heal
     same = BenchmarkConfig(minutes=minutes, batch_size=FAST.batch_size, lr=FAST.lr,
                            slices_per_volume=FAST.slices_per_volume, seed=FAST.seed)
     assert trained_run("tiny", healthy_prepared, tmp_path, same) == tmp_path / "runs" / "tiny" / "best.json"
-    with pytest.raises(VolumeError, match="other max_minutes than"):
+    with pytest.raises(CardError, match="other max_minutes than"):
         trained_run("tiny", healthy_prepared, tmp_path, replace(same, minutes=minutes / 2))
-    with pytest.raises(VolumeError, match="other lr than"):
+    with pytest.raises(CardError, match="other lr than"):
         trained_run("tiny", healthy_prepared, tmp_path, replace(same, lr=1e-3))

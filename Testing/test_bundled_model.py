@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from maediff_core.detect import reconstruct
-from maediff_core.models import load_model, model_paths
+from maediff_core.modelfile import load_model, model_paths
 from maediff_core.resources import default_model_path
 
 

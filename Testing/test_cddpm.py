@@ -1,5 +1,6 @@
-"""cDDPM in the engine: the condition reaches the output, the scale-shift block starts where it
-should, an ensemble is the mean of its members, a tiny cDDPM learns, and its card round-trips."""
+"""cDDPM's own parts: the condition reaches the output, the scale-shift block starts where it should,
+an ensemble is the mean of its members, its noise levels are chosen on validation volumes, and the
+residual study runs (test_methods.py has what every method shares)."""
 
 import importlib.util
 import json
@@ -13,12 +14,12 @@ import torch
 from conftest import TINY_CDDPM, run
 from monai.networks.nets.diffusion_model_unet import DiffusionUNetResnetBlock
 
-from maediff_core.conditioning import ScaleShiftResBlock
 from maediff_core.detect import DetectConfig, reconstruct
-from maediff_core.diffusion import Diffusion
-from maediff_core.files import VolumeError
-from maediff_core.models import ModelCard, ModelConfig, card_markdown, get_config, load_model
-from maediff_core.train import training_step
+from maediff_core.errors import CardError
+from maediff_core.methods import get_config
+from maediff_core.methods.base import ModelConfig
+from maediff_core.methods.cddpm.conditioning import ScaleShiftResBlock
+from maediff_core.modelfile import ModelCard, card_markdown, load_model
 
 
 def randomised(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -85,26 +86,6 @@ def test_an_ensemble_is_the_mean_of_its_members():
                                   reconstruct(net, card, image, mask, DetectConfig(t_test=(250, 500, 750), seed=5)))
 
 
-def test_a_tiny_cddpm_learns(healthy_prepared):
-    config = TINY_CDDPM
-    net = config.build()
-    diffusion = Diffusion(config.diffusion)
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-    from maediff_core.cache import load_prepared, select, split_of
-
-    case = load_prepared(healthy_prepared, select(split_of(healthy_prepared), "train", 0))[0]
-    slices = case.image[case.mask.reshape(len(case.mask), -1).mean(1) > 0.05]
-    x0 = torch.from_numpy(slices[:: max(1, len(slices) // 4)][:4] * 2 - 1).unsqueeze(1)
-    losses = []
-    for _ in range(25):  # the same batch, timesteps and noise at every step: the loss must fall
-        loss = training_step(net, x0, None, torch.Generator().manual_seed(0), config=config, diffusion=diffusion)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3]), losses
-
-
 @pytest.fixture(scope="module")
 def tiny_cddpm(tmp_path_factory, healthy_prepared):
     """Two epochs through the trainer and its checkpoints, as `maediff train --config cddpm-small` runs."""
@@ -114,43 +95,44 @@ def tiny_cddpm(tmp_path_factory, healthy_prepared):
     return folder / "run" / "best.json"
 
 
-def test_a_trained_cddpm_detects_and_evaluates_through_the_command_line(tmp_path, tiny_cddpm, lesion_prepared, atlas):
+def test_a_trained_cddpm_chooses_its_levels_detects_and_evaluates_through_the_command_line(
+        tmp_path, tiny_cddpm, lesion_prepared, atlas, capsys):
     import SimpleITK as sitk
 
+    from maediff_core.cli import main
     from maediff_core.phantom import PhantomConfig, make_phantom
     from maediff_core.volume_io import write_volume
 
     model, card = load_model(tiny_cddpm)
     assert card.config == TINY_CDDPM and model.condition is not None and card.training["augment"] is True
     out = tmp_path / "eval"
-    command = [sys.executable, "-m", "maediff_core.cli"]
-    subprocess.run([*command, "evaluate", "--model", str(tiny_cddpm), "--val", str(lesion_prepared), "--test",
-                    str(lesion_prepared), "--use-splits", "--t-test", "250,750", "500", "--contrast", "gamma-1.4",
-                    "--save-threshold", "-o", str(out)], check=False, capture_output=True)
-    assert not out.exists()  # a threshold chosen on another contrast is not stored: refused up front
-    subprocess.run([*command, "evaluate", "--model", str(tiny_cddpm), "--val", str(lesion_prepared), "--test",
-                    str(lesion_prepared), "--use-splits", "--t-test", "250,750", "500", "--save-threshold",
-                    "-o", str(out)], check=True, capture_output=True)
+    evaluate = ["evaluate", "--model", str(tiny_cddpm), "--val", str(lesion_prepared), "--test", str(lesion_prepared),
+                "--use-splits"]
+    capsys.readouterr()
+    # A threshold chosen on another contrast is not stored: refused before any volume is scored.
+    assert main([*evaluate, "--t-test", "250,750", "500", "--contrast", "gamma-1.4", "--save-threshold",
+                 "-o", str(out)]) == 2
+    assert "--save-threshold stores the operating point of the model's own contrast" in capsys.readouterr().err
+    assert not out.exists()
+    assert main([*evaluate, "--t-test", "250,750", "500", "--save-threshold", "-o", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["t_test_val_dice_pooled"]) == {"250,750", "500"} and metrics["kl_mean"] > 0
     saved = load_model(tiny_cddpm)[1]
     assert list(saved.config.diffusion.t_test) == metrics["t_test"] and saved.threshold == metrics["threshold"]
-    subprocess.run([*command, "evaluate", "--model", str(tiny_cddpm), "--val", str(lesion_prepared), "--test",
-                    str(lesion_prepared), "--use-splits", "--contrast", "gamma-1.4", "-o", str(tmp_path / "shifted")],
-                   check=True, capture_output=True)
+    assert main([*evaluate, "--contrast", "gamma-1.4", "-o", str(tmp_path / "shifted")]) == 0
     shifted = json.loads((tmp_path / "shifted" / "metrics.json").read_text())
     assert shifted["contrast"] == "gamma-1.4" and shifted["kl_mean"] != metrics["kl_mean"]
 
     phantom = make_phantom("tumour", 31, PhantomConfig(skull_probability=0.0), atlas, native_grid=atlas.template,
                            pose=sitk.AffineTransform(3))
     volume = write_volume(phantom.image, tmp_path / "input.nii.gz")
-    subprocess.run([*command, "detect", str(volume), "-o", str(tmp_path / "detect"), "--model", str(tiny_cddpm),
-                    "--no-register", "--mask-method", "skull-stripped", "--t-test", "250,750"],
-                   check=True, capture_output=True)
+    assert main(["detect", str(volume), "-o", str(tmp_path / "detect"), "--model", str(tiny_cddpm), "--no-register",
+                 "--mask-method", "skull-stripped", "--t-test", "250,750"]) == 0
     summary = json.loads((tmp_path / "detect" / "input" / "lesions.json").read_text())
     assert summary["model"] == "cddpm-tiny" and summary["detect"]["t_test"] == [250, 750]
     for name in ("heatmap", "reconstruction", "lesions"):
-        assert sitk.ReadImage(str(tmp_path / "detect" / "input" / f"{name}.nii.gz")).GetSize() == phantom.image.GetSize()
+        written = sitk.ReadImage(str(tmp_path / "detect" / "input" / f"{name}.nii.gz"))
+        assert written.GetSize() == phantom.image.GetSize()
 
 
 def test_residual_contrast_conditions_on_healthy_slices_and_reports_each_level(tmp_path, tiny_cddpm,
@@ -190,23 +172,22 @@ def test_maediff_models_says_what_the_small_cddpm_keeps():
     from maediff_core.profile import count, describe
 
     small, full = count("cddpm-small"), count("cddpm")
-    assert small["levels"] == full["levels"] == 3 and small["positions"] == 1
-    assert 0.2 < small["encoder_parameters_m"] < 0.5 and 20 < full["encoder_parameters_m"] < 30  # ResNet-50: 25 M
+    assert small["levels"] == full["levels"] == 3 and small["positions"] == 1 and small["passes"] == 3
+    assert 0.2 < small["parts_m"]["encoder"] < 0.5 and 20 < full["parts_m"]["encoder"] < 30  # ResNet-50: 25 M
     assert "U-Net 32/64/64 x 2 blocks; ResNet basic 1-1-1-1, 16..128 -> 128" in describe("cddpm-small")
 
 
-def test_cddpm_cards_round_trip_and_older_cards_read_as_one_level():
-    for name in ("cddpm", "cddpm-small"):
-        config = get_config(name)
-        again = ModelConfig.from_dict(json.loads(json.dumps(config.to_dict())))
-        assert again == config and again.encoder is not None and again.diffusion.t_test == (250, 500, 750)
+def test_cddpm_cards_say_what_they_are_and_older_cards_read_as_one_level():
     card = ModelCard(get_config("cddpm-small"))
     text = card_markdown(card, 10.0)
     assert "conditioned on a ResNet encoding" in text and "t_test 250,500,750 of 1000 (predictions averaged)" in text
     older = get_config("maediff-small").to_dict()
     older["diffusion"]["t_test"] = 150  # as cards stored it before ensembles
+    older |= {"encoder": None, "latent": None}  # and every method's parts, before the method registry
     assert ModelConfig.from_dict(older).diffusion.t_test == (150,)
     broken = get_config("cddpm-small").to_dict()
     broken["encoder"] = None
-    with pytest.raises(VolumeError, match="a cddpm configuration needs an encoder"):
+    with pytest.raises(CardError, match="config.encoder: expected an object, got None"):
         ModelConfig.from_dict(broken)
+    with pytest.raises(CardError, match="a cddpm configuration noises the whole slice"):
+        ModelConfig.from_dict({**get_config("cddpm-small").to_dict(), "patch": {"whole_slice": False}})

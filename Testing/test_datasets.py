@@ -9,7 +9,7 @@ from conftest import posed_phantom
 
 from maediff_core.cache import check_split, load_prepared, read_split_csv, select, write_split_csv
 from maediff_core.datasets import discover, make_split, prepare_dataset
-from maediff_core.files import VolumeError
+from maediff_core.errors import InputError
 
 
 def _touch_volume(path: Path, value: int = 1) -> None:
@@ -48,10 +48,10 @@ def test_brats_and_mslub_layouts_find_segmentations(tmp_path):
 
 def test_missing_segmentation_and_unknown_layout(tmp_path):
     _touch_volume(tmp_path / "b" / "BraTS2021_00001" / "BraTS2021_00001_t2.nii.gz")
-    with pytest.raises(VolumeError, match="no segmentation"):
+    with pytest.raises(InputError, match="no segmentation"):
         discover(tmp_path / "b")
     _touch_volume(tmp_path / "other" / "scan.nii.gz")
-    with pytest.raises(VolumeError, match="no T2 volumes found"):
+    with pytest.raises(InputError, match="no T2 volumes found"):
         discover(tmp_path / "other")
 
 
@@ -73,7 +73,7 @@ def test_splits_never_share_a_subject(tmp_path):
         train, val = set(select(rows, "train", fold)), set(select(rows, "val", fold))
         assert train and val and not train & val and not (train | val) & set(test)
     rows[0] = {**rows[0], "split": "test" if rows[0]["split"] != "test" else "train"}
-    with pytest.raises(VolumeError, match="appears in"):
+    with pytest.raises(InputError, match="appears in"):
         check_split(rows)
 
 

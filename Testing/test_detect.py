@@ -12,8 +12,8 @@ from conftest import posed_phantom
 
 from maediff_core.cache import load_prepared
 from maediff_core.detect import DetectConfig, reconstruct
-from maediff_core.files import VolumeError
-from maediff_core.models import load_model, save_model
+from maediff_core.errors import CardError, OptionError
+from maediff_core.modelfile import load_model, save_model
 from maediff_core.writeback import native_lesions
 
 
@@ -64,7 +64,7 @@ def test_detect_writes_results_on_the_input_grid(detection_run):
     assert summary["threshold"] == 0.05 and summary["model"] == "maediff-tiny"
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "lesions.nii.gz")))
     assert summary["lesion_count"] == len(summary["lesions"]) == labels.max()
-    sizes = [l["voxels"] for l in summary["lesions"]]
+    sizes = [lesion["voxels"] for lesion in summary["lesions"]]
     assert sizes == sorted(sizes, reverse=True)  # label 1 is the largest
     for row in summary["lesions"]:
         assert set(row) >= {"label", "voxels", "volume_ml", "max_score", "mean_score", "centroid_ras_mm"}
@@ -91,7 +91,8 @@ def test_native_lesions_follow_the_threshold(tmp_path, atlas):
 
 def test_detect_errors(tmp_path, tiny_model):
     missing = subprocess.run([sys.executable, "-m", "maediff_core.cli", "detect", str(tmp_path / "none.nii.gz"),
-                              "-o", str(tmp_path), "--model", str(tiny_model)], capture_output=True, encoding="utf-8", errors="replace")
+                              "-o", str(tmp_path), "--model", str(tiny_model)], capture_output=True, encoding="utf-8",
+                             errors="replace")
     assert missing.returncode == 2 and "no such file" in missing.stderr
     no_model = subprocess.run([sys.executable, "-m", "maediff_core.cli", "detect", str(tmp_path / "x.nii.gz"),
                                "-o", str(tmp_path), "--model", str(tmp_path / "absent.json")],
@@ -138,10 +139,10 @@ def test_bad_detection_options_are_refused_before_the_input_is_read(tmp_path, ti
     from maediff_core.detect import detect_file
 
     model, card = load_model(tiny_model)
-    with pytest.raises(VolumeError, match=message):  # the input does not exist: it was never opened
+    with pytest.raises(OptionError, match=message):  # the input does not exist: it was never opened
         detect_file(tmp_path / "absent.nii.gz", tmp_path / "out", model, card, DetectConfig(**{option: value}))
     card.threshold = float("nan")
-    with pytest.raises(VolumeError, match="the model card's threshold must be a finite number >= 0, got nan"):
+    with pytest.raises(CardError, match="the model card's threshold must be a finite number >= 0, got nan"):
         detect_file(tmp_path / "absent.nii.gz", tmp_path / "out", model, card)
     assert not (tmp_path / "out").exists()
 
@@ -153,7 +154,7 @@ def test_a_model_with_nan_weights_is_an_error_not_a_clean_scan(tiny_model):
     with torch.no_grad():
         next(model.parameters()).fill_(float("nan"))
     image = np.full((2, 96, 96), 0.5, np.float32)
-    with pytest.raises(VolumeError, match="reconstruction has NaN or infinite voxels"):
+    with pytest.raises(CardError, match="reconstruction has NaN or infinite voxels"):
         reconstruct(model, card, image, image > 0, DetectConfig(stride=48))
 
 
@@ -179,7 +180,8 @@ def test_bench_detect_times_each_variant_as_a_process_and_compares_its_outputs(t
 
     truth = write_volume(detection_run["phantom"].seg, tmp_path / "truth.nii.gz")
     common = ["--model", str(tiny_model), "--no-register", "--mask-method", "skull-stripped", "--device", "cpu"]
-    variants = {"a": [*common, "--stride", "48"], "again": [*common, "--stride", "48"], "b": [*common, "--stride", "16"]}
+    variants = {"a": [*common, "--stride", "48"], "again": [*common, "--stride", "48"],
+                "b": [*common, "--stride", "16"]}
     rows = detect_benchmark(detection_run["folder"] / "input.nii.gz", variants, tmp_path, truth)
     a, again, b = rows
     assert a["ratio"] == 1.0 and again["ratio"] > 0
@@ -204,5 +206,5 @@ def test_batches_halve_on_out_of_memory_and_run_every_job_once():
 
     in_batches(10, 8, run, lambda done, size: sizes.append((done, size)))
     assert seen == list(range(10)) and sizes == [(2, 2), (4, 2), (6, 2), (8, 2), (10, 2)]
-    with pytest.raises(VolumeError, match="even for a batch of one"):
+    with pytest.raises(OptionError, match="even for a batch of one"):
         in_batches(1, 1, lambda begin, end: run(0, 5), lambda done, size: None)

@@ -12,7 +12,7 @@ import numpy as np
 from safetensors import safe_open
 
 from maediff_core.cache import load_prepared, pack_prepared, split_of
-from maediff_core.models import load_model
+from maediff_core.modelfile import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,7 +28,7 @@ def test_a_pack_holds_the_cache_to_a_255th(tmp_path, lesion_prepared):
     summary = pack_prepared(lesion_prepared, tmp_path / "lesions.npz")
     assert summary["cases"] == 3 and summary["bytes"] < 3 * 300_000  # 461 kB a volume before compression
     assert split_of(tmp_path / "lesions.npz") == split_of(lesion_prepared)
-    for packed, folder in zip(load_prepared(tmp_path / "lesions.npz"), load_prepared(lesion_prepared)):
+    for packed, folder in zip(load_prepared(tmp_path / "lesions.npz"), load_prepared(lesion_prepared), strict=True):
         assert packed.name == folder.name and packed.record == folder.record
         assert np.abs(packed.image - folder.image).max() <= 0.5 / 255 + 1e-7
         np.testing.assert_array_equal(packed.mask, folder.mask)

@@ -9,9 +9,16 @@ import SimpleITK as sitk
 from maediff_core.cache import PreparedCase
 from maediff_core.cli import main
 from maediff_core.evaluate import PROTOCOLS, Scored, choose_t_test, evaluate
-from maediff_core.metrics import (auprc, bisect_threshold, brain_fpr_thresholds, dice, histogram_kl, l1_error,
-                                  roc_fpr_thresholds)
-from maediff_core.models import ModelCard, card_markdown, load_card, with_operating_point
+from maediff_core.metrics import (
+    auprc,
+    bisect_threshold,
+    brain_fpr_thresholds,
+    dice,
+    histogram_kl,
+    l1_error,
+    roc_fpr_thresholds,
+)
+from maediff_core.modelfile import ModelCard, card_markdown, load_card, with_operating_point
 from maediff_core.postprocess import PostprocessConfig, erode_slices, lesion_labels, lesion_table, smooth_scores
 
 
@@ -199,8 +206,9 @@ def test_noise_level_is_chosen_on_validation_dice():
 
 def test_a_threshold_is_saved_with_its_reconstruction(tiny_model):
     card = load_card(tiny_model)
-    saved = with_operating_point(card, 0.12, (150,), 48, {"val": "tumour", "protocol": "reference", "val_dice_pooled": 0.4,
-                                                       "t_test_val_dice_pooled": {"150": 0.4, "500": 0.3}})
+    saved = with_operating_point(card, 0.12, (150,), 48,
+                                 {"val": "tumour", "protocol": "reference", "val_dice_pooled": 0.4,
+                                  "t_test_val_dice_pooled": {"150": 0.4, "500": 0.3}})
     again = ModelCard.from_dict(json.loads(json.dumps(saved.to_dict())))
     assert "t_test 150 chosen on the same validation volumes, by pooled Dice: 150: 40.0 %, 500: 30.0 % (ours" \
         in card_markdown(again, 1.0)
@@ -236,7 +244,7 @@ def test_evaluate_command_takes_the_reference_protocol_and_the_healthy_validatio
 def test_save_threshold_rewrites_the_card_beside_the_same_weights(tmp_path, tiny_model, lesion_prepared):
     import shutil
 
-    from maediff_core.models import load_card, load_model, model_paths, sha256_of
+    from maediff_core.modelfile import load_card, load_model, model_paths, sha256_of
 
     weights, meta = model_paths(tiny_model)
     for path in (weights, meta):

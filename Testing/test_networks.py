@@ -13,8 +13,9 @@ from maediff_core.diffusion import (
     patch_masks,
     random_corners,
 )
-from maediff_core.models import CONFIGS, get_config
-from maediff_core.networks import DiffusionNet, MAEConfig, UNetConfig, visible_cells
+from maediff_core.methods import get_config, named_configs
+from maediff_core.methods.patch.mae import MAEConfig, MAEDiffNet, visible_cells
+from maediff_core.networks import UNetConfig
 
 TINY_UNET = UNetConfig(channels=(32, 32, 32), res_blocks=1, head_channels=32)
 TINY_MAE = MAEConfig(encoder_depth=2, encoder_width=64, encoder_heads=2, decoder_depth=2, decoder_width=64,
@@ -73,24 +74,31 @@ def test_visible_cells_count():
     assert not visible[1, 0] and visible[1, 3] and not visible[1, 14] and visible[1, 15]
 
 
-def test_unet_shapes_and_mae_output_added_before_bottleneck():
+def test_the_mae_output_is_added_to_the_encoder_features_before_the_bottleneck():
     torch.manual_seed(0)
-    net = DiffusionNet(TINY_UNET, TINY_MAE)
+    net = MAEDiffNet(TINY_UNET, TINY_MAE)
+    torch.nn.init.normal_(net.mae.upsample[-1].weight, std=0.05)  # it starts at zero: a no-op
     x = torch.randn(3, 1, 96, 96)
     mask = patch_masks(torch.tensor([[0, 0], [16, 16], [48, 32]]), PatchConfig())
-    out = net(x, torch.tensor([1, 500, 1000]), visible_cells(mask, 16))
-    assert out.shape == x.shape
+    seen = {}
+    net.unet.down_blocks[-1].register_forward_hook(lambda m, inputs, out: seen.update(encoder=out[0]))
+    net.mae.register_forward_hook(lambda m, inputs, out: seen.update(mae=out))
+    net.unet.middle_block.register_forward_pre_hook(lambda m, args, kwargs: seen.update(middle=kwargs["hidden_states"]),
+                                                    with_kwargs=True)
+    out = net(x, torch.tensor([1, 500, 1000]), visible=visible_cells(mask, 16))
+    assert out.shape == x.shape and seen["encoder"].shape == (3, 32, 24, 24) and seen["mae"].abs().max() > 0
+    torch.testing.assert_close(seen["middle"], seen["encoder"] + seen["mae"], rtol=0, atol=0)
     with pytest.raises(ValueError, match="visible grid cells"):
         net(x, torch.tensor([1, 2, 3]))
 
 
 def test_masked_tokens_never_enter_the_encoder():
     torch.manual_seed(0)
-    net = DiffusionNet(TINY_UNET, TINY_MAE)
+    net = MAEDiffNet(TINY_UNET, TINY_MAE)
     seen = []
     net.mae.encoder[0].register_forward_hook(lambda m, inputs, out: seen.append(inputs[0].shape))
     mask = patch_masks(torch.tensor([[16, 16]]), PatchConfig())
-    net(torch.randn(1, 1, 96, 96), torch.tensor([500]), visible_cells(mask, 16))
+    net(torch.randn(1, 1, 96, 96), torch.tensor([500]), visible=visible_cells(mask, 16))
     assert seen == [torch.Size([1, 27, 64])]  # 36 cells - 9 masked
 
     # The encoder's input must not change when only masked cells of the feature map change.
@@ -108,7 +116,7 @@ def test_masked_tokens_never_enter_the_encoder():
 
 def test_patch_prediction_depends_on_the_visible_region():
     torch.manual_seed(0)
-    net = DiffusionNet(TINY_UNET, TINY_MAE)
+    net = MAEDiffNet(TINY_UNET, TINY_MAE)
     # Leave the zero-initialised starts (MONAI's output convolution, the MAE's last layer).
     for p in list(net.mae.upsample[-1].parameters()) + list(net.unet.out.parameters()):
         torch.nn.init.normal_(p, std=0.05)
@@ -118,8 +126,8 @@ def test_patch_prediction_depends_on_the_visible_region():
     far = x.clone()
     far[..., :16, :16] += 1.0  # a visible corner far from the patch
     with torch.no_grad():
-        a = net(x, torch.tensor([500]), visible)
-        b = net(far, torch.tensor([500]), visible)
+        a = net(x, torch.tensor([500]), visible=visible)
+        b = net(far, torch.tensor([500]), visible=visible)
     inside = mask.bool()
     assert (a - b)[inside].abs().max() > 1e-4  # global context reaches the noised patch
     # ... and through the MAE module itself: its output over the masked cells (feature rows and
@@ -133,7 +141,7 @@ def test_patch_prediction_depends_on_the_visible_region():
 
 
 def test_named_configurations():
-    assert {"maediff", "maediff-small", "pddpm-s48", "pddpm-s16", "anoddpm"} <= set(CONFIGS)
+    assert {"maediff", "maediff-small", "pddpm-s48", "pddpm-s16", "anoddpm"} <= set(named_configs())
     small = get_config("maediff-small")
     assert get_config("maediff").unet.attention == (False, True, True)  # paper Table 2
     assert small.mae is not None and small.unet.attention == (False, False, True)  # CPU-sized: 24 x 24 only

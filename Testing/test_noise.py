@@ -28,7 +28,8 @@ def radial_power(fields: np.ndarray) -> np.ndarray:
     ky, kx = np.meshgrid(np.arange(SIZE) - SIZE // 2, np.arange(SIZE) - SIZE // 2, indexing="ij")
     radius = np.hypot(ky, kx)
     bands = np.linspace(0, SIZE // 2, 9)
-    values = np.array([power[:, (radius >= a) & (radius < b)].mean() for a, b in zip(bands[:-1], bands[1:])])
+    values = np.array([power[:, (radius >= a) & (radius < b)].mean()
+                       for a, b in zip(bands[:-1], bands[1:], strict=True)])
     return values / values.sum()
 
 

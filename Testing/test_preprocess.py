@@ -6,7 +6,7 @@ import pytest
 import SimpleITK as sitk
 from conftest import posed_phantom
 
-from maediff_core.files import VolumeError
+from maediff_core.errors import InputError
 from maediff_core.preprocess import (
     PreprocessConfig,
     affine_from_record,
@@ -61,7 +61,8 @@ def test_model_space_image(registered, atlas):
     assert np.all(result.image[~result.mask] == 0)
     # Without anatomical deformation the brain is the atlas brain: 1652 mL inside the model box.
     assert 1400 < result.record["brain_ml"] < 1900
-    atlas_mask = to_model(atlas.brain_mask, {**result.record, "atlas_to_native": {"matrix_4x4": np.eye(4).tolist()}}, labels=True)
+    identity = {**result.record, "atlas_to_native": {"matrix_4x4": np.eye(4).tolist()}}
+    atlas_mask = to_model(atlas.brain_mask, identity, labels=True)
     assert _dice(result.mask, atlas_mask > 0) > 0.93
     for step in ("register", "brain_mask", "bias_correction", "model_space"):
         assert step in result.record["timings_s"]
@@ -123,16 +124,16 @@ def test_skull_stripped_and_file_masks(atlas):
 
 def test_bad_inputs_give_specific_errors(atlas):
     phantom, _ = posed_phantom(atlas, "LPS", seed=6)
-    with pytest.raises(VolumeError, match="needs a brain mask volume"):
+    with pytest.raises(InputError, match="needs a brain mask volume"):
         preprocess(phantom.image, PreprocessConfig(mask_method="file"), atlas)
     wrong = sitk.Image([10, 10, 10], sitk.sitkUInt8) + 1
-    with pytest.raises(VolumeError, match="differs from the volume"):
+    with pytest.raises(InputError, match="differs from the volume"):
         preprocess(phantom.image, PreprocessConfig(mask_method="file", register=False), atlas, mask=wrong)
-    with pytest.raises(VolumeError, match="not installed"):
+    with pytest.raises(InputError, match="not installed"):
         preprocess(phantom.image, PreprocessConfig(mask_method="hd-bet", register=False), atlas)
     with pytest.raises(ValueError, match="mask_method must be one of"):
         PreprocessConfig(mask_method="magic")
-    with pytest.raises(VolumeError, match="expected"):
+    with pytest.raises(InputError, match="expected"):
         to_native(np.zeros((10, 10, 10)), {"model_grid": {"size": [96, 96, 50]}})
 
 
@@ -142,7 +143,9 @@ def test_isotropic_resampling_keeps_physical_space():
     image.SetDirection(sitk.Euler3DTransform((0, 0, 0), 0.2, 0.1, 0.3).GetMatrix())
     iso = resample_isotropic(image, 1.0)
     np.testing.assert_allclose(iso.GetSpacing(), (1, 1, 1))
-    centre = lambda im: np.array(im.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in im.GetSize()]))
+    def centre(im):
+        return np.array(im.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in im.GetSize()]))
+
     np.testing.assert_allclose(centre(iso), centre(image), atol=1e-6)
 
 

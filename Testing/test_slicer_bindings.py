@@ -12,8 +12,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from MAEDiffAnomalyLib import model_card
 from slicer_standins import Choice, WithinRange, binding_error
+
+from MAEDiffAnomalyLib import model_card
 
 MODULE = Path(__file__).resolve().parent.parent / "MAEDiffAnomaly"
 UI = MODULE / "Resources" / "UI" / "MAEDiffAnomaly.ui"

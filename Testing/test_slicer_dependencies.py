@@ -15,36 +15,49 @@ from pathlib import Path
 from MAEDiffAnomalyLib import dependencies
 
 ROOT = Path(__file__).resolve().parent.parent
-# The CLI holds every command; the detector runs only these functions of it.
-CLI_FUNCTIONS_RUN = {"main", "build_parser", "cmd_detect", "cmd_device", "exit_when_orphaned"}
+# The CLI's modules hold every command (its options in add_*, its handler in run_*); the detector
+# runs only these handlers, and the functions every command runs.
+CLI_FUNCTIONS_RUN = {"main", "build_parser", "crash_log", "run_detect", "run_device", "exit_when_orphaned"}
 OWN = {"maediff_core", "MAEDiffAnomalyLib", "MAEDiffAnomaly"}
 
 
 def source_of(module: str) -> Path | None:
     parts = module.split(".")
     base = ROOT / "MAEDiffAnomaly" if parts[0] in ("MAEDiffAnomalyLib", "MAEDiffAnomaly") else ROOT
-    path = base.joinpath(*parts).with_suffix(".py")
-    return path if path.is_file() else None
+    for path in (base.joinpath(*parts).with_suffix(".py"), base.joinpath(*parts, "__init__.py")):
+        if path.is_file():
+            return path
+    return None
+
+
+def runs(module: str, statement: ast.stmt) -> bool:
+    """Whether the detector runs ``statement`` of ``module``: all but the CLI's other handlers."""
+    return not (module.startswith("maediff_core.cli") and isinstance(statement, ast.FunctionDef)
+                and not statement.name.startswith("add_") and statement.name not in CLI_FUNCTIONS_RUN)
+
+
+def registered_folders(tree: ast.Module, module: str) -> set[str]:
+    """The method folders the registry imports by name (methods/__init__.py, FOLDERS)."""
+    return {f"{module}.{element.value}" for statement in tree.body if isinstance(statement, ast.Assign)
+            and any(getattr(target, "id", None) == "FOLDERS" for target in statement.targets)
+            for element in statement.value.elts}
 
 
 def imports_of(module: str) -> set[str]:
     """Absolute names ``module`` imports: at module level and in its functions (for the CLI, only
     the functions the detector runs)."""
-    tree = ast.parse(source_of(module).read_text())
-    package = module.rsplit(".", 1)[0] if "." in module else module
-    nodes = []
-    for statement in tree.body:
-        if module == "maediff_core.cli" and isinstance(statement, ast.FunctionDef) \
-                and statement.name not in CLI_FUNCTIONS_RUN:
-            continue
-        nodes += list(ast.walk(statement))
-    found = set()
+    source = source_of(module)
+    tree = ast.parse(source.read_text())
+    is_package = source.name == "__init__.py"
+    package = module if is_package else (module.rsplit(".", 1)[0] if "." in module else module)
+    nodes = [node for statement in tree.body if runs(module, statement) for node in ast.walk(statement)]
+    found = registered_folders(tree, module)
     for node in nodes:
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
-            base = f"{package}.{node.module}" if node.level else node.module
-            base = base.rstrip(".") if node.module else package
+            anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+            base = (f"{anchor}.{node.module}" if node.module else anchor) if node.level else node.module
             found.add(base)
             found |= {f"{base}.{alias.name}" for alias in node.names if source_of(f"{base}.{alias.name}")}
     return found
@@ -68,8 +81,15 @@ def third_party_closure(*starts: str) -> set[str]:
     return third
 
 
+def test_the_walk_follows_relative_imports_and_the_method_registry():
+    assert {"maediff_core.methods.cddpm", "maediff_core.methods.madad"} <= imports_of("maediff_core.methods")
+    assert "maediff_core.methods.base" in imports_of("maediff_core.methods.madad")
+    assert "maediff_core.networks" in imports_of("maediff_core.methods.patch.mae")
+    assert "maediff_core.cli.detect" in imports_of("maediff_core.cli")
+
+
 def test_the_detector_needs_only_slicer_torch_and_the_detect_installs():
-    needed = third_party_closure("maediff_core.cli")
+    needed = third_party_closure("maediff_core.cli.__main__")
     allowed = dependencies.PROVIDED | set(dependencies.GROUPS["detect"])
     assert needed <= allowed, f"not installed inside Slicer: {sorted(needed - allowed)}"
     assert {"torch", "monai", "safetensors", "SimpleITK", "numpy"} <= needed  # the walk does see the path
@@ -85,7 +105,7 @@ def test_slicers_process_needs_no_torch_and_installs_export_needs_itself():
 
 
 def test_research_only_packages_stay_off_both_paths():
-    on_paths = third_party_closure("maediff_core.cli", "MAEDiffAnomaly")
+    on_paths = third_party_closure("maediff_core.cli.__main__", "MAEDiffAnomaly")
     assert not {"tqdm", "tensorboard", "matplotlib", "sklearn"} & on_paths
 
 

@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
 from MAEDiffAnomalyLib import model_card
 from MAEDiffAnomalyLib import scene as scene_lib
 from MAEDiffAnomalyLib.runner import DetectRequest, overall_fraction
@@ -58,7 +59,8 @@ def test_model_card_summary_operating_point_and_overrides(tmp_path):
     madad = {"config": {"name": "madad-small", "method": "madad", "diffusion": {"t_test": [10]}, "latent": {"eta": 0.5},
                         "patch": {"stride": 16, "whole_slice": True}}, "threshold": 0.05}
     assert model_card.operating_point(madad)["t_test"] == "10" and model_card.operating_point(madad)["whole_slice"]
-    assert "madad-small (madad); t_test 10; scores the change its repair of the latent makes" in model_card.summary(madad)
+    summary = model_card.summary(madad)
+    assert "madad-small (madad); t_test 10; scores the change its repair of the latent makes" in summary
     assert model_card.is_synthetic(card)
     assert not model_card.is_synthetic({"training": {}, "description": "IXI fold 0"})
     # Nothing changed in the panel: the command carries none of the card's settings.
@@ -85,8 +87,13 @@ def cmake_file_sets() -> set[str]:
     for block in ("MODULE_PYTHON_SCRIPTS", "MODULE_PYTHON_RESOURCES"):
         body = re.search(rf"set\({block}\n(.*?)\n\s*\)", cmake, re.S).group(1)
         listed |= {line.strip() for line in body.splitlines() if line.strip()}
-    for pattern in re.findall(r"\$\{PROJECT_SOURCE_DIR\}/((?:maediff_core|Resources)/[^\s)]+)", cmake):
-        listed |= {str(p.relative_to(ROOT)) for p in ROOT.glob(pattern) if p.is_file()}
+    globs = re.findall(r"file\((GLOB|GLOB_RECURSE) \w+ RELATIVE \$\{PROJECT_SOURCE_DIR\}(.*?)\)", cmake, re.S)
+    for kind, body in globs:
+        for pattern in re.findall(r"\$\{PROJECT_SOURCE_DIR\}/(\S+)", body):
+            # CMake's GLOB matches in the pattern's folder; GLOB_RECURSE in every folder below it too.
+            folder, name = pattern.rsplit("/", 1)
+            found = (ROOT / folder).rglob(name) if kind == "GLOB_RECURSE" else (ROOT / folder).glob(name)
+            listed |= {str(p.relative_to(ROOT)) for p in found if p.is_file() and "__pycache__" not in p.parts}
     return listed
 
 
@@ -103,7 +110,7 @@ def test_cmake_and_make_slicer_module_ship_the_same_files():
 def test_the_built_folder_holds_the_module_the_core_and_its_resources(tmp_path):
     archive = build_slicer_module.build(tmp_path)
     folder = tmp_path / "MAEDiffAnomaly"
-    for relative in ("MAEDiffAnomaly.py", "MAEDiffAnomalyLib/scene.py", "maediff_core/cli.py",
+    for relative in ("MAEDiffAnomaly.py", "MAEDiffAnomalyLib/scene.py", "maediff_core/cli/__main__.py",
                      "Resources/UI/MAEDiffAnomaly.ui", "Resources/atlas/atlas.json",
                      "Resources/models/maediff-small-demo.safetensors", "Resources/samples/MAEDiffT2Sample.nii.gz"):
         assert (folder / relative).is_file(), relative
@@ -116,3 +123,21 @@ def test_the_built_folder_holds_the_module_the_core_and_its_resources(tmp_path):
     done = subprocess.run([sys.executable, "-I", "-c", probe, str(folder)], capture_output=True, text=True,
                           cwd=tmp_path, check=True)
     assert done.stdout.split() == [str(folder / "Resources"), "True", "True"]
+
+
+def test_every_module_of_the_core_ships_and_imports_from_the_built_folder(tmp_path):
+    """A subpackage the globs missed would fail here, not in a user's Slicer."""
+    tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "maediff_core"],
+                             cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    modules = sorted(p[:-3].replace("/", ".").removesuffix(".__init__") for p in tracked if p.endswith(".py"))
+    assert {"maediff_core.methods.cddpm", "maediff_core.methods.madad.repair", "maediff_core.cli.detect"} \
+        <= set(modules)
+    build_slicer_module.build(tmp_path)
+    folder = tmp_path / "MAEDiffAnomaly"
+    probe = ("import importlib, sys; sys.path[:0] = [sys.argv[1]]; "
+             "[importlib.import_module(m) for m in sys.argv[2:] if m != 'maediff_core.cli.__main__']; "
+             "import maediff_core; print(maediff_core.__file__)")
+    done = subprocess.run([sys.executable, "-I", "-c", probe, str(folder), *modules], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == str(folder / "maediff_core" / "__init__.py")

@@ -2,7 +2,11 @@
 -> finished / cancelled / failed, on the real MRML scene, with a real detection subprocess started
 by Slicer's own ``launchConsoleProcess`` through a PythonSlicer launcher. Only Qt, the .ui loader
 and the parameter-node binding are stand-ins (slicer_standins.py), and the binding follows Slicer's
-connector rule, so a panel Slicer could not load cannot load here either."""
+connector rule, so a panel Slicer could not load cannot load here either.
+
+Each test has a new scene and a new panel, as a user who starts Slicer again: none depends on
+another's state. An error that a slot raises is printed and swallowed by PythonQt; here it fails
+the test that caused it."""
 
 from __future__ import annotations
 
@@ -10,12 +14,10 @@ import json
 import os
 import shutil
 import sys
-import time
 import types
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 import SimpleITK as sitk
 import slicer_standins as standins
@@ -27,46 +29,57 @@ MODULE = ROOT / "MAEDiffAnomaly"
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    """The module imported as Slicer imports it, PythonSlicer on the PATH, a fresh scene."""
+def slicer_app(tmp_path_factory):
+    """The module imported as Slicer imports it, PythonSlicer on the PATH."""
     temporary = tmp_path_factory.mktemp("slicer-app")
     saved_path = os.environ["PATH"]
     standins.python_slicer(tmp_path_factory.mktemp("bin"))
     slicer = standins.install(MODULE, temporary)
     from MAEDiffAnomalyLib import scene as scene_lib
 
-    scene = scene_lib.headless_scene()
     sys.modules.pop("MAEDiffAnomaly", None)
     import MAEDiffAnomaly
 
-    yield types.SimpleNamespace(module=MAEDiffAnomaly, slicer=slicer, scene=scene, scene_lib=scene_lib,
-                                temporary=temporary)
+    yield types.SimpleNamespace(module=MAEDiffAnomaly, slicer=slicer, scene_lib=scene_lib, temporary=temporary)
     os.environ["PATH"] = saved_path
     for name in ("qt", "ctk", "slicer.parameterNodeWrapper", "slicer.ScriptedLoadableModule", "MAEDiffAnomaly"):
         sys.modules.pop(name, None)
 
 
-@pytest.fixture(scope="module")
-def panel(app):
+@pytest.fixture
+def app(slicer_app):
+    """A fresh scene, and no error swallowed by a slot while the test runs."""
     standins.UNCAUGHT.clear()
+    yield types.SimpleNamespace(**vars(slicer_app), scene=slicer_app.scene_lib.headless_scene())
+    assert not standins.UNCAUGHT, f"a slot raised: {standins.UNCAUGHT!r}"
+
+
+@pytest.fixture
+def panel(app):
     widget = app.module.MAEDiffAnomalyWidget()
     widget.setup()
-    assert not standins.UNCAUGHT
-    return widget
+    yield widget
+    widget.cleanup()
 
 
 @pytest.fixture(scope="module")
-def volumes(app, atlas, tmp_path_factory):
+def volume_files(atlas, tmp_path_factory) -> dict[str, Path]:
     """Two skull-stripped T2 volumes already in atlas space (the panel's Advanced switches skip
-    registration, which other tests cover), in the scene; the first under a transform."""
+    registration, which other tests cover)."""
     folder = tmp_path_factory.mktemp("volumes")
-    nodes = []
+    paths = {}
     for name, seed in (("patient A", 31), ("patient B", 32)):
         phantom = make_phantom("tumour", seed, PhantomConfig(skull_probability=0.0), atlas,
                                native_grid=atlas.template, pose=sitk.AffineTransform(3))
-        path = folder / f"{name}.nii.gz"
-        sitk.WriteImage(phantom.image, str(path))
-        nodes.append(app.scene_lib.read_volume_node(app.scene, path, name))
+        paths[name] = folder / f"{name}.nii.gz"
+        sitk.WriteImage(phantom.image, str(paths[name]))
+    return paths
+
+
+@pytest.fixture
+def volumes(app, volume_files):
+    """The two volumes in the scene; the first under a transform."""
+    nodes = [app.scene_lib.read_volume_node(app.scene, path, name) for name, path in volume_files.items()]
     transform = app.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
     nodes[0].SetAndObserveTransformNodeID(transform.GetID())
     return nodes
@@ -78,7 +91,7 @@ def select_model(panel, path) -> None:
 
 
 def test_panel_loads_with_the_bundled_model(app, panel):
-    from maediff_core.models import load_card
+    from maediff_core.modelfile import load_card
     from maediff_core.resources import default_model_path
 
     parameters = panel._parameterNode
@@ -164,13 +177,14 @@ def test_a_model_without_threshold_is_refused_before_running(app, panel, volumes
     bare = tmp_path / "bare.json"
     bare.write_text(json.dumps(card))
     shutil.copy(Path(tiny_model).with_suffix(".safetensors"), bare.with_suffix(".safetensors"))
+    panel._parameterNode.inputVolume = volumes[0]
     select_model(panel, bare)
     assert panel.ui.detectThresholdSpinBox.specialValueText == "none in the model: set one"
     standins.DIALOGS.clear()
     panel.ui.applyButton.emit("clicked(bool)", False)
     assert panel.run is None and panel.ui.applyButton.text == "Detect anomalies"
     assert any("no decision threshold" in text for kind, text, _ in standins.DIALOGS if kind == "error")
-    select_model(panel, tiny_model)
+    assert [text[:32] for text in standins.raised_in_slots()] == ["This model has no decision thres"]
 
 
 def test_a_failed_run_shows_the_cores_message(app, panel, tmp_path):
@@ -199,18 +213,29 @@ def test_without_pythonslicer_there_is_no_run(app, panel, volumes, monkeypatch):
     panel.ui.applyButton.emit("clicked(bool)", False)
     assert panel.run is None
     assert any("PythonSlicer was not found" in text for kind, text, _ in standins.DIALOGS if kind == "error")
+    assert ["PythonSlicer was not found" in text for text in standins.raised_in_slots()] == [True]
 
 
 def test_check_device_does_not_block(panel):
-    start = time.perf_counter()
     panel.ui.detectDeviceButton.emit("clicked(bool)", False)
-    assert time.perf_counter() - start < 2.0 and panel.deviceQuery is not None
-    assert panel.ui.deviceInfoLabel.text.startswith("Asking")
+    # The click returns while the query runs: a blocking call would have left its answer here.
+    assert panel.deviceQuery is not None and panel.ui.deviceInfoLabel.text.startswith("Asking")
     standins.drive(panel, lambda: panel.deviceQuery is None, 120)
     assert panel.ui.deviceInfoLabel.text.startswith(("No CUDA GPU", "GPU:"))
 
 
-def test_compare_layout_gives_back_the_views_it_linked(app, panel):
+@pytest.fixture
+def shown_results(app, panel, detection_run, tmp_path):
+    """A finished detection's results in the panel: conftest's real `maediff detect` run, its
+    folder copied (the panel removes result files it replaces), loaded by the module's scene code."""
+    folder = shutil.copytree(detection_run["result_dir"], tmp_path / "result")
+    node = app.scene_lib.read_volume_node(app.scene, detection_run["folder"] / "input.nii.gz", "input")
+    results = app.scene_lib.load_results(app.scene, app.scene_lib.Placement.of(app.scene, node), folder)
+    panel.setResults(results)
+    return results
+
+
+def test_compare_layout_gives_back_the_views_it_linked(app, panel, shown_results):
     scene = app.scene
     import slicer
 
@@ -238,7 +263,8 @@ def test_compare_layout_gives_back_the_views_it_linked(app, panel):
 def test_sample_data_loads_from_the_module_folder(app, tmp_path):
     registered = {}
     sample_data = types.ModuleType("SampleData")
-    sample_data.SampleDataLogic = types.SimpleNamespace(registerCustomSampleDataSource=lambda **kw: registered.update(kw))
+    sample_data.SampleDataLogic = types.SimpleNamespace(
+        registerCustomSampleDataSource=lambda **kw: registered.update(kw))
     sys.modules["SampleData"] = sample_data
     try:
         app.module.registerSampleData()
@@ -254,9 +280,12 @@ def test_sample_data_loads_from_the_module_folder(app, tmp_path):
     assert sitk.ReadImage(str(copy)).GetSize() == (227, 245, 58)
 
 
-def test_scene_close_cleans_up_result_files(app, panel):
-    root = Path(app.slicer.app.temporaryPath) / "MAEDiffAnomaly"
-    assert any(root.iterdir())
-    panel.onSceneStartClose(None, None)
-    assert panel.results is None and not root.exists()
-    np.testing.assert_equal(panel.run, None)
+def test_closing_the_scene_during_a_run_stops_it_and_leaves_no_file(app, panel, volumes):
+    panel._parameterNode.inputVolume = volumes[1]
+    panel._parameterNode.device = "cpu"
+    panel.ui.applyButton.emit("clicked(bool)", False)
+    process, work = panel.run.process, panel.run.work
+    assert process.running and work.is_dir()
+    app.scene.Clear(0)  # File > Close Scene: the scene's StartCloseEvent reaches the panel
+    assert panel.run is None and panel.results is None and not process.running and not work.exists()
+    assert not (Path(app.slicer.app.temporaryPath) / "MAEDiffAnomaly").exists()

@@ -8,7 +8,8 @@ import pytest
 import SimpleITK as sitk
 from dicom_series import write_dicom_series
 
-from maediff_core.files import VolumeError, check_writable, folder_as_a_set, output_folders, write_text_atomic
+from maediff_core.errors import InputError, OptionError
+from maediff_core.files import check_writable, folder_as_a_set, output_folders, write_text_atomic
 from maediff_core.volume_io import read_volume, write_volume
 
 
@@ -51,33 +52,33 @@ def test_dicom_series_folder(tmp_path):
 
 
 def test_missing_and_corrupt_files(tmp_path):
-    with pytest.raises(VolumeError, match="no such file"):
+    with pytest.raises(InputError, match="no such file"):
         read_volume(tmp_path / "absent.nii.gz")
     bad = tmp_path / "bad.nii.gz"
     bad.write_bytes(b"this is not a NIfTI file at all")
-    with pytest.raises(VolumeError, match="cannot be read"):
+    with pytest.raises(InputError, match="cannot be read"):
         read_volume(bad)
     text = tmp_path / "notes.txt"
     text.write_text("hello")
-    with pytest.raises(VolumeError, match="unsupported file type"):
+    with pytest.raises(InputError, match="unsupported file type"):
         read_volume(text)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(VolumeError, match="no DICOM series"):
+    with pytest.raises(InputError, match="no DICOM series"):
         read_volume(tmp_path / "empty")
 
 
 def test_wrong_dimension(tmp_path):
     flat = sitk.GetImageFromArray(np.random.rand(32, 32).astype(np.float32))
     sitk.WriteImage(flat, str(tmp_path / "flat.nii.gz"))
-    with pytest.raises(VolumeError, match="3-D"):
+    with pytest.raises(InputError, match="3-D"):
         read_volume(tmp_path / "flat.nii.gz")
     four = sitk.GetImageFromArray(np.random.rand(3, 8, 8, 8).astype(np.float32), isVector=False)
     sitk.WriteImage(four, str(tmp_path / "four.nii.gz"))
-    with pytest.raises(VolumeError, match="3-D"):
+    with pytest.raises(InputError, match="3-D"):
         read_volume(tmp_path / "four.nii.gz")
     single_slice = sitk.GetImageFromArray(np.random.rand(1, 32, 32).astype(np.float32))
     sitk.WriteImage(single_slice, str(tmp_path / "slice.nii.gz"))
-    with pytest.raises(VolumeError, match="below 2 voxels"):
+    with pytest.raises(InputError, match="below 2 voxels"):
         read_volume(tmp_path / "slice.nii.gz")
 
 
@@ -87,24 +88,24 @@ def test_non_finite_constant_and_absurd_spacing(tmp_path):
     # SimpleITK's NIfTI reader turns NaN and Inf into 0: those files are checked on their raw bytes.
     for suffix in (".mha", ".nii.gz", ".nii"):
         sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / f"nan{suffix}"))
-        with pytest.raises(VolumeError, match="NaN or infinite"):
+        with pytest.raises(InputError, match="NaN or infinite"):
             read_volume(tmp_path / f"nan{suffix}")
     array[2, 3, 4] = np.inf
     sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / "inf.nii.gz"))
-    with pytest.raises(VolumeError, match="1 voxels are NaN or infinite"):
+    with pytest.raises(InputError, match="1 voxels are NaN or infinite"):
         read_volume(tmp_path / "inf.nii.gz")
     sitk.WriteImage(sitk.GetImageFromArray(np.full((8, 8, 8), 5, np.int16)), str(tmp_path / "const.nii.gz"))
-    with pytest.raises(VolumeError, match="same value 5"):
+    with pytest.raises(InputError, match="same value 5"):
         read_volume(tmp_path / "const.nii.gz")
     image = sitk.GetImageFromArray(np.random.rand(8, 8, 8).astype(np.float32))
     image.SetSpacing((1.0, 1.0, 150.0))
     sitk.WriteImage(image, str(tmp_path / "thick.nii.gz"))
-    with pytest.raises(VolumeError, match="implausible voxel spacing"):
+    with pytest.raises(InputError, match="implausible voxel spacing"):
         read_volume(tmp_path / "thick.nii.gz")
 
 
 def test_write_refuses_unknown_suffix(tmp_path):
-    with pytest.raises(VolumeError, match="unsupported output type"):
+    with pytest.raises(InputError, match="unsupported output type"):
         write_volume(_volume(), tmp_path / "out.png")
 
 
@@ -115,7 +116,7 @@ def test_a_file_cut_short_is_refused(tmp_path, suffix):
     data = path.read_bytes()
     (tmp_path / f"half{suffix}").write_bytes(data[: len(data) // 2])
     assert sitk.ReadImage(str(tmp_path / f"half{suffix}")).GetSize() == (16, 20, 12)
-    with pytest.raises(VolumeError, match="cut short"):
+    with pytest.raises(InputError, match="cut short"):
         read_volume(tmp_path / f"half{suffix}")
     read_volume(path)
 
@@ -128,14 +129,14 @@ def test_a_short_write_never_reaches_the_final_name(tmp_path):
 import resource, signal, sys
 import SimpleITK as sitk
 import numpy as np
-from maediff_core.files import VolumeError
+from maediff_core.errors import InputError
 from maediff_core.volume_io import write_volume
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail (EFBIG) instead of killing
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 image = sitk.GetImageFromArray(np.random.default_rng(1).normal(100, 20, (12, 20, 16)).astype(np.float32))
 try:
     write_volume(image, {str(tmp_path / "result.nii.gz")!r})
-except VolumeError as err:
+except InputError as err:
     sys.exit(str(err))
 """
     done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
@@ -185,11 +186,11 @@ def test_a_result_folder_is_replaced_as_a_set(tmp_path, monkeypatch):
 
 
 def test_inputs_sharing_a_case_name_and_unwritable_outputs_are_refused(tmp_path):
-    with pytest.raises(VolumeError, match="a/T2.nii.gz and b/T2.nii.gz would both write"):
+    with pytest.raises(OptionError, match="a/T2.nii.gz and b/T2.nii.gz would both write"):
         output_folders(["a/T2.nii.gz", "b/T2.nii.gz"], tmp_path)
     assert output_folders(["a/T2.nii.gz", "b/T1.nii.gz"], tmp_path) == [tmp_path / "T2", tmp_path / "T1"]
     (tmp_path / "file").write_text("x")
-    with pytest.raises(VolumeError, match="cannot write results there"):
+    with pytest.raises(OptionError, match="cannot write results there"):
         check_writable(tmp_path / "file")
-    with pytest.raises(VolumeError, match="cannot write results there"):
+    with pytest.raises(OptionError, match="cannot write results there"):
         check_writable(tmp_path / "file" / "below")

@@ -15,13 +15,14 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .files import VolumeError, write_text_atomic
+from .errors import CardError, InputError
+from .files import write_text_atomic
 from .resources import resources_dir
 from .volume_io import geometry_of, read_volume, resample_isotropic, write_volume
 
 ATLAS_ENV = "MAEDIFF_ATLAS"
-BOX_SIZE = (192, 192, 160)  # the atlas box in voxels of 1 mm (REFERENCE.md, "Data geometry")
-MODEL_DOWNSAMPLE = 2  # REFERENCE.md: downsampled by 2 to 96 x 96 in-plane
+BOX_SIZE = (192, 192, 160)  # the atlas box in voxels of 1 mm (docs/reference.md, "Data geometry")
+MODEL_DOWNSAMPLE = 2  # docs/reference.md: downsampled by 2 to 96 x 96 in-plane
 MODEL_SLICES = (15, 65)  # of the 80 downsampled slices: 15 dropped at each end (paper Sec. 4.2)
 
 
@@ -38,8 +39,8 @@ def card_atlas(name: str, model_folder: Path | None) -> Path:
     path = path.resolve()
     allowed = [resources_dir().resolve(), *([model_folder.resolve()] if model_folder is not None else [])]
     if not any(path.is_relative_to(root) for root in allowed):
-        raise VolumeError(f"the model card names the atlas {name}, outside the model's folder and the bundled"
-                          f" atlases: pass --atlas {name} to use it anyway")
+        raise CardError(f"the model card names the atlas {name}, outside the model's folder and the bundled"
+                        f" atlases: pass --atlas {name} to use it anyway")
     return path
 
 
@@ -50,10 +51,10 @@ class Atlas:
     folder: Path
 
     @classmethod
-    def load(cls, folder: str | Path | None = None) -> "Atlas":
+    def load(cls, folder: str | Path | None = None) -> Atlas:
         folder = Path(folder) if folder else default_atlas_dir()
         if not (folder / "atlas.json").is_file():
-            raise VolumeError(f"{folder}: not an atlas folder (no atlas.json)")
+            raise InputError(f"{folder}: not an atlas folder (no atlas.json)")
         return cls(folder)
 
     @cached_property
@@ -63,10 +64,10 @@ class Atlas:
     def _read(self, key: str, probability: bool = False) -> sitk.Image:
         name = self.info["files"].get(key)
         if name is None:
-            raise VolumeError(f"{self.folder}: atlas has no '{key}' image")
+            raise InputError(f"{self.folder}: atlas has no '{key}' image")
         path = (self.folder / name).resolve()
         if not path.is_relative_to(self.folder.resolve()):
-            raise VolumeError(f"{self.folder}: atlas.json names {name}, outside the atlas folder")
+            raise InputError(f"{self.folder}: atlas.json names {name}, outside the atlas folder")
         image = read_volume(path)
         if probability:
             scale = float(self.info.get("probability_scale", 1))
@@ -101,7 +102,7 @@ def model_grid_of(atlas_image: sitk.Image) -> dict:
     size = np.array(atlas_image.GetSize()) // f
     z0, z1 = MODEL_SLICES
     if size[2] < z1:
-        raise VolumeError(
+        raise InputError(
             f"atlas of {atlas_image.GetSize()} voxels is too short for slices {MODEL_SLICES}"
             f" after downsampling by {f}"
         )
@@ -127,7 +128,7 @@ def brain_box_centre(mask: sitk.Image) -> np.ndarray:
     """(x, y, z) index of the centre of the mask's bounding box."""
     zyx = np.argwhere(sitk.GetArrayViewFromImage(mask))
     if zyx.size == 0:
-        raise VolumeError("the brain mask is empty")
+        raise InputError("the brain mask is empty")
     return (zyx.min(0) + zyx.max(0))[::-1] / 2.0
 
 

@@ -123,7 +123,8 @@ def augment(x: torch.Tensor, generator: torch.Generator, config: AugmentConfig =
     if use.any():
         picked = use.nonzero().squeeze(1)
         x = x.clone()
-        x[picked] = ghosting(x[picked], ghosts[picked.cpu()], axes[picked.cpu()], intensity[picked], config.ghost_restore)
+        chosen = picked.cpu()
+        x[picked] = ghosting(x[picked], ghosts[chosen], axes[chosen], intensity[picked], config.ghost_restore)
     return x.clamp(0.0, 1.0)
 
 

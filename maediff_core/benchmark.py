@@ -22,16 +22,20 @@ from .cache import load_prepared, select, split_of
 from .datasets import prepare_dataset
 from .detect import DetectConfig, load_for_detection
 from .device import pick_device
+from .errors import CardError
 from .evaluate import PROTOCOLS, Scored, evaluate, intensity_scorer, model_scorer, protocol_named, score_cases
-from .files import VolumeError, write_text_atomic
-from .models import ModelConfig, recipe_text
+from .files import write_text_atomic
+from .methods import method_of
+from .methods.base import ModelConfig, Stage
+from .modelfile import recipe_text
 from .phantom import write_phantom_set
-from .train import FIRST_STAGES, RESUMED_SETTINGS, TrainConfig, changed_settings, resolved, train
+from .training import TrainConfig, train
+from .training.settings import RESUMED_SETTINGS, changed_settings, resolved
 
 README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 
 
-@dataclass
+@dataclass(frozen=True)
 class BenchmarkConfig:
     healthy: int = 100  # phantom subjects per set
     tumour: int = 20
@@ -76,32 +80,39 @@ def trained_run(method: str, healthy: Path, out: Path, config: BenchmarkConfig) 
     last = run_dir / "last.json"
     if last.is_file():
         card = json.loads(last.read_text())["card"]
-        done = card["training"]
-        if training_seconds(done) >= 60 * config.minutes:
-            wanted = resolved(settings, ModelConfig.from_dict(card["config"]))
+        done, model_config = card["training"], ModelConfig.from_dict(card["config"])
+        if training_seconds(first_stages(model_config, done), done) >= 60 * config.minutes:
+            wanted = resolved(settings, model_config)
             differs = changed_settings(done, wanted, ("max_minutes", *RESUMED_SETTINGS))
             if differs:
-                raise VolumeError(f"{run_dir}: a run of {done['seconds'] / 60:.0f} minutes with other "
+                raise CardError(f"{run_dir}: a run of {done['seconds'] / 60:.0f} minutes with other "
                                   f"{', '.join(differs)} than this benchmark's; benchmark into another folder (-o)")
             return run_dir / "best.json"
     train(method, healthy, run_dir, settings)  # new, or resumed up to the budget
     return run_dir / "best.json"
 
 
-def training_seconds(training: dict) -> float:
-    """A run's training time, its first stage (MAD-AD's autoencoder, cDDPM's encoder pre-training) included."""
-    return training["seconds"] + sum((training.get(stage) or {}).get("seconds", 0.0) for stage in FIRST_STAGES)
+def first_stages(config: ModelConfig, training: dict) -> list[Stage]:
+    """The stages a run of ``config`` trained before its last (MAD-AD's autoencoder, cDDPM's encoder
+    pre-training)."""
+    return method_of(config.method).stages(config, bool(training.get("pretrain")))[:-1]
 
 
-def trained_text(training: dict | None) -> str:
+def training_seconds(stages: list[Stage], training: dict) -> float:
+    """A run's training time, that of its first ``stages`` included."""
+    return training["seconds"] + sum((training.get(stage.name) or {}).get("seconds", 0.0) for stage in stages)
+
+
+def trained_text(config: ModelConfig | None, training: dict | None) -> str:
     if not training:
         return "-"
     text = f"{training['epoch']} epochs, {training['step']} steps"
-    for stage, what in zip(FIRST_STAGES, ("an autoencoder", "an encoder pre-training")):
-        first = training.get(stage)
+    stages = first_stages(config, training)
+    for stage in stages:
+        first = training.get(stage.name)
         if first:
-            text += (f" after {what} of {first['epoch']} epochs, {first['step']} steps "
-                     f"({first['seconds'] / 60:.1f} of the {training_seconds(training) / 60:.1f} minutes)")
+            text += (f" after {stage.title} of {first['epoch']} epochs, {first['step']} steps "
+                     f"({first['seconds'] / 60:.1f} of the {training_seconds(stages, training) / 60:.1f} minutes)")
     return text
 
 
@@ -125,20 +136,21 @@ def run_benchmark(out_dir: str | Path, config: BenchmarkConfig = BenchmarkConfig
     rows = []
     for method in ("thresh", *config.methods):
         if method == "thresh":
-            scorer, training = intensity_scorer, None
+            scorer, training, model_config = intensity_scorer, None, None
         else:
             best = trained_run(method, data["healthy"], out, config)
             model, card = load_for_detection(best, device)
             scorer, training = model_scorer(model, card, DetectConfig(), device), card.training
+            model_config = card.config.to_dict()
         seconds: list[float] = []
 
-        def timed(case, scorer=scorer):
+        def timed(case, scorer=scorer, seconds=seconds):
             start = time.perf_counter()
             result = scorer(case)
             seconds.append(time.perf_counter() - start)
             return result
 
-        row = {"method": method, "training": training}
+        row = {"method": method, "config": model_config, "training": training}
         healthy_scored: list[Scored] = score_cases(healthy, timed)
         healthy_val_scored: list[Scored] = score_cases(healthy_val, timed)
         for kind, split in sets.items():
@@ -147,13 +159,15 @@ def run_benchmark(out_dir: str | Path, config: BenchmarkConfig = BenchmarkConfig
             row[kind] = {k: v for k, v in result.items() if k != "per_case"}
         # Threshold chosen again on the shifted validation volumes, as on any new scanner's data.
         row["contrast"] = {name: {k: v for k, v in evaluate(score_cases(split["val"], timed),
-                                                            score_cases(split["test"], timed), protocol=protocol).items()
+                                                            score_cases(split["test"], timed),
+                                                            protocol=protocol).items()
                                   if k in ("dice_mean", "auprc_mean", "kl_mean", "threshold")}
                            for name, split in shifted.items()}
         row["detect_seconds_per_volume"] = sum(seconds) / len(seconds)
         rows.append(row)
-        print(f"{method}: tumour Dice {100 * row['tumour']['dice_mean']:.1f} %, MS Dice {100 * row['ms']['dice_mean']:.1f} %,"
-              f" {row['detect_seconds_per_volume']:.1f} s/volume", flush=True)
+        print(f"{method}: tumour Dice {100 * row['tumour']['dice_mean']:.1f} %, "
+              f"MS Dice {100 * row['ms']['dice_mean']:.1f} %, {row['detect_seconds_per_volume']:.1f} s/volume",
+              flush=True)
     summary = {"config": asdict(config), "device": _device_name(device), "rows": rows,
                "counts": {kind: {s: len(v) for s, v in split.items()} for kind, split in sets.items()}
                | {"healthy_test": len(healthy), "healthy_val": len(healthy_val)}}
@@ -165,7 +179,8 @@ def run_benchmark(out_dir: str | Path, config: BenchmarkConfig = BenchmarkConfig
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    processor = platform.processor() or platform.machine()
+    return f"CPU ({processor}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
 def recipes_text(rows: list[dict]) -> str:
@@ -181,21 +196,24 @@ def markdown_table(summary: dict) -> str:
     config = summary["config"]
     counts = summary["counts"]
     lines = [
-        "| method | tumour Dice | tumour AUPRC | MS Dice | MS AUPRC | healthy l1 (1e-3) | detect s / volume | training |",
+        "| method | tumour Dice | tumour AUPRC | MS Dice | MS AUPRC | healthy l1 (1e-3) | detect s / volume "
+        "| training |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in summary["rows"]:
         t, m = row["tumour"], row["ms"]
         l1 = t.get("l1_mean")
-        trained = trained_text(row["training"])
+        trained = trained_text(row.get("config") and ModelConfig.from_dict(row["config"]), row["training"])
         lines.append(f"| {row['method']} | {100 * t['dice_mean']:.1f} | {100 * t['auprc_mean']:.1f} | "
                      f"{100 * m['dice_mean']:.1f} | {100 * m['auprc_mean']:.1f} | "
-                     f"{'-' if l1 is None else f'{1000 * l1:.1f}'} | {row['detect_seconds_per_volume']:.1f} | {trained} |")
+                     f"{'-' if l1 is None else f'{1000 * l1:.1f}'} | {row['detect_seconds_per_volume']:.1f} | "
+                     f"{trained} |")
     lines += [
         "",
         f"Phantoms: {config['healthy']} healthy, {config['tumour']} tumour, {config['ms']} MS (seed {config['seed']}); "
         f"evaluated on {counts['tumour']['val']}+{counts['tumour']['test']} tumour and "
-        f"{counts['ms']['val']}+{counts['ms']['test']} MS validation+test volumes, {counts['healthy_test']} healthy test "
+        f"{counts['ms']['val']}+{counts['ms']['test']} MS validation+test volumes, {counts['healthy_test']} "
+        "healthy test "
         f"volumes ({counts['healthy_val']} healthy validation volumes for the FPR thresholds). "
         f"Budget: {config['minutes']:g} training minutes per method on {summary['device']}; "
         f"{recipes_text(summary['rows'])}. Evaluation protocol: {config['protocol']} "

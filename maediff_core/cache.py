@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import VolumeError, atomic_path, write_text_atomic
+from .errors import InputError
+from .files import atomic_path, write_text_atomic
 
 PACK_VERSION = 1
 
@@ -44,7 +45,7 @@ def check_split(rows: list[dict]) -> None:
     for row in rows:
         key = (row["split"], row["fold"])
         if seen.setdefault(row["subject"], key) != key:
-            raise VolumeError(f"subject {row['subject']} appears in {seen[row['subject']]} and {key}")
+            raise InputError(f"subject {row['subject']} appears in {seen[row['subject']]} and {key}")
 
 
 def select(rows: list[dict], split: str, fold: int | None = None) -> list[str]:
@@ -82,7 +83,7 @@ def load_prepared(source: str | Path, names: list[str] | None = None, limit: int
         names = sorted(p.parent.name for p in source.glob("*/record.json"))
     names = names[:limit] if limit else names
     if not names:
-        raise VolumeError(f"{source}: no prepared cases (run `maediff prepare` first)")
+        raise InputError(f"{source}: no prepared cases (run `maediff prepare` first)")
     import SimpleITK as sitk  # only the folder form needs it
 
     def array(path: Path) -> np.ndarray:
@@ -92,7 +93,7 @@ def load_prepared(source: str | Path, names: list[str] | None = None, limit: int
     for name in names:
         folder = source / name
         if not (folder / "record.json").is_file():
-            raise VolumeError(f"{folder}: case not prepared")
+            raise InputError(f"{folder}: case not prepared")
         seg_path = folder / "seg.nii.gz"
         cases.append(PreparedCase(
             name=name, image=array(folder / "image.nii.gz").astype(np.float32),
@@ -112,7 +113,7 @@ def split_of(source: str | Path) -> list[dict]:
         return rows
     path = source / "split.csv"
     if not path.is_file():
-        raise VolumeError(f"{source}: no split.csv (run `maediff prepare` first)")
+        raise InputError(f"{source}: no split.csv (run `maediff prepare` first)")
     return read_split_csv(path)
 
 
@@ -121,12 +122,12 @@ def pack_prepared(folder: str | Path, out: str | Path, splits: tuple[str, ...] |
     atomically. Returns what went in and the file's size."""
     out = Path(out)
     if not is_pack(out):
-        raise VolumeError(f"{out}: a pack is an .npz file")
+        raise InputError(f"{out}: a pack is an .npz file")
     rows = [r for r in split_of(folder) if splits is None or r["split"] in splits]
     cases = load_prepared(folder, [r["case"] for r in rows])
     shape = cases[0].image.shape
     if any(c.image.shape != shape for c in cases):
-        raise VolumeError(f"{folder}: cases of different model grids cannot share a pack")
+        raise InputError(f"{folder}: cases of different model grids cannot share a pack")
     has_seg = np.array([c.seg is not None for c in cases])
     bits = lambda arrays: np.packbits(np.stack(arrays).reshape(len(arrays), -1), axis=1)  # noqa: E731
     with atomic_path(out, ".npz") as tmp:
@@ -141,13 +142,13 @@ def pack_prepared(folder: str | Path, out: str | Path, splits: tuple[str, ...] |
 
 def _open_pack(path: Path):
     if not path.is_file():
-        raise VolumeError(f"{path}: no such pack (make one with `maediff pack`)")
+        raise InputError(f"{path}: no such pack (make one with `maediff pack`)")
     try:
         pack = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
-        raise VolumeError(f"{path}: not a readable pack ({err})") from None
+        raise InputError(f"{path}: not a readable pack ({err})") from None
     if "version" not in pack or int(pack["version"]) != PACK_VERSION:
-        raise VolumeError(f"{path}: not a pack of version {PACK_VERSION}")
+        raise InputError(f"{path}: not a pack of version {PACK_VERSION}")
     return pack
 
 
@@ -158,9 +159,9 @@ def _load_pack(path: Path, names: list[str] | None, limit: int | None) -> list[P
         names = names[:limit] if limit else names
         missing = sorted(set(names) - set(stored))
         if missing:
-            raise VolumeError(f"{path}: the pack holds no case {missing[0]}")
+            raise InputError(f"{path}: the pack holds no case {missing[0]}")
         if not names:
-            raise VolumeError(f"{path}: no cases selected")
+            raise InputError(f"{path}: no cases selected")
         shape = tuple(int(v) for v in pack["shape"])
         rows = [stored.index(n) for n in names]
         images, masks, segs = pack["images"], pack["masks"], pack["segs"]
@@ -171,4 +172,5 @@ def _load_pack(path: Path, names: list[str] | None, limit: int | None) -> list[P
             return np.unpackbits(packed, count=count).astype(bool).reshape(shape)
 
         return [PreparedCase(name, images[i].astype(np.float32) / 255.0, unbits(masks[i]),
-                             unbits(segs[i]) if has_seg[i] else None, records[i]) for name, i in zip(names, rows)]
+                             unbits(segs[i]) if has_seg[i] else None, records[i])
+                for name, i in zip(names, rows, strict=True)]

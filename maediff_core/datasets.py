@@ -22,7 +22,8 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from .cache import write_split_csv
-from .files import VolumeError, write_text_atomic
+from .errors import InputError
+from .files import write_text_atomic
 from .preprocess import PreprocessConfig, preprocess, to_model
 from .volume_io import image_from_array, read_volume, write_volume
 
@@ -49,7 +50,7 @@ def discover(root: str | Path) -> list[Case]:
     """All cases under ``root`` in the first layout that matches, sorted by name."""
     root = Path(root)
     if not root.is_dir():
-        raise VolumeError(f"{root}: not a folder")
+        raise InputError(f"{root}: not a folder")
     for layout, (pattern, subject_re, seg_patterns) in PATTERNS.items():
         images = sorted(p for p in root.glob(pattern) if p.is_file())
         if not images:
@@ -67,13 +68,13 @@ def discover(root: str | Path) -> list[Case]:
                 subject = match.group(1) if match else name
             seg = next((s for p in seg_patterns for s in sorted(image.parent.glob(p))), None)
             if seg_patterns and seg is None:
-                raise VolumeError(f"{image}: no segmentation ({' or '.join(seg_patterns)}) beside it")
+                raise InputError(f"{image}: no segmentation ({' or '.join(seg_patterns)}) beside it")
             cases.append(Case(name, subject, image, seg, layout))
         names = [c.name for c in cases]
         if len(set(names)) != len(names):
-            raise VolumeError(f"{root}: case names repeat in the {layout} layout")
+            raise InputError(f"{root}: case names repeat in the {layout} layout")
         return cases
-    raise VolumeError(
+    raise InputError(
         f"{root}: no T2 volumes found in a known layout (IXI *-T2.nii.gz, BraTS2021_*/..._t2.nii.gz,"
         " MSLUB .../*T2W*.nii.gz, phantoms)"
     )
@@ -123,7 +124,7 @@ def read_volume_labels(path: Path) -> sitk.Image:
     """A label volume: read like any volume, but an all-zero (lesion-free) map is allowed."""
     try:
         return read_volume(path)
-    except VolumeError as err:
+    except InputError as err:
         if "same value 0" not in str(err):
             raise
         return sitk.ReadImage(str(path))

@@ -7,14 +7,14 @@ from collections.abc import Callable
 
 import torch
 
-from .files import VolumeError
+from .errors import OptionError
 
 
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise VolumeError("--device cuda was asked for, but torch sees no CUDA GPU")
+        raise OptionError("--device cuda was asked for, but torch sees no CUDA GPU")
     return torch.device(name)
 
 
@@ -29,7 +29,7 @@ def in_batches(count: int, batch: int, run: Callable[[int, int], None], done: Ca
             run(begin, end)
         except torch.cuda.OutOfMemoryError:
             if batch == 1:
-                raise VolumeError("out of GPU memory even for a batch of one: use --device cpu") from None
+                raise OptionError("out of GPU memory even for a batch of one: use --device cpu") from None
             batch = max(1, batch // 2)
             torch.cuda.empty_cache()
             continue

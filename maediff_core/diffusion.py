@@ -81,7 +81,7 @@ class Diffusion:
 
 @dataclass(frozen=True)
 class PatchConfig:
-    size: int = 96  # model input is a 96 x 96 slice (REFERENCE.md)
+    size: int = 96  # model input is a 96 x 96 slice (docs/reference.md)
     patch: int = 48  # paper Sec. 4.3: p = 48
     stride: int = 16  # paper Sec. 4.3: s = 16 (pDDPM s48 uses 48)
     grid: int = 16  # paper Sec. 4.3: r = 16

@@ -1,5 +1,5 @@
 """The evaluation protocol: threshold on unhealthy validation volumes, Dice/AUPRC on test volumes,
-l1 and false-positive operating points on healthy volumes (REFERENCE.md, "Evaluation protocol").
+l1 and false-positive operating points on healthy volumes (docs/reference.md, "Evaluation protocol").
 
 Two protocols share the post-processed score maps. ``reference`` repeats the protocol authors'
 ``src/utils/utils_eval.py`` step by step, so numbers compare with the papers' tables; ``ours`` keeps
@@ -12,7 +12,6 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 from sklearn.metrics import precision_recall_curve
@@ -20,13 +19,20 @@ from sklearn.metrics import precision_recall_curve
 from .cache import PreparedCase
 from .diffusion import levels_text
 from .files import write_text_atomic
-from .metrics import (auprc, bisect_threshold, brain_fpr_thresholds, dice, histogram_kl, l1_error, mean_std,
-                      roc_fpr_thresholds)
+from .metrics import (
+    auprc,
+    bisect_threshold,
+    brain_fpr_thresholds,
+    dice,
+    histogram_kl,
+    l1_error,
+    mean_std,
+    roc_fpr_thresholds,
+)
 from .postprocess import PostprocessConfig, lesion_labels, smooth_scores
 
 # A scorer turns a prepared case into (residual map, reconstruction or None), both (z, y, x).
-# Optional, not `X | None`: this alias is evaluated at import time.
-Scorer = Callable[[PreparedCase], tuple[np.ndarray, Optional[np.ndarray]]]
+Scorer = Callable[[PreparedCase], tuple[np.ndarray, np.ndarray | None]]
 
 
 @dataclass(frozen=True)
@@ -121,7 +127,7 @@ def best_threshold(val: Sequence[Scored], protocol: Protocol = PROTOCOLS["refere
     return bisect_threshold(dice_at, maximum)
 
 
-Levels = Optional[tuple[int, ...]]  # a t_test ensemble; None: the model's own
+Levels = tuple[int, ...] | None  # a t_test ensemble; None: the model's own
 
 
 def choose_t_test(cases: Sequence[PreparedCase], scorer_at: Callable[[Levels], Scorer],
@@ -169,7 +175,8 @@ def evaluate(val: Sequence[Scored], test: Sequence[Scored], healthy: Sequence[Sc
         "dice_mean": mean_std(dices)[0], "dice_std": mean_std(dices)[1],
         "auprc_mean": mean_std(auprcs)[0], "auprc_std": mean_std(auprcs)[1],
         "n_val": len(val), "n_test": len(test), "n_healthy": len(healthy), "n_healthy_val": len(healthy_val),
-        "per_case": [{"case": s.name, "dice": d, "auprc": a, "kl": s.kl} for s, d, a in zip(test, dices, auprcs)],
+        "per_case": [{"case": s.name, "dice": d, "auprc": a, "kl": s.kl}
+                     for s, d, a in zip(test, dices, auprcs, strict=True)],
     }
     kls = [s.kl for s in test if s.kl is not None]
     if kls:

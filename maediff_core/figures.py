@@ -40,7 +40,7 @@ def phantom_montage(cases: list[tuple[str, sitk.Image, sitk.Image | None]], out:
     fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.4 * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    for ax, (name, image, seg) in zip(axes.ravel(), cases):
+    for ax, (name, image, seg) in zip(axes.ravel(), cases, strict=False):
         array, spacing = _radiological(image)
         labels = _radiological(seg)[0] if seg is not None else None
         if labels is not None and labels.any():
@@ -73,8 +73,8 @@ def detection_figure(image: sitk.Image, reconstruction: sitk.Image, heatmap: sit
     heat_max = float(np.percentile(heat[heat > 0], 99.5)) if (heat > 0).any() else 1.0
     fig, axes = plt.subplots(rows, 4, figsize=(12.8, 3.3 * rows), squeeze=False)
     aspect = _axial_aspect(spacing)
-    for row, z in zip(axes, np.round(picks).astype(int)):
-        for ax, background in zip(row, (array, recon, array, array)):  # recon is in the input's units
+    for row, z in zip(axes, np.round(picks).astype(int), strict=True):
+        for ax, background in zip(row, (array, recon, array, array), strict=True):  # recon is in the input's units
             ax.axis("off")
             ax.imshow(background[z], cmap="gray", aspect=aspect, vmin=0, vmax=vmax)
         row[2].imshow(np.ma.masked_less_equal(heat[z], 0), cmap="inferno", alpha=0.6, aspect=aspect,
@@ -83,6 +83,7 @@ def detection_figure(image: sitk.Image, reconstruction: sitk.Image, heatmap: sit
             row[3].contour(found[z] > 0, levels=[0.5], colors="red", linewidths=0.9)
         if known is not None and known[z].any():
             row[3].contour(known[z], levels=[0.5], colors="lime", linewidths=0.9)
-        for ax, title in zip(row, ("input", "reconstruction", "anomaly heatmap", "lesions (red) / truth (green)")):
+        titles = ("input", "reconstruction", "anomaly heatmap", "lesions (red) / truth (green)")
+        for ax, title in zip(row, titles, strict=True):
             ax.set_title(f"{title}, z={z}", fontsize=9)
     return _save(fig, out, dpi=80)

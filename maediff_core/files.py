@@ -1,5 +1,5 @@
-"""Errors and safe writes: what every stage needs, with no imaging library (the training path runs
-where SimpleITK is not installed).
+"""Safe writes: what every stage needs, with no imaging library (the training path runs where
+SimpleITK is not installed).
 
 A file is written under a temporary name beside its final one and renamed when complete; a result
 folder is written beside the old one and replaces it whole.
@@ -15,11 +15,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import OptionError
+
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-
-
-class VolumeError(ValueError):
-    """An input volume that cannot be used, with the reason in the message."""
 
 
 def volume_suffix(path: str | Path) -> str:
@@ -44,7 +42,7 @@ def output_folders(inputs: Sequence[str | Path], out_dir: str | Path) -> list[Pa
     for path in inputs:
         name = case_name(path)
         if name in folders:
-            raise VolumeError(f"{folders[name]} and {path} would both write {Path(out_dir) / name}: "
+            raise OptionError(f"{folders[name]} and {path} would both write {Path(out_dir) / name}: "
                               "give them different -o folders")
         folders[name] = Path(path)
     return [Path(out_dir) / name for name in folders]
@@ -81,7 +79,7 @@ def check_writable(folder: Path) -> None:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as err:
-        raise VolumeError(f"{folder}: cannot write results there ({err.strerror or err})") from None
+        raise OptionError(f"{folder}: cannot write results there ({err.strerror or err})") from None
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""Metrics of the evaluation protocol (REFERENCE.md, "Evaluation protocol").
+"""Metrics of the evaluation protocol (docs/reference.md, "Evaluation protocol").
 
 Each function states the reference's definition (``src/utils/utils_eval.py`` of the protocol's
 authors) where a choice exists, so that numbers compare with the papers' tables.
@@ -88,7 +88,7 @@ def roc_fpr_thresholds(healthy_scores: Sequence[np.ndarray],
 def brain_fpr_thresholds(healthy_scores: Sequence[np.ndarray], healthy_masks: Sequence[np.ndarray],
                          rates: Sequence[float] = (0.01, 0.05, 0.10)) -> dict[float, float]:
     """Thresholds at which the given fraction of healthy brain voxels is flagged (ours: quantiles)."""
-    values = np.concatenate([s[m.astype(bool)] for s, m in zip(healthy_scores, healthy_masks)])
+    values = np.concatenate([s[m.astype(bool)] for s, m in zip(healthy_scores, healthy_masks, strict=True)])
     return {rate: float(np.quantile(values, 1.0 - rate)) for rate in rates}
 
 

@@ -4,7 +4,7 @@ The reference draws one fractal simplex field per call on the CPU (numba) and sh
 batch. Here every sample gets its own lattice permutation and offset, generated on the model's
 device, so noise never stalls the accelerator and slices are noised independently. The fractal
 follows the reference: 6 octaves, base frequency 2^-6 per pixel doubling per octave, amplitudes
-multiplied by 0.8 per octave, no rescaling (REFERENCE.md, "Diffusion").
+multiplied by 0.8 per octave, no rescaling (docs/reference.md, "Diffusion").
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ _SCALE = 58.2
 
 @dataclass(frozen=True)
 class SimplexConfig:
-    octaves: int = 6  # REFERENCE.md / paper Algorithm 1: N = 6
+    octaves: int = 6  # docs/reference.md / paper Algorithm 1: N = 6
     persistence: float = 0.8  # gamma = 0.8
     frequency: float = 2.0**-6  # nu = 2^-6 cycles per pixel
 

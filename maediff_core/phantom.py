@@ -122,32 +122,7 @@ def make_phantom(kind: str, seed: int, config: PhantomConfig | None = None, atla
     rng = np.random.default_rng([seed, KINDS.index(kind)])
     info: dict = {"kind": kind, "seed": seed}
 
-    field_ref = _field_grid(space)
-    displacement = np.zeros(tuple(field_ref.GetSize()[::-1]) + (3,))
-    points = _field_points(field_ref)
-    if config.deform:
-        displacement += _smooth_random_field(rng, field_ref.GetSize(), config.deformation_mm)
-        scale = rng.uniform(*config.ventricle_scale)
-        displacement += _radial_field(points, space.ventricle_centre, np.array([18.0, 25.0, 15.0]), scale)
-        info["ventricle_scale"] = round(float(scale), 3)
-
-    lesions: list[dict] = []
-    if kind == "tumour":
-        lesions = [_pick_tumour(rng, space, config)]
-    elif kind == "ms":
-        n = int(rng.integers(config.ms_count[0], config.ms_count[1] + 1))
-        chosen = space.ms_sites[rng.choice(len(space.ms_sites), n, replace=False)]
-        lesions = [_pick_ms(rng, space.atlas_point(zyx), config) for zyx in chosen]
-    # Lesions are placed where their atlas site lies in this subject's anatomy.
-    transform = _displacement_transform(displacement, field_ref)
-    for lesion in lesions:
-        lesion["centre"] = _invert_point(transform, lesion["atlas_centre"])
-        if lesion.get("mass_effect", 0) > 0:
-            displacement += _radial_field(points, lesion["centre"], np.full(3, lesion["radius"] * 1.2),
-                                          lesion["mass_effect"])
-    if any(lesion.get("mass_effect", 0) > 0 for lesion in lesions):
-        transform = _displacement_transform(displacement, field_ref)
-
+    transform, lesions = _subject_anatomy(rng, kind, config, space, info)
     subject_ref = reference_image(space.grid)
     maps = sitk.GetArrayFromImage(sitk.Resample(space.maps, subject_ref, transform, sitk.sitkLinear, 0.0))
     gm, wm, distance = maps[..., 0], maps[..., 1], CLOSENESS - maps[..., 2]
@@ -181,9 +156,48 @@ def make_phantom(kind: str, seed: int, config: PhantomConfig | None = None, atla
     stack.CopyInformation(subject_ref)
     stack = _slice_profile_blur(stack, native_ref, pose)
     native = sitk.GetArrayFromImage(sitk.Resample(stack, native_ref, pose, sitk.sitkLinear, 0.0))
+    out = _acquired(rng, config, native, contrast["csf"], skull, native_ref)
+    seg = _segmentation(native, native_ref, info) if lesions else None
+    return Phantom(out, seg, info)
 
+
+def _subject_anatomy(rng: np.random.Generator, kind: str, config: PhantomConfig, space: _SubjectSpace,
+                     info: dict) -> tuple[sitk.Transform, list[dict]]:
+    """The subject's deformation of the atlas (its own anatomy, then the lesions' mass effect) and
+    its lesions, placed where their atlas sites lie in that anatomy."""
+    field_ref = _field_grid(space)
+    displacement = np.zeros(tuple(field_ref.GetSize()[::-1]) + (3,))
+    points = _field_points(field_ref)
+    if config.deform:
+        displacement += _smooth_random_field(rng, field_ref.GetSize(), config.deformation_mm)
+        scale = rng.uniform(*config.ventricle_scale)
+        displacement += _radial_field(points, space.ventricle_centre, np.array([18.0, 25.0, 15.0]), scale)
+        info["ventricle_scale"] = round(float(scale), 3)
+
+    lesions: list[dict] = []
+    if kind == "tumour":
+        lesions = [_pick_tumour(rng, space, config)]
+    elif kind == "ms":
+        n = int(rng.integers(config.ms_count[0], config.ms_count[1] + 1))
+        chosen = space.ms_sites[rng.choice(len(space.ms_sites), n, replace=False)]
+        lesions = [_pick_ms(rng, space.atlas_point(zyx), config) for zyx in chosen]
+    transform = _displacement_transform(displacement, field_ref)
+    for lesion in lesions:
+        lesion["centre"] = _invert_point(transform, lesion["atlas_centre"])
+        if lesion.get("mass_effect", 0) > 0:
+            displacement += _radial_field(points, lesion["centre"], np.full(3, lesion["radius"] * 1.2),
+                                          lesion["mass_effect"])
+    if any(lesion.get("mass_effect", 0) > 0 for lesion in lesions):
+        transform = _displacement_transform(displacement, field_ref)
+    return transform, lesions
+
+
+def _acquired(rng: np.random.Generator, config: PhantomConfig, native: np.ndarray, csf: float, skull: bool,
+              native_ref: sitk.Image) -> sitk.Image:
+    """The scanner's image of the resampled subject (channels: intensity, brain, lesion classes): bias
+    field, Rician noise, a zero background where the scan is skull-stripped, int16 at a random gain."""
     values = native[..., 0] * _bias_field(rng, native.shape[:3], rng.uniform(*config.bias))
-    sigma = np.float32(rng.uniform(*config.noise) * contrast["csf"])
+    sigma = np.float32(rng.uniform(*config.noise) * csf)
     values = np.sqrt((values + sigma * rng.standard_normal(values.shape, dtype=np.float32)) ** 2
                      + (sigma * rng.standard_normal(values.shape, dtype=np.float32)) ** 2)
     if not skull:
@@ -191,15 +205,17 @@ def make_phantom(kind: str, seed: int, config: PhantomConfig | None = None, atla
     gain = rng.uniform(300.0, 1500.0)
     out = sitk.GetImageFromArray(np.clip(np.round(values * gain), 0, 32767).astype(np.int16))
     out.CopyInformation(native_ref)
-    seg = None
-    if lesions:
-        # Each voxel takes the class covering most of it (0 background, 1 core/lesion, 2 oedema).
-        fractions = native[..., 2:]
-        seg_array = np.where(fractions.sum(-1) >= 0.5, 1 + np.argmax(fractions, -1), 0).astype(np.uint8)
-        seg = sitk.GetImageFromArray(seg_array)
-        seg.CopyInformation(native_ref)
-        info["lesion_ml"] = round(float((seg_array > 0).sum() * np.prod(native_ref.GetSpacing()) / 1000.0), 3)
-    return Phantom(out, seg, info)
+    return out
+
+
+def _segmentation(native: np.ndarray, native_ref: sitk.Image, info: dict) -> sitk.Image:
+    """Each voxel takes the class covering most of it (0 background, 1 core/lesion, 2 oedema)."""
+    fractions = native[..., 2:]
+    seg_array = np.where(fractions.sum(-1) >= 0.5, 1 + np.argmax(fractions, -1), 0).astype(np.uint8)
+    seg = sitk.GetImageFromArray(seg_array)
+    seg.CopyInformation(native_ref)
+    info["lesion_ml"] = round(float((seg_array > 0).sum() * np.prod(native_ref.GetSpacing()) / 1000.0), 3)
+    return seg
 
 
 def _field_grid(space: _SubjectSpace) -> sitk.Image:
@@ -225,7 +241,7 @@ def _smooth_random_field(rng: np.random.Generator, size: tuple, std_mm: float) -
         image = sitk.GetImageFromArray(coarse[..., c])
         image.SetSpacing([1.0, 1.0, 1.0])
         ref = sitk.Image([int(s) for s in size], sitk.sitkFloat64)
-        ref.SetSpacing([(n - 1) / (m - 1) for n, m in zip((6, 6, 5), size)])
+        ref.SetSpacing([(n - 1) / (m - 1) for n, m in zip((6, 6, 5), size, strict=True)])
         components.append(sitk.GetArrayFromImage(sitk.Resample(image, ref, sitk.Transform(), sitk.sitkBSpline)))
     return np.stack(components, -1)
 
@@ -305,8 +321,8 @@ def _paint_lesion(rng, lesion, image, label, brain, tissue, contrast, ref) -> No
     centre = np.array(ref.TransformPhysicalPointToContinuousIndex(lesion["centre"].tolist()))[::-1]
     lo = np.maximum(np.floor(centre - reach).astype(int), 0)
     hi = np.minimum(np.ceil(centre + reach).astype(int) + 1, image.shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    zyx = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij"), -1)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    zyx = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)], indexing="ij"), -1)
     direction = np.array(ref.GetDirection()).reshape(3, 3)
     offset = ((zyx - centre)[..., ::-1] * np.array(ref.GetSpacing())) @ direction.T  # mm, x y z
     span = contrast["csf"] - contrast["wm"]
@@ -362,7 +378,8 @@ def _native_geometry(rng: np.random.Generator, config: PhantomConfig, space: _Su
     # Head pose: scanner point -> subject point (rotation, head size, shift about the brain centre).
     scale = rng.uniform(*config.head_scale) * (1 + rng.uniform(-0.03, 0.03, 3))
     matrix = _random_rotation(rng, config.rotation_deg) @ np.diag(1.0 / scale)
-    pose = sitk.AffineTransform(matrix.ravel().tolist(), (rng.uniform(-1, 1, 3) * config.shift_mm).tolist(), space.centre.tolist())
+    shift = rng.uniform(-1, 1, 3) * config.shift_mm
+    pose = sitk.AffineTransform(matrix.ravel().tolist(), shift.tolist(), space.centre.tolist())
     return native_ref, {"transform": pose, "orientation": orientation, "head_scale": scale.round(4).tolist()}
 
 

@@ -1,4 +1,4 @@
-"""Anomaly score map -> lesion candidates, as in the reference protocol (REFERENCE.md).
+"""Anomaly score map -> lesion candidates, as in the reference protocol (docs/reference.md).
 
 The same functions serve detection, evaluation and the Slicer module's threshold slider, so the
 lesions a user sees are exactly the ones the numbers were measured on.
@@ -14,9 +14,9 @@ import SimpleITK as sitk
 
 @dataclass(frozen=True)
 class PostprocessConfig:
-    mask_erosions: int = 3  # REFERENCE.md: brain mask eroded 3 times, per axial slice
-    median_size: int = 5  # REFERENCE.md: 3-D median filter k = 5
-    min_component_voxels: int = 8  # REFERENCE.md: components of 7 voxels or fewer removed
+    mask_erosions: int = 3  # docs/reference.md: brain mask eroded 3 times, per axial slice
+    median_size: int = 5  # docs/reference.md: 3-D median filter k = 5
+    min_component_voxels: int = 8  # docs/reference.md: components of 7 voxels or fewer removed
 
 
 def erode_slices(mask: np.ndarray, iterations: int) -> np.ndarray:
@@ -29,7 +29,8 @@ def erode_slices(mask: np.ndarray, iterations: int) -> np.ndarray:
     return sitk.GetArrayFromImage(image).astype(bool)
 
 
-def smooth_scores(residual: np.ndarray, mask: np.ndarray, config: PostprocessConfig = PostprocessConfig()) -> np.ndarray:
+def smooth_scores(residual: np.ndarray, mask: np.ndarray,
+                  config: PostprocessConfig = PostprocessConfig()) -> np.ndarray:
     """Residual -> anomaly score: restricted to the eroded brain, then median filtered (no re-masking)."""
     score = residual.astype(np.float32) * erode_slices(mask, config.mask_erosions)
     if config.median_size > 1:

@@ -1,6 +1,6 @@
 """Native T2 volume -> model space (96 x 96 x 50 at 2 mm, intensities 0..1), and back.
 
-The chain follows the reference protocol (REFERENCE.md, "Data geometry"): resample to 1 mm, affine
+The chain follows the reference protocol (docs/reference.md, "Data geometry"): resample to 1 mm, affine
 registration to the atlas, brain mask, N4 bias-field correction, curvature-flow smoothing,
 downsampling to the model grid and percentile scaling inside the brain. Every step can be switched
 off and is recorded; the record holds the affine that maps atlas points to input points, so any
@@ -21,7 +21,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from .atlas import Atlas
-from .files import VolumeError, write_text_atomic
+from .errors import InputError
+from .files import write_text_atomic
 from .preprocess_config import PreprocessConfig
 from .timing import Laps
 from .volume_io import geometry_of, image_from_array, read_volume, reference_image, resample_isotropic, write_volume
@@ -78,7 +79,7 @@ def preprocess(
     config = config or PreprocessConfig()
     atlas = atlas or Atlas.load(config.atlas)
     if config.mask_method == "file" and mask is None:
-        raise VolumeError("mask_method 'file' needs a brain mask volume")
+        raise InputError("mask_method 'file' needs a brain mask volume")
     lap = Laps(on_step)
     moving = sitk.Cast(native, sitk.sitkFloat32)
     if config.resample_1mm:
@@ -109,17 +110,19 @@ def preprocess(
     grid = atlas.model_grid
     model_ref = reference_image(grid)
     model_image = sitk.Resample(image, model_ref, sitk.Transform(), sitk.sitkBSpline, 0.0)
-    model_mask = sitk.Resample(sitk.Cast(brain, sitk.sitkFloat32), model_ref, sitk.Transform(), sitk.sitkLinear, 0.0) >= 0.5
+    brain_fraction = sitk.Resample(sitk.Cast(brain, sitk.sitkFloat32), model_ref, sitk.Transform(), sitk.sitkLinear,
+                                   0.0)
+    model_mask = brain_fraction >= 0.5
     mask_array = sitk.GetArrayFromImage(model_mask).astype(bool)
     if mask_array.sum() < 1000:
-        raise VolumeError(
+        raise InputError(
             f"brain mask covers only {int(mask_array.sum())} model voxels: the registration or the"
             " mask failed (is this a brain T2 volume?)"
         )
     array = sitk.GetArrayFromImage(model_image)
     low, high = np.percentile(array[mask_array], config.percentiles)
     if high <= low:
-        raise VolumeError("the brain has no intensity contrast after preprocessing")
+        raise InputError("the brain has no intensity contrast after preprocessing")
     array = np.clip((array - low) / (high - low), 0.0, 1.0) * mask_array
     lap("model_space")
 
@@ -150,10 +153,10 @@ def register_affine(moving: sitk.Image, atlas: Atlas, config: PreprocessConfig) 
     """Rigid then affine Mattes-MI registration; returns the atlas -> input point mapping and the
     final mutual information (nats, >= 0: how much the input's intensities say about the atlas's)."""
     fixed = atlas.template
-    # The moments initialiser needs non-negative intensities (REFERENCE.md, measured note).
+    # The moments initialiser needs non-negative intensities (docs/reference.md, measured note).
     moving = sitk.Clamp(moving, lowerBound=0.0)
     if sitk.GetArrayViewFromImage(moving).max() <= 0:
-        raise VolumeError("no voxel is above 0: an MR magnitude image is non-negative (is this a phase or"
+        raise InputError("no voxel is above 0: an MR magnitude image is non-negative (is this a phase or"
                           " difference image, or were its intensities inverted?)")
     # SimpleITK < 2.4 (Slicer 5.6/5.8) returns a generic Transform here: rewrap it as the rigid type.
     initial = sitk.Euler3DTransform(sitk.CenteredTransformInitializer(
@@ -191,7 +194,7 @@ def register_affine(moving: sitk.Image, atlas: Atlas, config: PreprocessConfig) 
         try:
             method.Execute(fixed, moving)
         except RuntimeError as err:
-            raise VolumeError(f"registration to the atlas failed: {str(err).strip().splitlines()[-1]}") from err
+            raise InputError(f"registration to the atlas failed: {str(err).strip().splitlines()[-1]}") from err
         return -method.GetMetricValue()  # ITK minimises the negative mutual information
 
     run(initial, rigid_region, config.registration_shrink, config.registration_smoothing_mm)
@@ -211,7 +214,7 @@ def head_warnings(record: dict) -> list[str]:
     how well the input's intensities match the atlas's after registration."""
     warnings = []
     grid = record["native_grid"]
-    extent = [size * spacing for size, spacing in zip(grid["size"], grid["spacing"])]
+    extent = [size * spacing for size, spacing in zip(grid["size"], grid["spacing"], strict=True)]
     if min(extent) < MIN_HEAD_EXTENT_MM:
         warnings.append(f"the volume spans only {' x '.join(f'{e:.0f}' for e in extent)} mm; a brain needs"
                         f" {MIN_HEAD_EXTENT_MM} mm or more along every axis: is this a whole-brain volume?")
@@ -239,7 +242,7 @@ def brain_mask(native: sitk.Image, image: sitk.Image, transform: sitk.Transform,
         else:
             native_mask = run_external_stripper(method, native)
         if native_mask.GetSize() != native.GetSize():
-            raise VolumeError(
+            raise InputError(
                 f"brain mask size {native_mask.GetSize()} differs from the volume's {native.GetSize()}"
             )
         native_mask = sitk.Cast(native_mask > 0, sitk.sitkUInt8)
@@ -247,7 +250,7 @@ def brain_mask(native: sitk.Image, image: sitk.Image, transform: sitk.Transform,
         mask = sitk.Resample(native_mask, atlas.template, transform, sitk.sitkNearestNeighbor, 0)
     mask = sitk.Cast(mask, sitk.sitkUInt8)
     if sitk.GetArrayViewFromImage(mask).sum() == 0:
-        raise VolumeError(f"brain mask ({method}) is empty in atlas space")
+        raise InputError(f"brain mask ({method}) is empty in atlas space")
     return mask
 
 
@@ -255,8 +258,9 @@ def refine_atlas_mask(image: sitk.Image, atlas_mask: sitk.Image) -> sitk.Image:
     """The atlas brain mask, widened a little and trimmed to the image's non-dark tissue.
 
     After an affine registration the atlas outline misses individual anatomy by a few mm: a 2 mm
-    dilation admits brain just outside it (more would admit the bright extra-cerebral CSF), and the intensity floor (a tenth of the brain's 99th
-    percentile) drops the dark bone, air and background that the dilation let in.
+    dilation admits brain just outside it (more would admit the bright extra-cerebral CSF), and the
+    intensity floor (a tenth of the brain's 99th percentile) drops the dark bone, air and background
+    that the dilation let in.
     """
     wide = sitk.BinaryDilate(atlas_mask, [2, 2, 2])
     values = sitk.GetArrayViewFromImage(image)[sitk.GetArrayViewFromImage(atlas_mask) > 0]
@@ -276,7 +280,7 @@ def run_external_stripper(method: str, native: sitk.Image) -> sitk.Image:
     """Skull-strip with an installed external tool (optional plug-in; never required)."""
     command = EXTERNAL_STRIPPERS[method]
     if shutil.which(command[0]) is None:
-        raise VolumeError(
+        raise InputError(
             f"mask method '{method}' needs the '{command[0]}' command, which is not installed;"
             " use 'atlas' (built in), 'skull-stripped' or a mask file instead"
         )
@@ -286,7 +290,7 @@ def run_external_stripper(method: str, native: sitk.Image) -> sitk.Image:
         args = [part.format(input=src, output=dst) for part in command]
         done = subprocess.run(args, capture_output=True, encoding="utf-8", errors="replace")
         if done.returncode != 0:
-            raise VolumeError(f"{command[0]} failed: {done.stderr.strip()[-500:]}")
+            raise InputError(f"{command[0]} failed: {done.stderr.strip()[-500:]}")
         candidates = sorted(Path(tmp).glob("brain*mask*.nii.gz")) or [dst]
         return read_volume(candidates[0])
 
@@ -333,7 +337,7 @@ def to_native(model_array: np.ndarray, record: dict, labels: bool = False) -> si
     grid = record["model_grid"]
     expected = tuple(int(s) for s in grid["size"][::-1])
     if model_array.shape != expected:
-        raise VolumeError(f"model-space array has shape {model_array.shape}, expected {expected}")
+        raise InputError(f"model-space array has shape {model_array.shape}, expected {expected}")
     dtype = np.int32 if labels else np.float32
     moving = image_from_array(model_array.astype(dtype), grid)
     native_ref = reference_image(record["native_grid"])

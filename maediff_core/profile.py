@@ -11,9 +11,8 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .diffusion import patch_masks, random_corners
-from .models import get_config
-from .networks import visible_cells
+from .methods import get_config, method_of
+from .methods.base import ModelConfig
 
 
 def _gflop(run) -> float:
@@ -22,63 +21,34 @@ def _gflop(run) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def count(name: str) -> dict:
-    """Parameters (all, and of the MAE module, cDDPM's encoder or MAD-AD's autoencoder) and GFLOP per
-    forward; MAD-AD's forward is one denoiser step, and a slice adds one encoding and two decodings."""
-    config = get_config(name)
+def count(config: str | ModelConfig) -> dict:
+    """Parameters (all, and of each part the method names) and GFLOP of one forward pass and of a
+    slice's detection (the method's passes, plus its other passes per noise level), of a named
+    configuration or of a configuration itself."""
+    config = get_config(config) if isinstance(config, str) else config
+    method = method_of(config.method)
     model = config.build().eval()
-    x = torch.zeros(1, 1, config.patch.size, config.patch.size)
 
-    def millions(module: torch.nn.Module | None) -> float:
-        return sum(p.numel() for p in module.parameters()) / 1e6 if module is not None else 0.0
+    def millions(module: torch.nn.Module) -> float:
+        return sum(p.numel() for p in module.parameters()) / 1e6
 
-    result = {"name": name, "parameters_m": millions(model), "positions": len(config.patch.positions()),
-              "levels": len(config.diffusion.t_test), "mae_parameters_m": 0.0, "encoder_parameters_m": 0.0,
-              "autoencoder_parameters_m": 0.0, "gflop_per_slice_extra": 0.0}
-    if config.latent is not None:
-        z = model.encode(x)
-        # One denoiser pass per DDIM step, from each starting step of the ensemble.
-        result.update(autoencoder_parameters_m=millions(model.autoencoder), passes=sum(config.diffusion.t_test),
-                      gflop_per_forward=_gflop(lambda: model.denoiser(z, torch.tensor([1]))),
-                      gflop_per_slice_extra=_gflop(lambda: model.encode(x)) + 2 * _gflop(lambda: model.decode(z)))
-        return result
-    mask = patch_masks(random_corners(1, config.patch, torch.Generator().manual_seed(0)), config.patch)
-    visible = visible_cells(mask, config.patch.grid) if config.mae is not None else None
-    result.update(mae_parameters_m=millions(model.mae), encoder_parameters_m=millions(model.condition),
-                  passes=result["positions"] * result["levels"],
-                  gflop_per_forward=_gflop(lambda: model(x, torch.tensor([500]), visible, clean=x)))
-    return result
+    cost = method.cost(config, model)
+    forward = _gflop(cost.forward)
+    extra = sum(_gflop(run) for run in cost.extras)
+    levels = len(config.diffusion.t_test)
+    return {"name": config.name, "parameters_m": millions(model),
+            "parts_m": {k: millions(v) for k, v in method.parts(model).items()},
+            "positions": len(config.patch.positions()), "levels": levels, "passes": cost.passes, "work": cost.work,
+            "gflop_per_forward": forward, "gflop_per_slice": cost.passes * forward + levels * extra,
+            "sizes": method.sizes_text(config)}
 
 
-def parts(name: str) -> str:
-    """The sizes that distinguish a configuration: U-Net widths and blocks, MAE and encoder depths."""
-    config = get_config(name)
-    text = f"U-Net {'/'.join(map(str, config.unet.channels))} x {config.unet.res_blocks} blocks"
-    if config.mae is not None:
-        text += f"; MAE {config.mae.encoder_depth} x {config.mae.encoder_width} / {config.mae.decoder_depth} x " \
-                f"{config.mae.decoder_width}"
-    if config.encoder is not None:
-        e = config.encoder
-        text += f"; ResNet {e.block} {'-'.join(map(str, e.layers))}, {e.widths[0]}..{e.widths[-1]} -> {e.features}"
-    if config.latent is not None:
-        a = config.latent.autoencoder
-        side = config.patch.size // a.downsampling
-        text += (f"; autoencoder {'/'.join(map(str, a.channels))} x {a.res_blocks} blocks -> "
-                 f"{a.latent_channels} x {side} x {side}")
-    return text
-
-
-def describe(name: str) -> str:
-    c = count(name)
-    per_slice = c["passes"] * c["gflop_per_forward"] + c["levels"] * c["gflop_per_slice_extra"]
-    sizes = ", ".join(f"{label} {c[key]:5.2f} M" for label, key in
-                      (("MAE", "mae_parameters_m"), ("encoder", "encoder_parameters_m"),
-                       ("autoencoder", "autoencoder_parameters_m")) if c[key])
-    work = (f"{c['passes']} DDIM steps from {c['levels']} t_test + autoencoder" if c["autoencoder_parameters_m"]
-            else f"{c['positions']:2d} positions x {c['levels']} t_test")
+def describe(config: str | ModelConfig) -> str:
+    c = count(config)
+    sizes = ", ".join(f"{label} {m:5.2f} M" for label, m in c["parts_m"].items())
     return (f"{c['name']:<16} {c['parameters_m']:6.2f} M parameters" + (f" ({sizes})" if sizes else "")
-            + f", {c['gflop_per_forward']:6.1f} GFLOP per forward, {work} = {per_slice:6.1f} "
-            f"GFLOP per slice; {parts(name)}")
+            + f", {c['gflop_per_forward']:6.1f} GFLOP per forward, {c['work']} = {c['gflop_per_slice']:6.1f} "
+            f"GFLOP per slice; {c['sizes']}")
 
 
 def noise_benchmark(slices: int = 256, repeats: int = 3) -> dict:
@@ -161,7 +131,8 @@ def timed_detect(volume: Path, out: Path, options: list[str]) -> dict:
             "folder": out / case_name(volume)}
 
 
-def detect_benchmark(volume: Path, variants: dict[str, list[str]], out_dir: Path, truth: Path | None = None) -> list[dict]:
+def detect_benchmark(volume: Path, variants: dict[str, list[str]], out_dir: Path,
+                     truth: Path | None = None) -> list[dict]:
     """Each variant (name -> extra ``maediff detect`` options) run once on ``volume``; seconds per
     stage, peak memory, time against the first variant, the largest heatmap difference from it and,
     with ``truth``, the lesions' Dice."""
@@ -205,31 +176,37 @@ def detect_table(rows: list[dict]) -> str:
 TRAIN_VARIANTS = ("eager", "channels_last", "compile")
 
 
-def train_step_benchmark(name: str, batch_sizes: tuple[int, ...] = (8, 16, 32), variants: tuple[str, ...] = TRAIN_VARIANTS,
-                         steps: int = 5, device: torch.device | str = "cpu") -> Iterator[dict]:
-    """Milliseconds per sample of one training step of configuration ``name`` (Algorithm 1's loss,
-    backward, Adam) per batch size and variant: eager, channels_last memory, or torch.compile'd (its
-    compilation timed apart). Slices are random; the cost does not depend on their content."""
+def train_step_benchmark(name: str, batch_sizes: tuple[int, ...] = (8, 16, 32),
+                         variants: tuple[str, ...] = TRAIN_VARIANTS, steps: int = 5,
+                         device: torch.device | str = "cpu") -> Iterator[dict]:
+    """Milliseconds per sample of one training step of configuration ``name`` (its last stage's
+    objective, backward, the stage's optimiser) per batch size and variant: eager, channels_last
+    memory, or torch.compile'd (its compilation timed apart). Slices are random and all brain; the
+    cost does not depend on their content."""
     from .diffusion import Diffusion
-    from .train import training_step
 
     config, device = get_config(name), torch.device(device)
+    stage = method_of(config.method).stages(config)[-1]
     diffusion = Diffusion(config.diffusion)
     for variant in variants:
         for batch in batch_sizes:
             torch.manual_seed(0)
-            model = config.build().to(device).train()
+            network = config.build().to(device)
+            model = stage.trains(network).train()
             if variant == "channels_last":
                 model = model.to(memory_format=torch.channels_last)
             net = torch.compile(model) if variant == "compile" else model
-            optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+            objective = stage.objective(network, diffusion)
+            optimizer = stage.optimizer(model.parameters(), 1e-4)
             generator = torch.Generator().manual_seed(0)
             x0 = (torch.rand(batch, 1, config.patch.size, config.patch.size, generator=generator) * 2 - 1).to(device)
             if variant == "channels_last":
                 x0 = x0.contiguous(memory_format=torch.channels_last)
+            brain = torch.ones_like(x0)
 
-            def step() -> None:
-                loss = training_step(net, x0, None, generator, config, diffusion)
+            def step(net=net, objective=objective, optimizer=optimizer, x0=x0, brain=brain,
+                     generator=generator) -> None:
+                loss = objective(net, x0, brain, generator)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

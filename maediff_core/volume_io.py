@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .files import VOLUME_SUFFIXES, VolumeError, atomic_path, volume_suffix
+from .errors import InputError
+from .files import VOLUME_SUFFIXES, atomic_path, volume_suffix
 
 # Per axis, spacing outside this range (mm) is a header error, not an in-vivo brain MRI (clinical
 # thick-slice T2 stays under 8 mm with its gap; research scans go down to 0.2 mm).
@@ -28,13 +29,13 @@ def read_volume(path: str | Path) -> sitk.Image:
     """Read a 3-D scalar volume (file or DICOM series folder) and validate it."""
     path = Path(path)
     if not path.exists():
-        raise VolumeError(f"{path}: no such file or folder")
+        raise InputError(f"{path}: no such file or folder")
     try:
         if path.is_dir():
             image = _read_dicom_series(path)
         else:
             if not volume_suffix(path) and path.suffix.lower() not in (".dcm", ""):
-                raise VolumeError(
+                raise InputError(
                     f"{path}: unsupported file type; expected one of {', '.join(VOLUME_SUFFIXES)}"
                     " or a DICOM series folder"
                 )
@@ -43,7 +44,7 @@ def read_volume(path: str | Path) -> sitk.Image:
                 check_nifti_voxels(path)
     except RuntimeError as err:
         first_line = str(err).strip().splitlines()[-1] if str(err).strip() else "unreadable"
-        raise VolumeError(f"{path}: cannot be read as an image ({first_line})") from err
+        raise InputError(f"{path}: cannot be read as an image ({first_line})") from err
     validate_volume(image, str(path))
     return image
 
@@ -60,13 +61,13 @@ def check_nifti_voxels(path: Path) -> None:
         with opener(path, "rb") as handle:
             data = handle.read()
     except (EOFError, OSError, zlib.error) as err:  # a gzip stream that stops before its end
-        raise VolumeError(f"{path}: the file is cut short or damaged ({err})") from err
+        raise InputError(f"{path}: the file is cut short or damaged ({err})") from err
     for order in "<>":
         size = int(np.frombuffer(data[:4], f"{order}i4")[0]) if len(data) >= 4 else 0
         if size in (348, 540):
             break
     else:
-        raise VolumeError(f"{path}: not a NIfTI file (no NIfTI-1 or NIfTI-2 header)")
+        raise InputError(f"{path}: not a NIfTI file (no NIfTI-1 or NIfTI-2 header)")
     if size == 348:
         dims = np.frombuffer(data, f"{order}i2", 8, 40).astype(np.int64)
         datatype, bitpix = np.frombuffer(data, f"{order}i2", 2, 70)
@@ -78,21 +79,21 @@ def check_nifti_voxels(path: Path) -> None:
     count = int(np.prod(dims[1:1 + dims[0]]))
     expected = offset + count * int(bitpix) // 8
     if len(data) < expected:
-        raise VolumeError(f"{path}: the file is cut short ({len(data)} of {expected} bytes): "
+        raise InputError(f"{path}: the file is cut short ({len(data)} of {expected} bytes): "
                           "copy it again from its source")
     if int(datatype) in NIFTI_FLOATS:
         voxels = np.frombuffer(data, f"{order}{NIFTI_FLOATS[int(datatype)]}", count, offset)
         bad = count - int(np.count_nonzero(np.isfinite(voxels)))
         if bad:
-            raise VolumeError(f"{path}: {bad} voxels are NaN or infinite")
+            raise InputError(f"{path}: {bad} voxels are NaN or infinite")
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
     series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series:
-        raise VolumeError(f"{folder}: folder holds no DICOM series")
+        raise InputError(f"{folder}: folder holds no DICOM series")
     if len(series) > 1:
-        raise VolumeError(
+        raise InputError(
             f"{folder}: folder holds {len(series)} DICOM series; pass a folder with exactly one"
         )
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])
@@ -121,9 +122,9 @@ def check_slice_positions(folder: Path, files: Sequence[str]) -> None:
         orientations.add(orientation if len(orientation) == 6 else None)
         positions.append(position if len(position) == 3 else None)
     if len(sizes) > 1:
-        raise VolumeError(f"{folder}: the series' slices have different sizes {sorted(sizes)} (rows, columns)")
+        raise InputError(f"{folder}: the series' slices have different sizes {sorted(sizes)} (rows, columns)")
     if len(orientations) > 1 or None in orientations or None in positions:
-        raise VolumeError(f"{folder}: the series' slices do not share one orientation and position grid"
+        raise InputError(f"{folder}: the series' slices do not share one orientation and position grid"
                           " (a localizer or a multi-stack series?)")
     if len(files) < 2:
         return
@@ -132,40 +133,40 @@ def check_slice_positions(folder: Path, files: Sequence[str]) -> None:
     gaps = np.diff(depth)
     spacing = float(np.median(gaps))
     if spacing <= 0:
-        raise VolumeError(f"{folder}: several slices share one position (duplicated slices?)")
+        raise InputError(f"{folder}: several slices share one position (duplicated slices?)")
     uneven = np.flatnonzero(np.abs(gaps - spacing) > SLICE_GAP_TOLERANCE * spacing)
     if uneven.size:
         k = int(uneven[0])
-        raise VolumeError(f"{folder}: slices missing or unevenly spaced: {gaps[k]:.2f} mm between slices {k + 1} "
+        raise InputError(f"{folder}: slices missing or unevenly spaced: {gaps[k]:.2f} mm between slices {k + 1} "
                           f"and {k + 2} where the series is spaced {spacing:.2f} mm ({uneven.size} such gap(s))")
 
 
 def validate_volume(image: sitk.Image, name: str = "volume") -> None:
-    """Raise :class:`VolumeError` unless ``image`` is a finite, non-constant 3-D scalar volume."""
+    """Raise :class:`InputError` unless ``image`` is a finite, non-constant 3-D scalar volume."""
     if image.GetDimension() != 3:
-        raise VolumeError(f"{name}: expected a 3-D volume, got {image.GetDimension()}-D")
+        raise InputError(f"{name}: expected a 3-D volume, got {image.GetDimension()}-D")
     if image.GetNumberOfComponentsPerPixel() != 1:
-        raise VolumeError(
+        raise InputError(
             f"{name}: expected one value per voxel, got {image.GetNumberOfComponentsPerPixel()}"
             " (a 4-D, vector or RGB image)"
         )
     size = image.GetSize()
     if min(size) < 2:
-        raise VolumeError(f"{name}: size {size} has a dimension below 2 voxels (a 2-D image?)")
+        raise InputError(f"{name}: size {size} has a dimension below 2 voxels (a 2-D image?)")
     spacing = image.GetSpacing()
     if not all(MIN_SPACING_MM <= s <= MAX_SPACING_MM for s in spacing):
-        raise VolumeError(
+        raise InputError(
             f"{name}: implausible voxel spacing {tuple(round(s, 4) for s in spacing)} mm"
             f" (expected {MIN_SPACING_MM}..{MAX_SPACING_MM} mm)"
         )
     direction = np.array(image.GetDirection()).reshape(3, 3)
     if abs(abs(np.linalg.det(direction)) - 1.0) > 1e-3:
-        raise VolumeError(f"{name}: direction matrix is not orthonormal")
+        raise InputError(f"{name}: direction matrix is not orthonormal")
     values = sitk.GetArrayViewFromImage(image)
     if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
-        raise VolumeError(f"{name}: contains NaN or infinite voxels")
+        raise InputError(f"{name}: contains NaN or infinite voxels")
     if values.min() == values.max():
-        raise VolumeError(f"{name}: all voxels have the same value {values.flat[0]}")
+        raise InputError(f"{name}: all voxels have the same value {values.flat[0]}")
 
 
 def write_volume(image: sitk.Image, path: str | Path, compress: bool = True) -> Path:
@@ -174,7 +175,7 @@ def write_volume(image: sitk.Image, path: str | Path, compress: bool = True) -> 
     path = Path(path)
     suffix = volume_suffix(path)
     if not suffix:
-        raise VolumeError(f"{path}: unsupported output type; use one of {', '.join(VOLUME_SUFFIXES)}")
+        raise InputError(f"{path}: unsupported output type; use one of {', '.join(VOLUME_SUFFIXES)}")
     with atomic_path(path, suffix) as tmp:
         sitk.WriteImage(image, str(tmp), compress)
         try:
@@ -184,7 +185,7 @@ def write_volume(image: sitk.Image, path: str | Path, compress: bool = True) -> 
         except RuntimeError:
             complete = False
         if not complete:
-            raise VolumeError(f"{path}: the file did not read back as written (is the disk full?)")
+            raise InputError(f"{path}: the file did not read back as written (is the disk full?)")
     return path
 
 
@@ -215,7 +216,7 @@ def image_from_array(array: np.ndarray, geometry: dict | sitk.Image) -> sitk.Ima
         return image
     expected = tuple(int(s) for s in geometry["size"])
     if image.GetSize() != expected:
-        raise VolumeError(f"array of size {image.GetSize()} does not fit the grid {expected}")
+        raise InputError(f"array of size {image.GetSize()} does not fit the grid {expected}")
     image.SetSpacing([float(s) for s in geometry["spacing"]])
     image.SetOrigin([float(o) for o in geometry["origin"]])
     image.SetDirection([float(d) for d in geometry["direction"]])

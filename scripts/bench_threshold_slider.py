@@ -18,10 +18,9 @@ import SimpleITK as sitk
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "MAEDiffAnomaly"))
 
-from MAEDiffAnomalyLib import scene as scene_lib  # noqa: E402
-
 from maediff_core.preprocess import to_native  # noqa: E402
 from maediff_core.writeback import native_lesions  # noqa: E402
+from MAEDiffAnomalyLib import scene as scene_lib  # noqa: E402
 
 
 def main(result_dir: Path, size: int = 256, repeats: int = 5) -> None:

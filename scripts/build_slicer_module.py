@@ -4,7 +4,7 @@ folder a user adds under Edit > Application Settings > Modules > Additional modu
 
 The folder has the layout of an installed extension's scripted-modules folder, which
 ``MAEDiffAnomaly/CMakeLists.txt`` produces for the Extensions Index from the same file sets
-(``Testing/test_slicer_build.py`` checks that they agree): the module, ``maediff_core/`` beside it,
+(``Testing/test_slicer_module.py`` checks that they agree): the module, ``maediff_core/`` beside it,
 and the core's ``Resources/`` (atlas, demo model, sample) merged with the module's own.
 
 Usage: python scripts/build_slicer_module.py [DIST]   (standard library only)
@@ -20,28 +20,29 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "MAEDiffAnomaly"
-# (files, relative to the repository; their folder in the module)
+# (folder in the repository, files in it, recursively; their folder in the module, subfolders kept)
 PARTS = (
-    ("MAEDiffAnomaly/MAEDiffAnomaly.py", "."),
-    ("MAEDiffAnomaly/MAEDiffAnomalyLib/*.py", "MAEDiffAnomalyLib"),
-    ("MAEDiffAnomaly/Resources/Icons/*.png", "Resources/Icons"),
-    ("MAEDiffAnomaly/Resources/UI/*.ui", "Resources/UI"),
-    ("maediff_core/*.py", "maediff_core"),
-    ("Resources/atlas/*", "Resources/atlas"),
-    ("Resources/models/*", "Resources/models"),
-    ("Resources/samples/*", "Resources/samples"),
+    ("MAEDiffAnomaly", "MAEDiffAnomaly.py", "."),
+    ("MAEDiffAnomaly/MAEDiffAnomalyLib", "*.py", "MAEDiffAnomalyLib"),
+    ("MAEDiffAnomaly/Resources/Icons", "*.png", "Resources/Icons"),
+    ("MAEDiffAnomaly/Resources/UI", "*.ui", "Resources/UI"),
+    ("maediff_core", "*.py", "maediff_core"),
+    ("Resources/atlas", "*", "Resources/atlas"),
+    ("Resources/models", "*", "Resources/models"),
+    ("Resources/samples", "*", "Resources/samples"),
 )
 
 
 def module_files() -> dict[str, Path]:
     """Path in the module folder -> source file."""
     files = {}
-    for pattern, folder in PARTS:
-        sources = sorted(p for p in ROOT.glob(pattern) if p.is_file())
+    for source_folder, pattern, folder in PARTS:
+        sources = sorted(p for p in (ROOT / source_folder).rglob(pattern)
+                         if p.is_file() and "__pycache__" not in p.parts)
         if not sources:
-            raise FileNotFoundError(f"nothing matches {pattern}")
+            raise FileNotFoundError(f"nothing matches {source_folder}/**/{pattern}")
         for source in sources:
-            files[str(Path(folder) / source.name)] = source
+            files[str(Path(folder) / source.relative_to(ROOT / source_folder))] = source
     return files
 
 

@@ -32,9 +32,8 @@ sys.path.insert(0, str(ROOT / "Testing"))
 
 from dicom_series import write_dicom_series  # noqa: E402
 
-from maediff_core.models import load_model, save_model  # noqa: E402
+from maediff_core.modelfile import load_model, save_model  # noqa: E402
 from maediff_core.resources import default_model_path, sample_paths  # noqa: E402
-from maediff_core.files import VolumeError  # noqa: E402
 from maediff_core.volume_io import read_volume  # noqa: E402
 
 MAEDIFF = [sys.executable, "-m", "maediff_core.cli"]
@@ -82,7 +81,7 @@ def audit(out: Path | None) -> tuple[str, bool]:
                     read_volume(volume)
                 json.loads((entry / "lesions.json").read_text())
                 left.append(f"{entry.name}/ complete")
-            except (VolumeError, ValueError):
+            except ValueError:  # a volume that does not read back (MaediffError), or broken JSON
                 left.append(f"{entry.name}/ DAMAGED")
                 complete = False
         elif entry.is_dir() and (entry / "record.json").is_file():
@@ -169,7 +168,8 @@ def inputs(work: Path) -> dict[str, Path]:
     sitk.WriteImage(noise, str(paths["noise"]))
     index = np.indices(array.shape).reshape(3, -1).T[:, ::-1]  # (x, y, z) of every voxel
     centre = np.array(sample.TransformContinuousIndexToPhysicalPoint((np.array(sample.GetSize()) / 2).tolist()))
-    points = np.array(sample.GetOrigin()) + (index * sample.GetSpacing()) @ np.array(sample.GetDirection()).reshape(3, 3).T
+    direction = np.array(sample.GetDirection()).reshape(3, 3)
+    points = np.array(sample.GetOrigin()) + (index * sample.GetSpacing()) @ direction.T
     ball = (np.linalg.norm(points - centre, axis=1) < 70).reshape(array.shape)
     sphere = sitk.GetImageFromArray((ball * 800 + rng.random(array.shape) * 50).astype(np.float32))
     sphere.CopyInformation(sample)
@@ -247,7 +247,8 @@ def cases(work: Path, i: dict[str, Path], m: dict[str, Path]) -> list[Case]:
     every = [sample, demo, demo.with_suffix(".safetensors")]
     fast = FAST_S
     result = [
-        Case("valid detection (reference result)", detect(sample, o / "kill-write", demo), 0, "lesion(s)", every, o / "kill-write"),
+        Case("valid detection (reference result)", detect(sample, o / "kill-write", demo), 0, "lesion(s)", every,
+             o / "kill-write"),
         Case("kill in the write stage over an earlier result", detect(sample, o / "kill-write", demo), -9, "",
              every, o / "kill-write", kill_at="write"),
         Case("kill during reconstruction", detect(sample, o / "kill-rec", demo), -9, "", every, o / "kill-rec",
@@ -258,10 +259,10 @@ def cases(work: Path, i: dict[str, Path], m: dict[str, Path]) -> list[Case]:
              "would both write", [i["a/T2"], i["b/T2"]], o / "same", within_s=fast),
         Case("preprocess: two inputs named T2", ["preprocess", str(i["a/T2"]), str(i["b/T2"]), "-o", str(o / "same-p")],
              2, "would both write", [i["a/T2"], i["b/T2"]], o / "same-p", within_s=fast),
-        Case("-o is an existing file", detect(sample, i["file"], demo), 2, "cannot write results there", every + [i["file"]],
-             i["file"], within_s=fast),
-        Case("-o cannot be created (/proc)", detect(sample, Path("/proc/maediff-out"), demo), 2, "cannot write results there",
-             every, within_s=fast),
+        Case("-o is an existing file", detect(sample, i["file"], demo), 2, "cannot write results there",
+             every + [i["file"]], i["file"], within_s=fast),
+        Case("-o cannot be created (/proc)", detect(sample, Path("/proc/maediff-out"), demo), 2,
+             "cannot write results there", every, within_s=fast),
     ]
     refusals = {
         "truncated .nii.gz": (i["half.nii.gz"], "cut short"),
@@ -272,20 +273,22 @@ def cases(work: Path, i: dict[str, Path], m: dict[str, Path]) -> list[Case]:
         "spacing 0.06 mm": (i["spacing"], "implausible voxel spacing"),
     }
     for name, (path, message) in refusals.items():
-        result.append(Case(name, detect(path, o / "refused", demo), 2, message, every + [path], o / "refused", within_s=fast))
+        result.append(Case(name, detect(path, o / "refused", demo), 2, message, every + [path], o / "refused",
+                           within_s=fast))
     result.append(Case("all voxels negative", detect(i["negative"], o / "refused", demo), 2, "no voxel is above 0",
                        every + [i["negative"]], o / "refused"))
     for name in ("noise", "sphere"):
-        result.append(Case(f"{name} instead of a head (preprocess)", ["preprocess", str(i[name]), "-o", str(o / name)], 0,
-                           "warning:", [i[name]], o / name))
+        result.append(Case(f"{name} instead of a head (preprocess)", ["preprocess", str(i[name]), "-o", str(o / name)],
+                           0, "warning:", [i[name]], o / name))
     options = {
         "--stride -16": ("--stride", "-16"), "--stride 0": ("--stride", "0"), "--t-test 0": ("--t-test", "0"),
         "--batch-size 0": ("--batch-size", "0"), "--batch-size -1": ("--batch-size", "-1"),
         "--t-test 5000": ("--t-test", "5000"), "--threshold nan": ("--threshold", "nan"),
         "--threshold -1": ("--threshold", "-1"), "--device cuda (no GPU)": ("--device", "cuda"),
     }
-    messages = {"--t-test 5000": "t-test must be one or more levels in 1..1000", "--threshold nan": "must be a finite number >= 0",
-                "--threshold -1": "must be a finite number >= 0", "--device cuda (no GPU)": "CUDA"}
+    messages = {"--t-test 5000": "t-test must be one or more levels in 1..1000",
+                "--threshold nan": "must be a finite number >= 0", "--threshold -1": "must be a finite number >= 0",
+                "--device cuda (no GPU)": "CUDA"}
     for name, option in options.items():
         args = detect(sample, o / "refused", demo, *option)
         if name == "--stride -16":  # argparse reads "-16" as an option: the = form is what users type
@@ -296,17 +299,20 @@ def cases(work: Path, i: dict[str, Path], m: dict[str, Path]) -> list[Case]:
     result.append(Case("--stride 20 (does not tile 96)", detect(sample, o / "refused", demo, "--stride", "20"), 2,
                        "does not tile", every, o / "refused", within_s=fast))
     card_messages = {
-        "channels abc": "config.unet.channels: expected a list", "stride '16'": "config.patch.stride: expected an integer",
+        "channels abc": "config.unet.channels: expected a list",
+        "stride '16'": "config.patch.stride: expected an integer",
         "timesteps '1000'": "config.diffusion.timesteps: expected an integer", "schedule 'cubic'": "schedule must be",
-        "percentiles abc": "preprocessing.percentiles: expected a list", "unknown preprocessing key": "unknown setting(s) sharpen",
-        "threshold 'abc'": "threshold: expected a finite number", "threshold NaN": "threshold: expected a finite number",
+        "percentiles abc": "preprocessing.percentiles: expected a list",
+        "unknown preprocessing key": "unknown setting(s) sharpen",
+        "threshold 'abc'": "threshold: expected a finite number",
+        "threshold NaN": "threshold: expected a finite number",
         "channels [2048, 4096, 4096]": "the limit is 1000 M", "wrong tensor shapes": "do not fit the configuration",
         "atlas /etc": "outside the model's folder", "NaN weights": "hold NaN or infinite values",
         "pickle": "pickle.safetensors: does not match pickle.json",
     }
     for name, message in card_messages.items():
-        result.append(Case(f"card: {name}", ["detect", str(sample), "-o", str(o / "refused"), "--model", str(m[name])], 2,
-                           message, [sample, m[name]], o / "refused", within_s=fast))
+        args = ["detect", str(sample), "-o", str(o / "refused"), "--model", str(m[name])]
+        result.append(Case(f"card: {name}", args, 2, message, [sample, m[name]], o / "refused", within_s=fast))
     result.append(Case("user atlas naming ../../etc/hostname", detect(sample, o / "refused", demo, "--atlas",
                                                                        str(m["atlas escape"])), 2,
                        "outside the atlas folder", every, o / "refused", within_s=fast))
@@ -316,20 +322,22 @@ def cases(work: Path, i: dict[str, Path], m: dict[str, Path]) -> list[Case]:
 def training_cases(work: Path) -> list[Case]:
     data, runs = work / "healthy-prepared", work / "runs"
     base = ["train", "--data", str(data), "--config", "pddpm-s48-small", "--batch-size", "2", "--device", "cpu"]
+    refused = ["train", "--data", str(data), "--config", "pddpm-s48-small", "-o", str(runs / "x")]
     return [
-        Case("train --batch-size -1", ["train", "--data", str(data), "--config", "pddpm-s48-small", "-o", str(runs / "x"),
-                                       "--batch-size=-1"], 2, "must be a positive integer", [data], within_s=FAST_S),
-        Case("train --lr nan", ["train", "--data", str(data), "--config", "pddpm-s48-small", "-o", str(runs / "x"),
-                                "--lr", "nan"], 2, "must be a finite number > 0", [data], within_s=FAST_S),
+        Case("train --batch-size -1", [*refused, "--batch-size=-1"], 2, "must be a positive integer", [data],
+             within_s=FAST_S),
+        Case("train --lr nan", [*refused, "--lr", "nan"], 2, "must be a finite number > 0", [data], within_s=FAST_S),
         Case("train one epoch", base + ["-o", str(runs / "run"), "--epochs", "1"], 0, "", [data]),
         Case("train resumes from a damaged last.safetensors", base + ["-o", str(runs / "damaged"), "--epochs", "2"], 2,
-             "does not match last.json", [data], before=lambda: damaged_checkpoint(base + ["-o", str(runs / "damaged")])),
+             "does not match last.json", [data],
+             before=lambda: damaged_checkpoint(base + ["-o", str(runs / "damaged")])),
     ]
 
 
 def damaged_checkpoint(train: list[str]) -> None:
     """One epoch of the 2-epoch run trained, then one byte of its last weights flipped."""
-    subprocess.run(MAEDIFF + train + ["--epochs", "2", "--stop-after-minutes", "0.0001"], check=True, capture_output=True)
+    subprocess.run(MAEDIFF + train + ["--epochs", "2", "--stop-after-minutes", "0.0001"], check=True,
+                   capture_output=True)
     weights = Path(train[-1]) / "last.safetensors"
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -359,10 +367,12 @@ def killed_training(work: Path, kills: int = 4) -> dict:
         resumed += "resuming" in out
         if "Traceback" in out or "error" in out:
             failures.append(out.strip().splitlines()[-1])
-    done = subprocess.run([*command[:-1], "1"], capture_output=True, encoding="utf-8", errors="replace")  # resume once more, then stop
+    # Resume once more, then stop.
+    done = subprocess.run([*command[:-1], "1"], capture_output=True, encoding="utf-8", errors="replace")
     ok = done.returncode == 0 and "resuming" in done.stdout and not failures
     return {"case": f"train killed {kills} times at staggered moments, resumed each time", "exit": done.returncode,
-            "message": (failures or [line for line in done.stdout.splitlines() if "resuming" in line] or ["no resume"])[0],
+            "message": (failures or [line for line in done.stdout.splitlines() if "resuming" in line]
+                        or ["no resume"])[0],
             "seconds": time.perf_counter() - start, "left": ", ".join(sorted(p.name for p in folder.iterdir())),
             "unchanged": True, "ok": ok and resumed >= kills - 1}
 
@@ -385,7 +395,8 @@ def main() -> None:
         print(f"| {r['case']} | {r['exit']} | {message} | {r['seconds']:.1f} | {r['left']} | "
               f"{'yes' if r['unchanged'] else 'NO'} | {'ok' if r['ok'] else 'FAIL'} |")
     failed = sum(not r["ok"] for r in rows)
-    print(f"\n{len(rows)} cases, {failed} failed; pickle payload ran: {(work / 'pickle-ran').exists()}; work folder {work}")
+    print(f"\n{len(rows)} cases, {failed} failed; pickle payload ran: {(work / 'pickle-ran').exists()}; "
+          f"work folder {work}")
 
 
 if __name__ == "__main__":

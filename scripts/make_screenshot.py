@@ -15,10 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "MAEDiffAnomaly"))
 
 import slicer  # noqa: E402
-from MAEDiffAnomalyLib import scene as scene_lib  # noqa: E402
 
-from maediff_core.resources import sample_paths  # noqa: E402
 from maediff_core.files import case_name  # noqa: E402
+from maediff_core.resources import sample_paths  # noqa: E402
+from MAEDiffAnomalyLib import scene as scene_lib  # noqa: E402
 
 
 def main(demo_output: Path, png: Path) -> Path:

@@ -25,7 +25,7 @@ from sklearn.metrics import average_precision_score
 
 from maediff_core.cache import load_prepared, select, split_of
 from maediff_core.detect import DetectConfig, anomaly_score, reconstruct
-from maediff_core.models import load_model
+from maediff_core.modelfile import load_model
 
 
 class HealthyCondition(torch.nn.Module):
@@ -38,16 +38,16 @@ class HealthyCondition(torch.nn.Module):
         self.image = torch.from_numpy(image * 2.0 - 1.0).float().flatten(1)
         self.healthy = torch.from_numpy(healthy * 2.0 - 1.0).float().unsqueeze(1)
 
-    def forward(self, x, t, visible=None, clean=None):
+    def forward(self, x, t, clean):
         index = torch.cdist(clean.flatten(1).cpu(), self.image).argmin(1)
-        return self.network(x, t, visible, clean=self.healthy[index].to(clean.device))
+        return self.network(x, t, clean=self.healthy[index].to(clean.device))
 
 
 def level_row(model, card, tumours, healthy, level: int, stride: int | None, swap: bool) -> tuple[dict, np.ndarray]:
     """The row of one level and condition, and the reconstruction of the first tumour volume."""
     config = DetectConfig(t_test=(level,), stride=stride)
     inside, outside, scores, truths, moved, first = [], [], [], [], [], None
-    for case, normal in zip(tumours, healthy):
+    for case, normal in zip(tumours, healthy, strict=False):
         network = HealthyCondition(model, case.image, normal.image) if swap else model
         rec = reconstruct(network, card, case.image, case.mask, config)
         first = rec if first is None else first
@@ -67,8 +67,9 @@ def level_row(model, card, tumours, healthy, level: int, stride: int | None, swa
     if swap:
         row["lesion_change"] = float(np.mean(moved))
     else:
-        row["healthy_l1"] = float(np.mean([np.abs(c.image - reconstruct(model, card, c.image, c.mask, config))[c.mask > 0]
-                                           .mean() for c in healthy]))
+        errors = [np.abs(c.image - reconstruct(model, card, c.image, c.mask, config))[c.mask > 0].mean()
+                  for c in healthy]
+        row["healthy_l1"] = float(np.mean(errors))
     return row, first
 
 
@@ -83,7 +84,7 @@ def figure(case, panels: dict[str, list[tuple[int, np.ndarray]]], out: str) -> N
     z = int(np.argmax(case.seg.reshape(len(case.seg), -1).sum(1)))
     columns = 1 + 2 * max(len(p) for p in panels.values())
     fig, axes = plt.subplots(len(panels), columns, figsize=(1.6 * columns, 1.7 * len(panels)), squeeze=False)
-    for axis_row, (label, recs) in zip(axes, panels.items()):
+    for axis_row, (label, recs) in zip(axes, panels.items(), strict=True):
         axis_row[0].imshow(case.image[z], cmap="gray", vmin=0, vmax=1)
         axis_row[0].contour(case.seg[z] > 0, levels=[0.5], colors="r", linewidths=0.6)
         axis_row[0].set_title(label, fontsize=6, loc="left")
@@ -115,12 +116,13 @@ def main() -> None:
     tumours = load_prepared(args.tumour, select(split_of(args.tumour), "test"))[:args.volumes]
     healthy = load_prepared(args.healthy, select(split_of(args.healthy), "test"))[:args.volumes]
     rows, panels = [], {}
-    print("| model | t | condition | lesion residual | brain residual | ratio | voxel AUPRC | healthy l1 | lesion change |")
+    print("| model | t | condition | lesion residual | brain residual | ratio | voxel AUPRC | healthy l1 "
+          "| lesion change |")
     print("|---|---|---|---|---|---|---|---|---|")
     for path in args.model:
         model, card = load_model(path)
         for level in args.levels:
-            for swap in (False, True) if card.config.encoder is not None else (False,):
+            for swap in (False, True) if card.config.method == "cddpm" else (False,):
                 row, rec = level_row(model, card, tumours, healthy, level, args.stride, swap)
                 row = {"model": Path(path).stem, **row}
                 rows.append(row)

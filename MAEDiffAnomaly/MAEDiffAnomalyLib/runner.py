@@ -27,7 +27,8 @@ Launch = Callable[[list, dict], subprocess.Popen]
 # preprocessing ~26 s, reconstruction ~104 s of ~140 s): one progress bar across all stages.
 STAGE_END = {"starting": 0.0, "load": 0.02, "preprocess": 0.2, "reconstruct": 0.97, "postprocess": 0.99,
              "write": 1.0, "done": 1.0}
-STAGE_NAMES = {"starting": "Starting", "load": "Reading the volume", "preprocess": "Registration, brain mask, bias field",
+STAGE_NAMES = {"starting": "Starting", "load": "Reading the volume",
+               "preprocess": "Registration, brain mask, bias field",
                "reconstruct": "Reconstructing a healthy brain", "postprocess": "Scores and lesions",
                "write": "Writing results", "done": "Done"}
 

@@ -37,10 +37,12 @@ TABLE_COLUMNS = ("Lesion", "Volume (mL)", "Max score", "Mean score", "R (mm)", "
 
 
 def headless_scene():
-    """Outside the Slicer application (tests, scripts): a scene with the application and colour
-    logic that Slicer sets up, so that default colour tables exist."""
+    """Outside the Slicer application (tests, scripts): a scene with what Slicer sets up in every
+    scene: the application and colour logic (so that default colour tables exist) and the subject
+    hierarchy."""
     scene = slicer.vtkMRMLScene()
     slicer.mrmlScene = scene
+    slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(scene)
     application = slicer.vtkSlicerApplicationLogic()
     application.SetMRMLScene(scene)
     colours = slicer.vtkSlicerColorLogic()
@@ -61,7 +63,7 @@ class Placement:
     parent_item: int  # subject hierarchy: the input's study (or folder), else the scene
 
     @classmethod
-    def of(cls, scene, input_node) -> "Placement":
+    def of(cls, scene, input_node) -> Placement:
         hierarchy = slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(scene)
         item = hierarchy.GetItemByDataNode(input_node)
         parent = hierarchy.GetItemParent(item) if item else hierarchy.GetSceneItemID()
@@ -184,7 +186,7 @@ def load_results(scene, placement: Placement, result_dir: str | Path) -> Results
     lesions.SetReferenceImageGeometryParameterFromVolumeNode(input_node)
     lesions.CreateDefaultDisplayNodes()
     table = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{name} lesion table")
-    for role, node in zip(ROLES, (heatmap, reconstruction, lesions, table)):
+    for role, node in zip(ROLES, (heatmap, reconstruction, lesions, table), strict=True):
         node.SetAttribute(ROLE, role)
         node.SetAttribute(INPUT, input_node.GetID())
         node.SetAttribute(RESULT_DIR, str(result_dir))
@@ -300,7 +302,7 @@ def fill_table(table, rows: list[dict]) -> None:
     for row in rows:
         names.InsertNextValue(f"Lesion {row['label']}")
         values = [row["volume_ml"], row["max_score"], row["mean_score"], *row["centroid_ras_mm"]]
-        for column, value in zip(columns[1:], values):
+        for column, value in zip(columns[1:], values, strict=True):
             column.InsertNextValue(float(value))
     for column in columns:
         data.AddColumn(column)

@@ -26,6 +26,16 @@ sys.path.insert(0, str(MODULE))  # qSlicerScriptedLoadableModuleFactory: the mod
 sys.path.append(str(Path(__file__).resolve().parent.parent))  # test helpers (stand-ins, DICOM), no module code
 
 
+@pytest.fixture(autouse=True)
+def no_error_swallowed_by_a_slot():
+    """PythonQt prints an error a slot raises and goes on; here it fails the test (or the fixture's
+    first test) that caused it. A test that expects one takes it with raised_in_slots()."""
+    import slicer_standins
+
+    yield
+    assert not slicer_standins.UNCAUGHT, f"a slot raised: {slicer_standins.UNCAUGHT!r}"
+
+
 @pytest.fixture(scope="session")
 def python_slicer(tmp_path_factory) -> str:
     """PythonSlicer on the PATH: a launcher that starts the real Python as its child."""

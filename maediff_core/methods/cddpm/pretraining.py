@@ -129,7 +129,7 @@ class MaskedPretrainer(nn.Module):
         for token in self.tokens:
             nn.init.trunc_normal_(token, std=0.02, a=-0.02, b=0.02)  # SparK's mask tokens
         self.densify = nn.ModuleList([nn.Conv2d(c, w, 1 if i == 0 else 3, padding=0 if i == 0 else 1)
-                                      for i, (c, w) in enumerate(zip(channels, widths))])
+                                      for i, (c, w) in enumerate(zip(channels, widths, strict=False))])
         self.blocks = nn.ModuleList([UpBlock(widths[i], widths[i + 1]) for i in range(5)])
         self.head = nn.Conv2d(widths[-1], 1, 1)
 
@@ -141,7 +141,7 @@ class MaskedPretrainer(nn.Module):
         finally:
             self.visible.cells = None
         dense = []
-        for feature, token, densify in zip(features, self.tokens, self.densify):
+        for feature, token, densify in zip(features, self.tokens, self.densify, strict=True):
             keep = at_resolution(cells, feature)
             dense.append(densify(feature * keep + token * (1 - keep)))
         x = dense[0]

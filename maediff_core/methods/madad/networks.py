@@ -1,4 +1,4 @@
-"""MAD-AD's networks (farzad-bz/MAD-AD; ../shared/papers/mad-ad-notes.md): a KL autoencoder that maps a
+"""MAD-AD's networks (farzad-bz/MAD-AD; README.md beside this file): a KL autoencoder that maps a
 slice to a latent, and a U-Net on that latent with two heads, the clean latent and a map of the cells
 it finds corrupted.
 
@@ -16,14 +16,14 @@ from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
 from monai.networks.nets.diffusion_model_unet import DiffusionUNetResnetBlock
 from torch import nn
 
-from .networks import UNetConfig
+from ...networks import UNetConfig
 
 
 @dataclass(frozen=True)
 class AutoencoderConfig:
     channels: tuple[int, ...] = (128, 256, 512, 512)  # LDM kl-f8, the reference's: 128 x (1, 2, 4, 4)
     res_blocks: int = 2  # LDM kl-f8
-    latent_channels: int = 4  # REFERENCE.md: 4 latent channels
+    latent_channels: int = 4  # MAD-AD code (README.md): 4 latent channels
     middle_attention: bool = True  # LDM kl-f8: attention in the middle blocks only
     norm_groups: int = 32
     kl_weight: float = 1e-6  # LDM kl-f8's loss config (the reference's commented-out VAE)
@@ -32,7 +32,8 @@ class AutoencoderConfig:
         if not self.channels or min(*self.channels, self.res_blocks, self.latent_channels, self.norm_groups) < 1:
             raise ValueError("autoencoder channels, res_blocks, latent_channels and norm_groups must be positive")
         if any(c % self.norm_groups for c in self.channels):
-            raise ValueError(f"autoencoder channels {self.channels} must be multiples of norm_groups {self.norm_groups}")
+            raise ValueError(f"autoencoder channels {self.channels} must be multiples of norm_groups "
+                             f"{self.norm_groups}")
         if not 0 <= self.kl_weight < 1:
             raise ValueError(f"kl_weight must lie in [0, 1), got {self.kl_weight}")
 

@@ -18,10 +18,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .device import in_batches
-from .diffusion import Diffusion, noised_input
-from .files import VolumeError
-from .latent import AutoencoderConfig, LatentConfig, MaskedLatentNet
+from ...device import in_batches
+from ...diffusion import Diffusion, noised_input
+from ...errors import CardError
+from .networks import AutoencoderConfig, LatentConfig, MaskedLatentNet
 
 
 def brain_cells(brain: torch.Tensor, downsampling: int, fraction: float) -> torch.Tensor:
@@ -136,12 +136,12 @@ def repair_volume(model: MaskedLatentNet, diffusion: Diffusion, image: np.ndarra
                 decoded = model.decode(torch.cat([repaired, z])).float()
             change[i, chosen] = (decoded[:len(z)] - decoded[len(z):]).cpu()
 
-        def report(done: int, size: int, i: int = i) -> None:
+        def report(done: int, size: int, i: int = i, start: int = start) -> None:
             progress("reconstruct", (i + done / len(slices)) / len(levels),
                      f"{done}/{len(slices)} slices, {start} steps, batch {size}")
 
         in_batches(len(slices), batch, run, report)
     if not torch.isfinite(change).all():
-        raise VolumeError("the model's repair has NaN or infinite voxels: its weights are broken")
+        raise CardError("the model's repair has NaN or infinite voxels: its weights are broken")
     members = ((x + change).squeeze(2) + 1.0) / 2.0
     return members.clamp(0.0, 1.0).mean(0).numpy().astype(np.float32)

@@ -16,10 +16,12 @@ from monai.networks.nets import ResNet
 from monai.networks.nets.diffusion_model_unet import DiffusionUNetResnetBlock
 from torch import nn
 
+from ...networks import DiffusionNet, UNetConfig
+
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    block: str = "bottleneck"  # cDDPM: ResNet-50 (bottleneck blocks 3-4-6-3, widths 64..512)
+    block: str = "bottleneck"  # cDDPM code: ResNet-50 (bottleneck blocks 3-4-6-3, widths 64..512)
     layers: tuple[int, ...] = (3, 4, 6, 3)
     widths: tuple[int, ...] = (64, 128, 256, 512)
     features: int = 512  # cDDPM code: U-Net width x 4 (overriding the configured 128)
@@ -93,3 +95,20 @@ def use_scale_shift(unet: nn.Module, embedding: int) -> None:
         for child_name, child in list(module.named_children()):
             if isinstance(child, DiffusionUNetResnetBlock):
                 setattr(module, child_name, ScaleShiftResBlock(child, embedding))
+
+
+class ConditionedNet(DiffusionNet):
+    """cDDPM's network: the U-Net whose residual blocks all take the joint embedding of t and of the
+    clean slice, ``model_kwargs["clean"]``; the condition is as wide as the time embedding."""
+
+    def __init__(self, unet: UNetConfig, encoder: EncoderConfig):
+        super().__init__(unet)
+        width = 4 * unet.channels[0]
+        self.condition = ConditionEncoder(encoder, width)
+        use_scale_shift(self.unet, 2 * width)
+
+    def embedding(self, t: torch.Tensor, dtype: torch.dtype, model_kwargs: dict) -> torch.Tensor:
+        if model_kwargs.get("clean") is None:
+            raise ValueError("a conditioned network needs the clean slice")
+        emb = super().embedding(t, dtype, model_kwargs)
+        return torch.cat([emb, self.condition(model_kwargs["clean"]).to(emb.dtype)], 1)

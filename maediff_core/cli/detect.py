@@ -1,0 +1,86 @@
+"""``maediff detect``: the main job, and the one the Slicer module runs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+
+from ..files import output_folders
+from .data import MASK_METHODS
+from .options import DEVICES, positive_int, t_test_levels
+
+
+def add_detect(sub) -> None:
+    p = sub.add_parser("detect", help="anomaly heatmap, healthy reconstruction and lesions of T2 volumes")
+    p.add_argument("inputs", nargs="+")
+    p.add_argument("-o", "--output", required=True, help="one subfolder per input")
+    p.add_argument("--model", help="model .json/.safetensors (default: the bundled demo model)")
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--progress", default="text", choices=["text", "json"])
+    p.add_argument("--threshold", type=float, help="decision threshold (default: the model's)")
+    p.add_argument("--t-test", type=t_test_levels,
+                   help="noise level of the reconstruction, or an ensemble averaged, e.g. 250,500,750 "
+                        "(default: the model's)")
+    p.add_argument("--stride", type=positive_int, help="patch stride (default: the model's)")
+    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mask-method", choices=MASK_METHODS)
+    p.add_argument("--mask", help="brain mask on the input grid")
+    p.add_argument("--no-register", action="store_true", help="input is already in atlas space")
+    p.add_argument("--atlas", help="atlas folder (default: the one the model was trained with)")
+    p.add_argument("--stop-with-parent", action="store_true",
+                   help="exit when the starting process ends (for GUIs that launch through a launcher)")
+    p.set_defaults(func=run_detect)
+
+
+def run_detect(args: argparse.Namespace) -> None:
+    from ..detect import (
+        DetectConfig,
+        detect_file,
+        json_progress,
+        load_for_detection,
+        preprocess_settings,
+        text_progress,
+    )
+    from ..device import pick_device
+    from ..resources import default_model_path
+
+    if args.stop_with_parent:
+        exit_when_orphaned()
+    device = pick_device(args.device)
+    model, card = load_for_detection(args.model or default_model_path(), device)
+    overrides = {"mask_method": args.mask_method or ("file" if args.mask else None),
+                 "register": False if args.no_register else None, "atlas": args.atlas}
+    prep = preprocess_settings(card, **overrides)
+    config = DetectConfig(t_test=args.t_test, stride=args.stride, batch_size=args.batch_size,
+                          threshold=args.threshold, seed=args.seed)
+    progress = json_progress if args.progress == "json" else text_progress
+    output_folders(args.inputs, args.output)
+    for path in args.inputs:
+        summary = detect_file(path, args.output, model, card, config, prep, args.mask, device, progress)
+        for warning in summary["warnings"]:
+            print(f"warning: {path}: {warning}", file=sys.stderr, flush=True)
+        if args.progress != "json":
+            print(f"{path}: {summary['lesion_count']} lesion(s); "
+                  + ", ".join(f"{k} {v:.1f} s" for k, v in summary["timings_s"].items()))
+
+
+def exit_when_orphaned(interval_s: float = 0.5) -> None:
+    """Exit as soon as the process that started this one is gone. A GUI that starts the detector
+    through a launcher (Slicer's PythonSlicer starts the real Python as its child) can stop only
+    the launcher; without this the detector would run on. POSIX only: on Windows the caller ends
+    the whole process tree."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os._exit(3)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+COMMANDS = (add_detect,)

@@ -1,0 +1,134 @@
+"""``maediff evaluate``: the evaluation protocol on prepared data sets."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import OptionError
+from .options import DEVICES, positive_int, t_test_levels
+
+
+def add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="the evaluation protocol on prepared data sets")
+    p.add_argument("--model", required=True, help="checkpoint, or 'thresh' for the intensity baseline")
+    p.add_argument("--val", required=True, help="prepared unhealthy validation set")
+    p.add_argument("--test", required=True, help="prepared unhealthy test set")
+    p.add_argument("--healthy", help="prepared healthy set: l1 and operating points on its test split, the "
+                                     "reference's FPR thresholds on the model's validation fold (with --use-splits)")
+    p.add_argument("--use-splits", action="store_true",
+                   help="take the 'val'/'test' rows of each folder's split.csv instead of all cases")
+    p.add_argument("--max-volumes", type=positive_int, help="at most this many volumes of each set (quick CPU runs)")
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--t-test", type=t_test_levels, nargs="+",
+                   help="noise level of the reconstruction, or an ensemble such as 250,500,750 (default: the "
+                        "model's); several candidates: the one with the best validation Dice is used")
+    p.add_argument("--stride", type=positive_int, help="patch stride (default: the model's)")
+    p.add_argument("--save-threshold", action="store_true",
+                   help="store the validation threshold, with the t_test and stride it holds for, in the model card")
+    p.add_argument("--protocol", default="reference", choices=["reference", "ours"],
+                   help="reference: the protocol authors' steps, comparable with the papers (default); "
+                        "ours: threshold searched on size-filtered lesions, l1 inside the brain")
+    p.add_argument("--contrast", help="re-render every volume with another T2 contrast first: gamma-0.7, "
+                                      "gamma-1.4 or bias-field (augment.CONTRAST_SHIFTS)")
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(func=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
+    from ..augment import contrast_named
+    from ..evaluate import evaluate, protocol_named, score_cases, write_report
+
+    protocol = protocol_named(args.protocol)
+    shift = contrast_named(args.contrast) if args.contrast else None
+    if shift and args.save_threshold:
+        raise OptionError("--save-threshold stores the operating point of the model's own contrast: "
+                          "leave out --contrast")
+
+    def cases(folder: str, split: str, fold: int | None = None):
+        from ..cache import load_prepared, select, split_of
+
+        names = select(split_of(folder), split, fold) if args.use_splits else None
+        loaded = load_prepared(folder, names, limit=args.max_volumes)
+        return shift.cases(loaded) if shift else loaded
+
+    chosen = choose_scorer(args, cases, protocol)
+    scorer = chosen["scorer"]
+    test = score_cases(cases(args.test, "test"), scorer)
+    healthy, healthy_val = [], []
+    if args.healthy:
+        healthy = score_cases(cases(args.healthy, "test"), scorer)
+        # The reference's FPR thresholds come from the healthy validation fold (the model never
+        # trained on it); without splits the healthy volumes serve for both.
+        healthy_val = score_cases(cases(args.healthy, "val", chosen["fold"]), scorer) if args.use_splits else healthy
+    result = evaluate(chosen["val"], test, healthy, healthy_val, protocol)
+    result["model"] = args.model
+    if args.contrast:
+        result["contrast"] = args.contrast
+    result.update(reconstruction_record(args, chosen))
+    paths = write_report(result, test, args.output, f"{args.model} on {Path(args.test).name}")
+    if args.save_threshold and chosen["card"] is not None:
+        save_operating_point(args, chosen["card"], result, protocol.name)
+    print(f"Dice {100 * result['dice_mean']:.2f} % AUPRC {100 * result['auprc_mean']:.2f} % "
+          f"(threshold {result['threshold']:.4f}, {protocol.name} protocol); wrote {', '.join(str(p) for p in paths)}")
+
+
+def choose_scorer(args: argparse.Namespace, cases, protocol) -> dict:
+    """The scorer (Thresh, or the model at the noise levels the validation volumes choose), its
+    card, the model's validation fold and the scored validation volumes."""
+    from ..evaluate import choose_t_test, intensity_scorer, model_scorer, score_cases
+
+    if args.model == "thresh":
+        if args.t_test or args.stride:
+            raise OptionError("--t-test and --stride set a model's reconstruction; 'thresh' has none")
+        return {"scorer": intensity_scorer, "card": None, "fold": 0, "t_test": None, "level_dice": {},
+                "val": score_cases(cases(args.val, "val"), intensity_scorer)}
+    from ..detect import DetectConfig, load_for_detection
+    from ..device import pick_device
+
+    device = pick_device(args.device)
+    model, card = load_for_detection(args.model, device)
+    for level in args.t_test or [None]:  # before any volume is scored
+        DetectConfig(t_test=level, stride=args.stride).check_reconstruction(card)
+
+    def scorer_at(t_test: tuple[int, ...] | None):
+        return model_scorer(model, card, DetectConfig(t_test=t_test, stride=args.stride), device)
+
+    t_test, val, level_dice = choose_t_test(cases(args.val, "val"), scorer_at, args.t_test or [None], protocol)
+    return {"scorer": scorer_at(t_test), "card": card, "fold": card.training.get("fold", 0), "t_test": t_test,
+            "level_dice": level_dice, "val": val}
+
+
+def reconstruction_record(args: argparse.Namespace, chosen: dict) -> dict:
+    """What the model reconstructed with, for metrics.json."""
+    from ..diffusion import levels_text
+
+    card = chosen["card"]
+    if card is None:
+        return {}
+    record = {"t_test": list(chosen["t_test"] or card.config.diffusion.t_test),
+              "stride": args.stride or card.config.patch.stride, "whole_slice": card.config.patch.whole_slice}
+    if len(chosen["level_dice"]) > 1:
+        record["t_test_val_dice_pooled"] = {levels_text(level): d for level, d in chosen["level_dice"].items()}
+    return record
+
+
+def save_operating_point(args: argparse.Namespace, card, result: dict, protocol: str) -> None:
+    """The threshold, with the t_test and stride it holds for, into the model's card."""
+    from ..diffusion import levels_text
+    from ..modelfile import rewrite_card, with_operating_point
+
+    chosen_on = {"val": str(args.val), "protocol": protocol, "val_dice_pooled": result["val_dice_pooled"]}
+    earlier = card.training.get("threshold_from", {})
+    if "t_test_val_dice_pooled" in result:
+        chosen_on |= {"t_test_val_dice_pooled": result["t_test_val_dice_pooled"], "t_test_protocol": protocol}
+    elif "t_test_val_dice_pooled" in earlier and tuple(result["t_test"]) == card.config.diffusion.t_test:
+        # The card's t_test, chosen by an earlier run, is kept: so is the record of that choice.
+        chosen_on |= {"t_test_val_dice_pooled": earlier["t_test_val_dice_pooled"],
+                      "t_test_protocol": earlier.get("t_test_protocol", "ours")}
+    card = with_operating_point(card, result["threshold"], tuple(result["t_test"]), result["stride"], chosen_on)
+    print(f"threshold {card.threshold:.4f} and t_test {levels_text(card.config.diffusion.t_test)} saved in "
+          f"{rewrite_card(card, args.model)}")
+
+
+COMMANDS = (add_evaluate,)

@@ -1,0 +1,82 @@
+"""Commands about models and the machine: models, device, publish, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .options import DEVICES
+
+
+def add_models(sub) -> None:
+    p = sub.add_parser("models", help="parameter counts and GFLOPs per forward of the named configurations")
+    p.add_argument("names", nargs="*")
+    p.set_defaults(func=run_models)
+
+
+def run_models(args: argparse.Namespace) -> None:
+    from ..methods import named_configs
+    from ..profile import describe
+
+    for name in args.names or named_configs():
+        print(describe(name))
+
+
+def add_device(sub) -> None:
+    p = sub.add_parser("device", help="JSON: torch version and the CUDA GPU it sees")
+    p.set_defaults(func=run_device)
+
+
+def run_device(args: argparse.Namespace) -> None:
+    import torch
+
+    info = {"torch": torch.__version__, "cuda": torch.cuda.is_available()}
+    if info["cuda"]:
+        props = torch.cuda.get_device_properties(0)
+        info.update(name=props.name, memory_gb=round(props.total_memory / 2**30, 1),
+                    count=torch.cuda.device_count())
+    print(json.dumps(info))
+
+
+def add_publish(sub) -> None:
+    p = sub.add_parser("publish", help="a trained model as a release: weights, JSON card and Markdown card")
+    p.add_argument("model", help="trained model, e.g. runs/NAME/best.json")
+    p.add_argument("-o", "--output", required=True, help="destination stem: writes STEM.safetensors/.json/.md")
+    p.add_argument("--description", required=True)
+    p.add_argument("--data", help="the training data, as the card should name it")
+    p.add_argument("--recipe", help="a text file with the commands that made the model")
+    p.add_argument("--synthetic-data", action="store_true", help="trained on phantoms: the card says so")
+    p.add_argument("--half", action="store_true", help="store the weights as float16 (half the size)")
+    p.set_defaults(func=run_publish)
+
+
+def run_publish(args: argparse.Namespace) -> None:
+    from ..modelfile import publish_model
+
+    notes = {"synthetic_data": args.synthetic_data}
+    if args.data:
+        notes["data"] = args.data
+    if args.recipe:
+        notes["command"] = Path(args.recipe).read_text()
+    for path in publish_model(args.model, args.output, args.description, notes, half=args.half):
+        print(path)
+
+
+def add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="the bundled demo model on a generated sample case, with a figure")
+    p.add_argument("-o", "--output", default="demo-output")
+    p.add_argument("--model", help="model .json/.safetensors (default: the bundled demo model)")
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--record", action="store_true",
+                   help="store the sample's Dice and lesion count in the model card (the tests and README read them)")
+    p.set_defaults(func=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> None:
+    from ..demo import run_demo as demo
+
+    demo(args.output, args.model, args.device, record=args.record)
+
+
+COMMANDS = (add_models, add_device, add_publish, add_demo)

@@ -1,0 +1,112 @@
+"""The model card: everything about a trained model except its weights, as the JSON beside them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ..errors import CardError
+from ..methods import method_of
+from ..methods.base import ModelConfig
+from ..preprocess_config import PreprocessConfig
+from .parsing import parse_config, parse_model_config, parse_value
+
+FORMAT_VERSION = 1
+# Refused before any memory is taken: about 3x the paper-size MAD-AD (348 M, the largest configuration here).
+MAX_PARAMETERS = 1_000_000_000
+KNOWN_ENTRIES = ("format_version", "config", "threshold", "preprocessing", "training", "description", "metrics",
+                 "weights_sha256")
+
+
+@dataclass
+class ModelCard:
+    config: ModelConfig
+    threshold: float | None = None  # decision threshold on the post-processed score
+    preprocessing: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+    description: str = ""
+    # The method's extra weight files (Method.extra_weights): name -> {"weights": path from the
+    # card's folder, "sha256": ...}; a card stores each under its name.
+    extra_weights: dict[str, dict] = field(default_factory=dict)
+    # What was measured with the model, by name: {"sample": {"data": ..., "n": 1, "dice": {"mean": ...,
+    # "std": ...}, ..., "command": the command that measured it}}.
+    metrics: dict[str, dict] = field(default_factory=dict)
+    folder: Path | None = field(default=None, compare=False, repr=False)  # where it was read from
+
+    def to_dict(self) -> dict:
+        return {"format_version": FORMAT_VERSION, "config": self.config.to_dict(), "threshold": self.threshold,
+                "preprocessing": self.preprocessing, "training": self.training, "description": self.description,
+                "metrics": self.metrics, **self.extra_weights}
+
+    @property
+    def score(self) -> str:
+        """What the anomaly score compares."""
+        return method_of(self.config.method).score
+
+    def extra_weight_path(self, name: str) -> Path:
+        """The file of extra weight ``name``, once known to be the one the card names."""
+        from .pairs import sha256_of
+
+        path = self.folder / self.extra_weights[name]["weights"]
+        if not path.is_file():
+            raise CardError(f"{path}: the {name} weights named by the model card are not found (a "
+                            f"{self.config.method} model is its card, its weights and these; copy all of them)")
+        if sha256_of(path) != self.extra_weights[name]["sha256"]:
+            raise CardError(f"{path}: does not match the model card (the {name} was retrained or replaced after "
+                            "this model was trained on it)")
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelCard:
+        """From JSON, validated: the configuration (types, ranges, size), the threshold, the
+        preprocessing settings and the extra weights' references."""
+        if not isinstance(data, dict) or "config" not in data:
+            raise CardError("no 'config' object")
+        config = parse_model_config(data["config"])
+        parameters = config.parameter_count()
+        if parameters > MAX_PARAMETERS:
+            raise CardError(f"configuration {config.name!r} has {parameters / 1e6:.0f} M parameters "
+                            f"({4 * parameters / 1e9:.1f} GB); the limit is {MAX_PARAMETERS / 1e6:.0f} M")
+        threshold = data.get("threshold")
+        if threshold is not None:
+            threshold = parse_value(float, threshold, "threshold")
+            if threshold < 0:
+                raise CardError(f"threshold: must be >= 0, got {threshold}")
+        preprocessing = data.get("preprocessing", {})
+        parse_config(PreprocessConfig, preprocessing, "preprocessing")
+        training, description, metrics = data.get("training", {}), data.get("description", ""), data.get("metrics", {})
+        if not isinstance(training, dict) or not isinstance(description, str):
+            raise CardError("'training' must be an object and 'description' a string")
+        if not (isinstance(metrics, dict) and all(isinstance(m, dict) for m in metrics.values())):
+            raise CardError("'metrics': expected an object of measurements, each an object")
+        method = method_of(config.method)
+        if training.get("stage", None) != method.stages(config)[-1].name:
+            raise CardError(f"this is a run's {training['stage']} stage, not a model: use the run's best.json")
+        # Cards written before the method registry name every method's extra weights, null where none.
+        unknown = [k for k, v in data.items() if k not in KNOWN_ENTRIES + method.extra_weights and v is not None]
+        if unknown:
+            raise CardError(f"{unknown[0]!r}: not an entry of a {config.method} model's card")
+        extra = {name: check_reference(name, data.get(name)) for name in method.extra_weights}
+        return cls(config, threshold, preprocessing, training, description, extra, metrics)
+
+
+def check_reference(name: str, reference) -> dict:
+    """A card's reference to an extra weight file: a file inside the card's folder, and its SHA-256."""
+    if reference is None:
+        raise CardError(f"the model names its {name}'s weights ('{name}')")
+    if (not isinstance(reference, dict) or set(reference) != {"weights", "sha256"}
+            or not all(isinstance(v, str) for v in reference.values())):
+        raise CardError(f"'{name}': expected {{\"weights\": ..., \"sha256\": ...}}, got {reference!r}")
+    path = Path(reference["weights"])
+    if path.is_absolute() or ".." in path.parts or path.suffix != ".safetensors":
+        raise CardError(f"'{name}': {reference['weights']!r} must be a .safetensors file inside the model's folder")
+    return reference
+
+
+def with_operating_point(card: ModelCard, threshold: float, t_test: tuple[int, ...], stride: int,
+                         chosen_on: dict) -> ModelCard:
+    """The card with a decision threshold and the reconstruction it was chosen for (a threshold
+    holds only for the t_test and stride that made the scores); ``chosen_on`` describes the data."""
+    config = replace(card.config, diffusion=replace(card.config.diffusion, t_test=t_test),
+                     patch=replace(card.config.patch, stride=stride))
+    return replace(card, config=config, threshold=threshold, training={**card.training, "threshold_from": chosen_on})
