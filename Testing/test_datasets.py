@@ -5,11 +5,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import posed_phantom
+from conftest import fast_preprocessing
 
 from maediff_core.cache import check_split, load_prepared, read_split_csv, select, write_split_csv
 from maediff_core.datasets import discover, make_split, prepare_dataset
 from maediff_core.errors import InputError
+from maediff_core.phantom import PhantomConfig, make_phantom
 
 
 def _touch_volume(path: Path, value: int = 1) -> None:
@@ -78,9 +79,11 @@ def test_splits_never_share_a_subject(tmp_path):
 
 
 def test_prepare_is_resumable_and_skips_a_failing_case(tmp_path, atlas):
+    """On phantoms already in atlas space, prepared without registration (tested on its own)."""
     source = tmp_path / "set"
     for i, seed in enumerate((21, 22), start=1):
-        phantom, _ = posed_phantom(atlas, "LPS", seed=seed, kind="tumour", spacing=(1.5, 1.5, 3.0))
+        phantom = make_phantom("tumour", seed, PhantomConfig(skull_probability=0.0), atlas, native_grid=atlas.template,
+                               pose=sitk.AffineTransform(3))
         folder = source / f"PHT00{i}"
         folder.mkdir(parents=True)
         sitk.WriteImage(phantom.image, str(folder / f"PHT00{i}_t2.nii.gz"), True)
@@ -90,9 +93,7 @@ def test_prepare_is_resumable_and_skips_a_failing_case(tmp_path, atlas):
     (broken / "PHT003_t2.nii.gz").write_bytes(b"not an image")
     _touch_volume(broken / "PHT003_seg.nii.gz")
 
-    from maediff_core.preprocess import PreprocessConfig
-
-    fast = PreprocessConfig(bias_correction=False, smoothing=False, registration_iterations=30)
+    fast = fast_preprocessing()
     out = tmp_path / "prepared"
     summary = prepare_dataset(source, out, fast, workers=2)
     assert summary["prepared"] == 2 and summary["failed"] == ["PHT003"]

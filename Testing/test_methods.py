@@ -47,7 +47,7 @@ def brain_batch(prepared, count=4):
 def test_each_stage_learns_a_fixed_batch(method, healthy_prepared):
     """25 steps on the same slices, noise and timesteps: every stage's objective must fall."""
     config = TINY_CONFIGS[method]
-    x0, brain = brain_batch(healthy_prepared)
+    x0, brain = brain_batch(healthy_prepared, count=2)
     diffusion = Diffusion(config.diffusion)
     for stage in method_of(method).stages(config, pretrain=True):
         torch.manual_seed(0)
