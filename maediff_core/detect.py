@@ -117,7 +117,8 @@ def detect_file(path: str | Path, out_dir: str | Path, model: torch.nn.Module, c
     threshold = config.decision_threshold(card)
     check_writable(Path(out_dir))
     progress("load", 0.0, str(path))
-    native = read_volume(path)
+    read_warnings: list[str] = []  # what the input's header leaves to a guess
+    native = read_volume(path, read_warnings)
     mask = read_volume(mask_path) if mask_path else None
     lap("load")
     progress("preprocess", 0.0, "registration, brain mask, bias field")
@@ -130,6 +131,7 @@ def detect_file(path: str | Path, out_dir: str | Path, model: torch.nn.Module, c
     lap("reconstruct")
     progress("postprocess", 0.0, "scores and lesions")
     record = prepared.record
+    record["warnings"] = [*read_warnings, *record["warnings"]]
     score = anomaly_score(prepared.image, rec, prepared.mask)
     model_labels = lesion_labels(score, threshold)
     heat_native = sitk.Cast(to_native(score, record), sitk.sitkFloat32)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .errors import OptionError
 
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".hdr", ".img", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 def volume_suffix(path: str | Path) -> str:

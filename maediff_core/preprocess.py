@@ -144,8 +144,10 @@ def preprocess(
 def preprocess_file(path: str | Path, config: PreprocessConfig | None = None, atlas: Atlas | None = None,
                     mask_path: str | Path | None = None) -> Preprocessed:
     mask = read_volume(mask_path) if mask_path else None
-    result = preprocess(read_volume(path), config, atlas, mask)
+    warnings: list[str] = []
+    result = preprocess(read_volume(path, warnings), config, atlas, mask)
     result.record["input"] = str(path)
+    result.record["warnings"] = [*warnings, *result.record["warnings"]]
     return result
 
 

@@ -7,8 +7,6 @@ renamed into place (``files``).
 
 from __future__ import annotations
 
-import gzip
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +15,9 @@ import SimpleITK as sitk
 
 from .errors import InputError
 from .files import VOLUME_SUFFIXES, atomic_path, volume_suffix
+from .nifti_header import check_nifti
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz", ".hdr", ".img")  # a single file, or a header/image pair
 
 # Per axis, spacing outside this range (mm) is a header error, not an in-vivo brain MRI (clinical
 # thick-slice T2 stays under 8 mm with its gap; research scans go down to 0.2 mm).
@@ -25,8 +26,9 @@ MIN_SPACING_MM, MAX_SPACING_MM = 0.1, 10.0
 SLICE_GAP_TOLERANCE = 0.1  # fraction of the series' median spacing
 
 
-def read_volume(path: str | Path) -> sitk.Image:
-    """Read a 3-D scalar volume (file or DICOM series folder) and validate it."""
+def read_volume(path: str | Path, warnings: list[str] | None = None) -> sitk.Image:
+    """Read a 3-D scalar volume (file or DICOM series folder) and validate it; what its header leaves
+    to a guess (a NIfTI file without orientation, say) is appended to ``warnings``."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
@@ -40,52 +42,15 @@ def read_volume(path: str | Path) -> sitk.Image:
                     " or a DICOM series folder"
                 )
             image = sitk.ReadImage(str(path))
-            if volume_suffix(path) in (".nii", ".nii.gz"):
-                check_nifti_voxels(path)
+            if volume_suffix(path) in NIFTI_SUFFIXES:
+                found = check_nifti(path, image)
+                if warnings is not None:
+                    warnings.extend(found)
     except RuntimeError as err:
         first_line = str(err).strip().splitlines()[-1] if str(err).strip() else "unreadable"
         raise InputError(f"{path}: cannot be read as an image ({first_line})") from err
     validate_volume(image, str(path))
     return image
-
-
-# NIfTI datatype codes of floating-point voxels (nifti1.h) and their numpy types.
-NIFTI_FLOATS = {16: "f4", 64: "f8"}
-
-
-def check_nifti_voxels(path: Path) -> None:
-    """What SimpleITK's NIfTI reader hides: a file cut short (the missing voxels read as 0) and NaN or
-    infinite voxels (read as 0). Reads the header (NIfTI-1 or -2) and the raw voxel bytes."""
-    opener = gzip.open if str(path).lower().endswith(".gz") else open
-    try:
-        with opener(path, "rb") as handle:
-            data = handle.read()
-    except (EOFError, OSError, zlib.error) as err:  # a gzip stream that stops before its end
-        raise InputError(f"{path}: the file is cut short or damaged ({err})") from err
-    for order in "<>":
-        size = int(np.frombuffer(data[:4], f"{order}i4")[0]) if len(data) >= 4 else 0
-        if size in (348, 540):
-            break
-    else:
-        raise InputError(f"{path}: not a NIfTI file (no NIfTI-1 or NIfTI-2 header)")
-    if size == 348:
-        dims = np.frombuffer(data, f"{order}i2", 8, 40).astype(np.int64)
-        datatype, bitpix = np.frombuffer(data, f"{order}i2", 2, 70)
-        offset = int(np.frombuffer(data, f"{order}f4", 1, 108)[0])
-    else:
-        datatype, bitpix = np.frombuffer(data, f"{order}i2", 2, 12)
-        dims = np.frombuffer(data, f"{order}i8", 8, 16)
-        offset = int(np.frombuffer(data, f"{order}i8", 1, 168)[0])
-    count = int(np.prod(dims[1:1 + dims[0]]))
-    expected = offset + count * int(bitpix) // 8
-    if len(data) < expected:
-        raise InputError(f"{path}: the file is cut short ({len(data)} of {expected} bytes): "
-                          "copy it again from its source")
-    if int(datatype) in NIFTI_FLOATS:
-        voxels = np.frombuffer(data, f"{order}{NIFTI_FLOATS[int(datatype)]}", count, offset)
-        bad = count - int(np.count_nonzero(np.isfinite(voxels)))
-        if bad:
-            raise InputError(f"{path}: {bad} voxels are NaN or infinite")
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
