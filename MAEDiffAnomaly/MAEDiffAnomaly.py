@@ -82,6 +82,8 @@ class MAEDiffAnomalyParameterNode:
     tTest: Annotated[int, WithinRange(0, 1000)] = 0
     stride: Annotated[str, Choice([model_card.MODEL_DEFAULT, "16", "48"])] = model_card.MODEL_DEFAULT
     detectThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.0
+    operatingPoint: Annotated[str, Choice([model_card.MODEL_DEFAULT, "reading", "protocol"])] = model_card.MODEL_DEFAULT
+    scoring: Annotated[str, Choice([model_card.MODEL_DEFAULT, *model_card.SCORINGS])] = model_card.MODEL_DEFAULT
     opacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     show3D: bool = False
     exportFolder: Path
@@ -188,6 +190,10 @@ class MAEDiffAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for widget in (self.ui.thresholdSlider, self.ui.opacitySlider, self.ui.inspectButton,
                        self.ui.exportButton, self.ui.show3DCheckBox, self.ui.lesionTableView):
             widget.enabled = self.results is not None and not running
+        if parameters and self.card is not None:
+            point = model_card.point_in_use(self.card, parameters.operatingPoint)
+            self.ui.operatingPointInfoLabel.text = model_card.POINT_MEANINGS[point]
+            self.ui.detectThresholdSpinBox.specialValueText = model_card.threshold_text(self.card, point)
 
     # -- model and device ------------------------------------------------------------------
     def onModelChanged(self, path=None):
@@ -205,8 +211,8 @@ class MAEDiffAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.tTestSpinBox.specialValueText = f"model's ({point['t_test']})"
         self.ui.strideComboBox.setItemText(0, f"model's ({point['stride']})")
         self.ui.strideComboBox.enabled = not point["whole_slice"]
-        self.ui.detectThresholdSpinBox.specialValueText = (
-            f"model's ({point['threshold']:.4f})" if point["threshold"] is not None else "none in the model: set one")
+        self.ui.operatingPointComboBox.setItemText(0, f"model's ({point['point']})")
+        self.ui.scoringComboBox.setItemText(0, f"model's ({point['scoring']})")
         self.updateGUI()
 
     def onCheckDevice(self):
@@ -424,7 +430,8 @@ class MAEDiffAnomalyLogic(ScriptedLoadableModuleLogic):
             raise ValueError("Select a T2 volume first.")
         if card is None:
             raise ValueError("Select a usable model first.")
-        override = model_card.overrides(parameters.tTest, parameters.stride, parameters.detectThreshold)
+        override = model_card.overrides(parameters.tTest, parameters.stride, parameters.detectThreshold,
+                                        parameters.operatingPoint, parameters.scoring)
         if override["threshold"] is None and model_card.operating_point(card)["threshold"] is None:
             raise ValueError("This model has no decision threshold: set one under Advanced > Detection threshold, "
                              "or choose a model evaluated with `maediff evaluate --save-threshold`.")

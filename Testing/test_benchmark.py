@@ -14,7 +14,9 @@ RECIPE = {"batch_size": 16, "lr": 5e-4, "schedule": "cosine", "warmup": 0.05, "e
 
 
 def summary():
-    metrics = {"dice_mean": 0.4231, "auprc_mean": 0.5, "l1_mean": 0.0123, "kl_mean": 0.0456}
+    metrics = {"dice_mean": 0.4231, "auprc_mean": 0.5, "l1_mean": 0.0123, "kl_mean": 0.0456,
+               "false_alarms": {"protocol": {"healthy_candidates_mean": 2.5, "healthy_candidates_max": 4},
+                                "reading": {"healthy_candidates_mean": 0.5, "healthy_candidates_max": 1}}}
     shifted = {"gamma-0.7": {"dice_mean": 0.301, "auprc_mean": 0.2, "kl_mean": 0.1234, "threshold": 0.1}}
     return {"config": {"healthy": 100, "tumour": 20, "ms": 20, "seed": 0, "minutes": 10.0, "batch_size": 16,
                        "lr": 2e-4, "slices_per_volume": 8, "protocol": "reference", "contrasts": ["gamma-0.7"]},
@@ -35,9 +37,11 @@ def summary():
 
 def test_table_rows_in_per_cent():
     table = markdown_table(summary())
-    assert "| thresh | 42.3 | 50.0 | 42.3 | 50.0 | - | 0.0 | - |" in table
-    assert "| maediff-small | 42.3 | 50.0 | 42.3 | 50.0 | 12.3 | 140.2 | 12 epochs, 96 steps |" in table
-    assert ("| madad-small | 42.3 | 50.0 | 42.3 | 50.0 | 12.3 | 9.5 | 30 epochs, 60 steps after the autoencoder "
+    assert "| thresh | 42.3 | 50.0 | 42.3 | 50.0 | - | 2.5 (4) / 0.5 (1) | 0.0 | - |" in table
+    assert ("| maediff-small | 42.3 | 50.0 | 42.3 | 50.0 | 12.3 | 2.5 (4) / 0.5 (1) | 140.2 | 12 epochs, 96 steps |"
+            in table)
+    assert ("| madad-small | 42.3 | 50.0 | 42.3 | 50.0 | 12.3 | 2.5 (4) / 0.5 (1) | 9.5 | 30 epochs, 60 steps after "
+            "the autoencoder "
             "stage of 10 epochs, 20 steps (3.0 of the 12.0 minutes) |") in table
     assert ("10 training minutes per method on CPU (x86_64, 2 cores, 2 threads); maediff-small, madad-small: batch 16, "
             "learning rate 0.0005 (cosine schedule, warm-up 5 % of the run), published as the EMA of its weights "

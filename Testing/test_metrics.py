@@ -8,7 +8,7 @@ import SimpleITK as sitk
 
 from maediff_core.cache import PreparedCase
 from maediff_core.cli import main
-from maediff_core.evaluate import PROTOCOLS, Scored, choose_t_test, evaluate
+from maediff_core.evaluate import PROTOCOLS, Scored, choose_reconstruction, evaluate
 from maediff_core.metrics import (
     auprc,
     bisect_threshold,
@@ -179,7 +179,7 @@ def test_protocol_end_to_end_on_synthetic_scores():
         evaluate([case("h", False)], [case("t")])
 
 
-def test_noise_level_is_chosen_on_validation_dice():
+def test_noise_level_and_scoring_are_chosen_on_validation_dice():
     rng = np.random.default_rng(2)
     mask = np.zeros((12, 32, 32), bool)
     mask[1:11, 3:29, 3:29] = True
@@ -188,20 +188,25 @@ def test_noise_level_is_chosen_on_validation_dice():
         truth = np.zeros_like(mask)
         truth[3:9, 8 + i:20 + i, 8:20] = True
         cases.append(PreparedCase(f"v{i}", rng.uniform(0, 1, mask.shape), mask, truth, {}))
-    # A stand-in reconstruction whose lesion contrast depends on the noise level: 300 is best.
+    # A stand-in reconstruction whose lesion contrast depends on the noise level (300 is best), and
+    # two scorings of it, "plain" twice as noisy as "sharp" (noise the median filter does not remove).
     contrast = {100: 0.05, 300: 0.6, 500: 0.3}
     calls = []
 
     def scorer_at(level):
         calls.append(level)
-        return lambda case: (rng.uniform(0, 0.3, mask.shape) + contrast[level] * case.seg, None)
+        return lambda case: ({name: rng.uniform(0, noise, mask.shape) + contrast[level] * case.seg
+                              for name, noise in (("plain", 6.0), ("sharp", 3.0))}, None)
 
-    level, scored, dices = choose_t_test(cases, scorer_at, [100, 300, 500])
-    assert level == 300 and calls == [100, 300, 500] and [s.name for s in scored] == ["v0", "v1"]
-    assert dices[300] > dices[500] > dices[100] and dices[300] > 0.8
+    choice = choose_reconstruction(cases, scorer_at, [100, 300, 500])
+    assert (choice.levels, choice.scoring) == (300, "sharp") and calls == [100, 300, 500]
+    assert [s.name for s in choice.val["sharp"]] == ["v0", "v1"] and set(choice.val) == {"plain", "sharp"}
+    dices = choice.dices
+    assert dices[300, "sharp"] > dices[500, "sharp"] > dices[100, "sharp"] and dices[300, "sharp"] > 0.8
+    assert all(dices[level, "sharp"] > dices[level, "plain"] for level in (300, 500))
     healthy = PreparedCase("h", cases[0].image, mask, None, {})
     with pytest.raises(ValueError, match="need a lesion segmentation: h"):
-        choose_t_test([healthy], scorer_at, [100])
+        choose_reconstruction([healthy], scorer_at, [100])
 
 
 def test_a_threshold_is_saved_with_its_reconstruction(tiny_model):

@@ -130,7 +130,7 @@ def compare(rng, shape, n_val, n_test, n_healthy):
     def scored(items):  # the healthy volumes come with their reconstruction (l1)
         by_case = {id(item.case): item for item in items}
         return score_cases([item.case for item in items],
-                           lambda c: (by_case[id(c)].residual, None if c.seg is not None else by_case[id(c)].rec),
+                           lambda c: ({"": by_case[id(c)].residual}, None if c.seg is not None else by_case[id(c)].rec),
                            config)
 
     ours = evaluate(scored(val), scored(test), scored(healthy), scored(healthy_val), REFERENCE, config)
@@ -166,7 +166,7 @@ def test_threshold_search_against_brute_force_on_random_volumes():
         val = synthetic_cases(rng, (12, 32, 32), 2)
         config = PostprocessConfig(mask_erosions=32 // 25)
         residuals = {id(item.case): item.residual for item in val}
-        scored = score_cases([item.case for item in val], lambda c, r=residuals: (r[id(c)], None), config)
+        scored = score_cases([item.case for item in val], lambda c, r=residuals: ({"": r[id(c)]}, None), config)
         threshold, best = best_threshold(scored, REFERENCE, config)
 
         pooled = np.concatenate([s.score.ravel() for s in scored])

@@ -187,6 +187,31 @@ def test_a_model_without_threshold_is_refused_before_running(app, panel, volumes
     assert [text[:32] for text in standins.raised_in_slots()] == ["This model has no decision thres"]
 
 
+def test_the_panel_says_which_operating_point_is_in_use_and_passes_the_users_choices(app, panel, volumes, tiny_model,
+                                                                                     tmp_path):
+    card = json.loads(Path(tiny_model).read_text())
+    card["reading"] = {"threshold": 0.2, "min_voxels": 27, "target": "at most 1 lesion candidate(s)"}
+    path = tmp_path / "reading.json"
+    path.write_text(json.dumps(card))
+    shutil.copy(Path(tiny_model).with_suffix(".safetensors"), path.with_suffix(".safetensors"))
+    select_model(panel, path)
+    assert panel.ui.operatingPointComboBox.items == ["model's (reading)", "reading", "protocol"]
+    assert panel.ui.scoringComboBox.items[0] == "model's (residual)"
+    assert panel.ui.operatingPointInfoLabel.text.startswith("Operating point in use: reading")
+    assert panel.ui.detectThresholdSpinBox.specialValueText == "model's (0.2000)"
+    parameters = panel._parameterNode
+    parameters.operatingPoint = "protocol"
+    assert panel.ui.operatingPointInfoLabel.text.startswith("Operating point in use: protocol")
+    assert panel.ui.detectThresholdSpinBox.specialValueText == "model's (0.0500)"
+    parameters.inputVolume, parameters.scoring, parameters.detectThreshold = volumes[0], "mhd:4", 0.3
+    panel.ui.applyButton.emit("clicked(bool)", False)
+    args = panel.run.process.args
+    assert [args[args.index(flag) + 1] for flag in ("--operating-point", "--scoring", "--threshold")] == \
+        ["protocol", "mhd:4", "0.3"]
+    panel.ui.applyButton.emit("clicked(bool)", False)  # Cancel
+    assert panel.run is None
+
+
 def test_a_failed_run_shows_the_cores_message(app, panel, tmp_path):
     flat = tmp_path / "flat.nii.gz"
     sitk.WriteImage(sitk.Image([40, 40, 20], sitk.sitkInt16) + 7, str(flat))

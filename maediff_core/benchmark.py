@@ -29,6 +29,7 @@ from .methods import method_of
 from .methods.base import ModelConfig, Stage
 from .modelfile import recipe_text
 from .phantom import write_phantom_set
+from .scoring import ScoringConfig
 from .training import TrainConfig, train
 from .training.settings import RESUMED_SETTINGS, changed_settings, resolved
 
@@ -55,6 +56,7 @@ class BenchmarkConfig:
     eval_healthy: int | None = None
     device: str = "auto"
     protocol: str = "reference"  # evaluate.PROTOCOLS: the protocol authors' steps, comparable with the papers
+    scoring: str = "residual"  # every method's (scoring.ScoringConfig.from_label): the papers' residual
 
 
 def build_data(out: Path, config: BenchmarkConfig, workers: int = 2) -> dict[str, Path]:
@@ -140,7 +142,8 @@ def run_benchmark(out_dir: str | Path, config: BenchmarkConfig = BenchmarkConfig
         else:
             best = trained_run(method, data["healthy"], out, config)
             model, card = load_for_detection(best, device)
-            scorer, training = model_scorer(model, card, DetectConfig(), device), card.training
+            scoring = ScoringConfig.from_label(config.scoring)
+            scorer, training = model_scorer(model, card, DetectConfig(), device, [scoring]), card.training
             model_config = card.config.to_dict()
         seconds: list[float] = []
 
@@ -155,7 +158,7 @@ def run_benchmark(out_dir: str | Path, config: BenchmarkConfig = BenchmarkConfig
         healthy_val_scored: list[Scored] = score_cases(healthy_val, timed)
         for kind, split in sets.items():
             result = evaluate(score_cases(split["val"], timed), score_cases(split["test"], timed), healthy_scored,
-                              healthy_val_scored, protocol)
+                              healthy_val_scored, protocol, reading_val=healthy_val_scored)
             row[kind] = {k: v for k, v in result.items() if k != "per_case"}
         # Threshold chosen again on the shifted validation volumes, as on any new scanner's data.
         row["contrast"] = {name: {k: v for k, v in evaluate(score_cases(split["val"], timed),
@@ -196,9 +199,9 @@ def markdown_table(summary: dict) -> str:
     config = summary["config"]
     counts = summary["counts"]
     lines = [
-        "| method | tumour Dice | tumour AUPRC | MS Dice | MS AUPRC | healthy l1 (1e-3) | detect s / volume "
-        "| training |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | tumour Dice | tumour AUPRC | MS Dice | MS AUPRC | healthy l1 (1e-3) | false alarms per normal "
+        "brain | detect s / volume | training |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in summary["rows"]:
         t, m = row["tumour"], row["ms"]
@@ -206,8 +209,8 @@ def markdown_table(summary: dict) -> str:
         trained = trained_text(row.get("config") and ModelConfig.from_dict(row["config"]), row["training"])
         lines.append(f"| {row['method']} | {100 * t['dice_mean']:.1f} | {100 * t['auprc_mean']:.1f} | "
                      f"{100 * m['dice_mean']:.1f} | {100 * m['auprc_mean']:.1f} | "
-                     f"{'-' if l1 is None else f'{1000 * l1:.1f}'} | {row['detect_seconds_per_volume']:.1f} | "
-                     f"{trained} |")
+                     f"{'-' if l1 is None else f'{1000 * l1:.1f}'} | {alarms_text(t)} | "
+                     f"{row['detect_seconds_per_volume']:.1f} | {trained} |")
     lines += [
         "",
         f"Phantoms: {config['healthy']} healthy, {config['tumour']} tumour, {config['ms']} MS (seed {config['seed']}); "
@@ -219,7 +222,9 @@ def markdown_table(summary: dict) -> str:
         f"{recipes_text(summary['rows'])}. Evaluation protocol: {config['protocol']} "
         f"({PROTOCOLS[config['protocol']].summary}): Dice and AUPRC in per cent, per volume then averaged; "
         f"threshold from the validation volumes of each set; healthy l1 over the "
-        f"{'brain' if PROTOCOLS[config['protocol']].l1_in_brain else 'whole volume'}.",
+        f"{'brain' if PROTOCOLS[config['protocol']].l1_in_brain else 'whole volume'}. False alarms: lesion "
+        "candidates per healthy test volume, mean (max), at the protocol's threshold / at the reading operating "
+        f"point chosen on the healthy validation volumes; scoring {config.get('scoring', 'residual')}.",
     ]
     contrasts = config.get("contrasts", [])
     if contrasts:
@@ -235,6 +240,14 @@ def markdown_table(summary: dict) -> str:
                   "volumes; KL: divergence of the reconstruction's brain-intensity histogram from the input's "
                   "(test volumes, mean; lower follows the input's contrast more closely)."]
     return "\n".join(lines) + "\n"
+
+
+def alarms_text(result: dict) -> str:
+    """Candidates per normal brain, mean (max), at the protocol's point / the reading point."""
+    alarms = result.get("false_alarms", {})
+    parts = [f"{a['healthy_candidates_mean']:.1f} ({a['healthy_candidates_max']})"
+             for a in (alarms.get("protocol"), alarms.get("reading")) if a and "healthy_candidates_mean" in a]
+    return " / ".join(parts) or "-"
 
 
 def update_readme(readme: str | Path, table: str, command: str) -> None:

@@ -20,8 +20,10 @@ from .files import case_name, check_writable, folder_as_a_set, write_text_atomic
 from .methods import method_of
 from .methods.base import Progress, Sampling
 from .modelfile import ModelCard, load_model
+from .modelfile.card import OPERATING_POINTS
 from .postprocess import PostprocessConfig, lesion_labels, smooth_scores
 from .preprocess import STEPS, PreprocessConfig, Preprocessed, preprocess, to_native
+from .scoring import ScoringConfig, score_map
 from .timing import Laps
 from .volume_io import image_from_array, read_volume, write_volume
 from .writeback import labels_to_native
@@ -38,8 +40,10 @@ class DetectConfig:
     t_test: tuple[int, ...] | None = None  # None: the model's (MAEDiff paper: 500; cDDPM: 250, 500, 750)
     stride: int | None = None  # None: the model's (MAEDiff: 16)
     batch_size: int | None = None  # None: CPU_BATCH on CPU, GPU_BATCH on CUDA
-    threshold: float | None = None  # None: the model card's
-    seed: int = 0  # the simplex noise of the reconstruction
+    threshold: float | None = None  # None: the threshold of the operating point
+    seed: int = 0  # the noise of the reconstruction(s)
+    scoring: ScoringConfig | None = None  # None: the model card's
+    operating_point: str | None = None  # protocol | reading; None: the card's (ModelCard.operating_point)
 
     def check_reconstruction(self, card: ModelCard) -> None:
         """Refuse reconstruction settings that cannot hold for this model (before any heavy work)."""
@@ -49,6 +53,12 @@ class DetectConfig:
                 raise OptionError(f"{name.replace('_', '-')} must be a positive integer, got {value} "
                                   "(leave it out for the model's own)")
         config = card.config
+        if self.operating_point is not None and self.operating_point not in OPERATING_POINTS:
+            raise OptionError(f"the operating point is one of {', '.join(OPERATING_POINTS)}, "
+                              f"got {self.operating_point!r}")
+        if self.point(card) == "reading" and card.reading is None:
+            raise OptionError("this model card has no reading operating point: leave out --operating-point, or "
+                              "choose one with `maediff evaluate --save-threshold --healthy ...`")
         try:
             if self.t_test is not None:
                 check_levels(self.t_test, config.diffusion.timesteps)
@@ -61,12 +71,32 @@ class DetectConfig:
         """The reconstruction these settings draw with this model on ``device``."""
         self.check_reconstruction(card)
         return Sampling(levels=self.levels(card), stride=self.stride or card.config.patch.stride, seed=self.seed,
-                        batch=self.batch_size or (GPU_BATCH if device.type == "cuda" else CPU_BATCH))
+                        batch=self.batch_size or (GPU_BATCH if device.type == "cuda" else CPU_BATCH),
+                        samples=self.scoring_of(card).samples)
+
+    def scoring_of(self, card: ModelCard) -> ScoringConfig:
+        return self.scoring or card.scoring
+
+    def point(self, card: ModelCard) -> str:
+        """The operating point these settings use: the one asked for, else the card's."""
+        return self.operating_point or card.operating_point
+
+    def lesion_config(self, card: ModelCard) -> PostprocessConfig:
+        """The post-processing of the operating point: its smallest lesion."""
+        if self.point(card) == "reading":
+            return PostprocessConfig(min_component_voxels=int(card.reading["min_voxels"]))
+        return PostprocessConfig()
 
     def decision_threshold(self, card: ModelCard) -> float:
-        """The given threshold, else the card's; refused unless a finite number >= 0."""
+        """The given threshold, else the operating point's; refused unless a finite number >= 0, and
+        unless given where the scoring is not the card's (a threshold holds for the scores it was chosen on)."""
+        if self.scoring not in (None, card.scoring) and self.threshold is None:
+            raise OptionError(f"the card's threshold holds for its scoring ({card.scoring.label}): pass --threshold "
+                              f"with --scoring {self.scoring.label}")
+        reading = self.point(card) == "reading"
+        card_threshold = card.reading["threshold"] if reading else card.threshold
         threshold, source = ((self.threshold, "--threshold") if self.threshold is not None
-                             else (card.threshold, "the model card's threshold"))
+                             else (card_threshold, f"the model card's {'reading ' if reading else ''}threshold"))
         if threshold is None:
             raise CardError("the model card has no decision threshold: pass --threshold")
         # Scores are |x - x_rec| >= 0: a negative threshold flags the whole box, NaN flags nothing.
@@ -92,19 +122,29 @@ def text_progress(stage: str, fraction: float, message: str = "") -> None:
     print(f"[{stage:>11}] {100 * fraction:5.1f} % {message}", file=sys.stderr, flush=True)
 
 
-def reconstruct(model: torch.nn.Module, card: ModelCard, image: np.ndarray, mask: np.ndarray,
-                config: DetectConfig = DetectConfig(), device: torch.device | str = "cpu",
-                progress: Progress = quiet) -> np.ndarray:
-    """The healthy reconstruction (z, y, x) in 0..1 of a model-space volume, by the model's method."""
+def reconstruct_samples(model: torch.nn.Module, card: ModelCard, image: np.ndarray, mask: np.ndarray,
+                        config: DetectConfig = DetectConfig(), device: torch.device | str = "cpu",
+                        progress: Progress = quiet) -> np.ndarray:
+    """The healthy reconstructions (samples, z, y, x) in 0..1 of a model-space volume that the
+    scoring takes (one for ``residual``), by the model's method."""
     device = torch.device(device)
     sampling = config.sampling(card, device)
     return method_of(card.config.method).reconstruct(model, card.config, image, mask, sampling, device, progress)
 
 
-def anomaly_score(image: np.ndarray, reconstruction: np.ndarray, mask: np.ndarray,
+def reconstruct(model: torch.nn.Module, card: ModelCard, image: np.ndarray, mask: np.ndarray,
+                config: DetectConfig = DetectConfig(), device: torch.device | str = "cpu",
+                progress: Progress = quiet) -> np.ndarray:
+    """The healthy reconstruction (z, y, x) in 0..1: the mean of the scoring's reconstructions."""
+    return reconstruct_samples(model, card, image, mask, config, device, progress).mean(0)
+
+
+def anomaly_score(image: np.ndarray, samples: np.ndarray, mask: np.ndarray, scoring: ScoringConfig = ScoringConfig(),
                   config: PostprocessConfig = PostprocessConfig()) -> np.ndarray:
-    """|x0 - x0_rec| in the eroded brain, median filtered (the score the threshold applies to)."""
-    return smooth_scores(np.abs(image - reconstruction), mask, config)
+    """The score the threshold applies to: the scoring's map of ``samples`` (samples, z, y, x; or one
+    reconstruction, z, y, x) in the eroded brain, median filtered."""
+    samples = samples[None] if samples.ndim == 3 else samples
+    return smooth_scores(score_map(image, samples, mask, scoring), mask, config)
 
 
 def detect_file(path: str | Path, out_dir: str | Path, model: torch.nn.Module, card: ModelCard,
@@ -126,14 +166,17 @@ def detect_file(path: str | Path, out_dir: str | Path, model: torch.nn.Module, c
     prepared: Preprocessed = preprocess(native, prep_config, mask=mask,
                                         on_step=lambda step: progress("preprocess", STEPS[step], step))
     lap("preprocess")
-    progress("reconstruct", 0.0, f"{card.config.name}, t_test {levels_text(config.levels(card))}")
-    rec = reconstruct(model, card, prepared.image, prepared.mask, config, device, progress)
+    scoring = config.scoring_of(card)
+    progress("reconstruct", 0.0, f"{card.config.name}, t_test {levels_text(config.levels(card))}, {scoring.label}")
+    samples = reconstruct_samples(model, card, prepared.image, prepared.mask, config, device, progress)
+    rec = samples.mean(0)
     lap("reconstruct")
     progress("postprocess", 0.0, "scores and lesions")
     record = prepared.record
     record["warnings"] = [*read_warnings, *record["warnings"]]
-    score = anomaly_score(prepared.image, rec, prepared.mask)
-    model_labels = lesion_labels(score, threshold)
+    score = anomaly_score(prepared.image, samples, prepared.mask, scoring)
+    lesion_config = config.lesion_config(card)
+    model_labels = lesion_labels(score, threshold, lesion_config)
     heat_native = sitk.Cast(to_native(score, record), sitk.sitkFloat32)
     labels_native, table = labels_to_native(model_labels, heat_native, record)
     lap("postprocess")
@@ -145,8 +188,9 @@ def detect_file(path: str | Path, out_dir: str | Path, model: torch.nn.Module, c
     rec_native = sitk.Cast(to_native(np.where(prepared.mask, rec * (high - low) + low, 0.0), record), sitk.sitkFloat32)
     summary = {
         "input": str(path), "model": card.config.name, "threshold": threshold,
+        "operating_point": config.point(card), "min_lesion_voxels": lesion_config.min_component_voxels,
         "detect": {**asdict(config), "t_test": list(config.levels(card)),
-                   "stride": config.stride or card.config.patch.stride},
+                   "stride": config.stride or card.config.patch.stride, "scoring": asdict(scoring)},
         "device": str(device), "lesion_count": len(table), "lesions": table, "timings_s": lap.seconds,
         "score_max": float(score.max()), "warnings": record["warnings"],
     }

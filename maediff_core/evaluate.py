@@ -30,9 +30,12 @@ from .metrics import (
     roc_fpr_thresholds,
 )
 from .postprocess import PostprocessConfig, lesion_labels, smooth_scores
+from .reading import case_auroc, choose_reading, false_alarms
+from .scoring import ScoringConfig, score_map
 
-# A scorer turns a prepared case into (residual map, reconstruction or None), both (z, y, x).
-Scorer = Callable[[PreparedCase], tuple[np.ndarray, np.ndarray | None]]
+# A scorer turns a prepared case into its raw anomaly maps by scoring (label -> (z, y, x) map) and a
+# reconstruction (z, y, x; None: none), from which l1 and KL are measured.
+Scorer = Callable[[PreparedCase], tuple[dict[str, np.ndarray], np.ndarray | None]]
 
 
 @dataclass(frozen=True)
@@ -65,18 +68,24 @@ def protocol_named(name: str) -> Protocol:
     return PROTOCOLS[name]
 
 
-def intensity_scorer(case: PreparedCase) -> tuple[np.ndarray, None]:
+def intensity_scorer(case: PreparedCase) -> tuple[dict[str, np.ndarray], None]:
     """The "Thresh" baseline: the T2 intensity itself is the anomaly score (lesions are bright)."""
-    return case.image, None
+    return {"thresh": case.image}, None
 
 
-def model_scorer(model, card, config, device) -> Scorer:
-    """Reconstruction by a trained model: residual |x0 - x0_rec| and the reconstruction."""
-    from .detect import reconstruct
+def model_scorer(model, card, config, device, scorings: Sequence[ScoringConfig] = ()) -> Scorer:
+    """A trained model's maps by each scoring (default: its card's), all from one draw of as many
+    reconstructions as the largest takes; l1 and KL are of the first reconstruction."""
+    from dataclasses import replace
 
-    def score(case: PreparedCase) -> tuple[np.ndarray, np.ndarray]:
-        rec = reconstruct(model, card, case.image, case.mask, config, device)
-        return np.abs(case.image - rec), rec
+    from .detect import reconstruct_samples
+
+    scorings = list(scorings) or [card.scoring]
+    most = max(scorings, key=lambda s: s.samples)
+
+    def score(case: PreparedCase) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        samples = reconstruct_samples(model, card, case.image, case.mask, replace(config, scoring=most), device)
+        return {s.label: score_map(case.image, samples, case.mask, s) for s in scorings}, samples[0]
 
     return score
 
@@ -90,17 +99,31 @@ class Scored:
     l1_volume: float | None = None  # mean |x - x_rec| over the whole volume (None: no reconstruction)
     l1_brain: float | None = None  # ... inside the brain mask
     kl: float | None = None  # KL divergence of the reconstruction's brain histogram from the input's
+    voxel_ml: float = 0.008  # the volume of a model-space voxel (2 mm)
+
+
+def score_each(cases: Sequence[PreparedCase], scorer: Scorer,
+               config: PostprocessConfig = PostprocessConfig()) -> dict[str, list[Scored]]:
+    """Every case scored by every scoring of ``scorer``: label -> the post-processed scores."""
+    scored: dict[str, list[Scored]] = {}
+    for case in cases:
+        maps, rec = scorer(case)
+        rec_metrics = (None, None, None) if rec is None else (
+            l1_error(case.image, rec), l1_error(case.image, rec, case.mask), histogram_kl(case.image, rec, case.mask))
+        voxel_ml = float(np.prod(case.record.get("model_grid", {}).get("spacing", [2.0] * 3))) / 1000.0
+        for label, raw in maps.items():
+            scored.setdefault(label, []).append(Scored(case.name, smooth_scores(raw, case.mask, config), case.mask,
+                                                       case.seg, *rec_metrics, voxel_ml=voxel_ml))
+    return scored
 
 
 def score_cases(cases: Sequence[PreparedCase], scorer: Scorer,
                 config: PostprocessConfig = PostprocessConfig()) -> list[Scored]:
-    scored = []
-    for case in cases:
-        residual, rec = scorer(case)
-        rec_metrics = (None, None, None) if rec is None else (
-            l1_error(case.image, rec), l1_error(case.image, rec, case.mask), histogram_kl(case.image, rec, case.mask))
-        scored.append(Scored(case.name, smooth_scores(residual, case.mask, config), case.mask, case.seg, *rec_metrics))
-    return scored
+    """The cases scored by a scorer of one scoring."""
+    scored = score_each(cases, scorer, config)
+    if len(scored) > 1:
+        raise ValueError(f"score_cases takes one scoring, got {', '.join(scored)}")
+    return next(iter(scored.values()), [])
 
 
 def _require_truth(name: str, missing: list[str]) -> None:
@@ -130,33 +153,42 @@ def best_threshold(val: Sequence[Scored], protocol: Protocol = PROTOCOLS["refere
 Levels = tuple[int, ...] | None  # a t_test ensemble; None: the model's own
 
 
-def choose_t_test(cases: Sequence[PreparedCase], scorer_at: Callable[[Levels], Scorer],
-                  levels: Sequence[Levels], protocol: Protocol = PROTOCOLS["reference"],
-                  config: PostprocessConfig = PostprocessConfig(),
-                  ) -> tuple[Levels, list[Scored], dict[Levels, float]]:
-    """The noise levels of the reconstruction, chosen on the validation volumes like the threshold
-    (ours: the reference keeps t_test fixed): among candidate levels or ensembles, the one whose best
-    pooled Dice is highest (the first given on a tie). Returns it, the validation volumes scored with
-    it, and every candidate's pooled Dice."""
+@dataclass
+class Choice:
+    """The reconstruction and scoring chosen on the validation volumes."""
+    levels: Levels
+    scoring: str  # the chosen scoring's label
+    val: dict[str, list[Scored]]  # the validation volumes scored at the chosen levels, by every scoring
+    dices: dict[tuple[Levels, str], float]  # every candidate's pooled validation Dice
+
+
+def choose_reconstruction(cases: Sequence[PreparedCase], scorer_at: Callable[[Levels], Scorer],
+                          levels: Sequence[Levels], protocol: Protocol = PROTOCOLS["reference"],
+                          config: PostprocessConfig = PostprocessConfig()) -> Choice:
+    """The noise levels and the scoring, chosen on the validation volumes like the threshold (ours:
+    the reference keeps t_test fixed and scores the residual): among candidate levels (or ensembles)
+    and the scorer's scorings, the pair whose best pooled Dice is highest (the first given on a tie)."""
     if not levels:
         raise ValueError("give at least one noise level")
     _require_truth("validation", [c.name for c in cases if c.seg is None])
-    best: tuple[Levels, list[Scored]] | None = None
-    dices: dict[Levels, float] = {}
+    best: Choice | None = None
+    dices: dict[tuple[Levels, str], float] = {}
     for level in levels:
-        scored = score_cases(cases, scorer_at(level), config)
-        dices[level] = best_threshold(scored, protocol, config)[1]
-        if best is None or dices[level] > dices[best[0]]:
-            best = (level, scored)
-    return best[0], best[1], dices
+        by_scoring = score_each(cases, scorer_at(level), config)
+        for label, scored in by_scoring.items():
+            dices[level, label] = best_threshold(scored, protocol, config)[1]
+            if best is None or dices[level, label] > dices[best.levels, best.scoring]:
+                best = Choice(level, label, by_scoring, dices)
+    return best
 
 
 def evaluate(val: Sequence[Scored], test: Sequence[Scored], healthy: Sequence[Scored] = (),
              healthy_val: Sequence[Scored] = (), protocol: Protocol = PROTOCOLS["reference"],
-             config: PostprocessConfig = PostprocessConfig()) -> dict:
+             config: PostprocessConfig = PostprocessConfig(), reading_val: Sequence[Scored] = ()) -> dict:
     """All numbers of the protocol as a JSON-ready dict (fractions, not per cent). ``healthy``: healthy
-    test volumes (l1, our brain-FPR operating points); ``healthy_val``: healthy validation volumes
-    (the reference's FPR thresholds)."""
+    test volumes (l1, our brain-FPR operating points, false alarms); ``healthy_val``: healthy
+    validation volumes (the reference's FPR thresholds); ``reading_val``: healthy validation volumes
+    the reading operating point is chosen on (never test volumes)."""
     _require_truth("validation", [s.name for s in val if s.truth is None])
     _require_truth("test", [s.name for s in test if s.truth is None])
     if not val or not test:
@@ -192,7 +224,30 @@ def evaluate(val: Sequence[Scored], test: Sequence[Scored], healthy: Sequence[Sc
     if healthy_val:
         result["fpr_thresholds"] = {f"{int(rate * 100)}%": t
                                     for rate, t in roc_fpr_thresholds([s.score for s in healthy_val]).items()}
+    result.update(reading_numbers(val, test, healthy, reading_val, protocol, threshold, config))
     return result
+
+
+def reading_numbers(val: Sequence[Scored], test: Sequence[Scored], healthy: Sequence[Scored],
+                    reading_val: Sequence[Scored], protocol: Protocol, threshold: float,
+                    config: PostprocessConfig) -> dict:
+    """What a reader sees: false alarms at the protocol's threshold, the case-level AUROC of lesion
+    against healthy volumes, and (with healthy validation volumes) the reading operating point,
+    its test Dice and its false alarms."""
+    voxel_ml = test[0].voxel_ml
+    out = {"false_alarms": {"protocol": false_alarms(healthy, test, threshold, config.min_component_voxels,
+                                                     voxel_ml)}}
+    if healthy:
+        out["case_auroc"] = case_auroc(test, healthy)
+    if reading_val:
+        reading = choose_reading(val, reading_val, protocol.both_empty_dice)
+        lesions = PostprocessConfig(min_component_voxels=reading["min_voxels"])
+        dices = [dice(lesion_labels(s.score, reading["threshold"], lesions) > 0, s.truth, protocol.both_empty_dice)
+                 for s in test]
+        out["reading"] = {**reading, "dice_mean": mean_std(dices)[0], "dice_std": mean_std(dices)[1]}
+        out["false_alarms"]["reading"] = false_alarms(healthy, test, reading["threshold"], reading["min_voxels"],
+                                                      voxel_ml)
+    return out
 
 
 def write_report(result: dict, test: Sequence[Scored], out_dir: str | Path, title: str) -> list[Path]:

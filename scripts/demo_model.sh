@@ -4,9 +4,9 @@
 # about 50 min to prepare the data, 100 + 50 + 60 + 80 min to train in four runs and 20 min to choose the
 # noise level and the threshold. The first run has the settings of `maediff benchmark` (BenchmarkConfig)
 # at 100 minutes, from before the small configurations' EMA (--ema 0); the second starts from its best
-# weights (--init) with the recipe study's best (README, "Training per CPU-minute": batch 8, EMA 0.999);
-# the third starts from the second's and decays the rate over its hour (cosine, to a tenth; README,
-# "Training per CPU-minute"), the fourth from the third's with the same decay over 80 minutes (a warm
+# weights (--init) with the recipe study's best (docs/training-per-cpu-minute.md: batch 8, EMA 0.999);
+# the third starts from the second's and decays the rate over its hour (cosine, to a tenth;
+# docs/training-per-cpu-minute.md), the fourth from the third's with the same decay over 80 minutes (a warm
 # restart: the third's validation loss was still falling at its end).
 set -eu
 WORK=${WORK:-benchmark}
@@ -36,7 +36,7 @@ $MAEDIFF train --data "$WORK/prepared/healthy" --config maediff-small -o "$RUN" 
     --batch-size 8 --lr 2e-4 --slices-per-volume 8 --ema 0.999 --schedule cosine --warmup 0.02 --epochs 10000 \
     --max-minutes 80 --seed 3 --device cpu
 # The operating point, on the 4 tumour validation volumes at patch stride 48 (4 positions per slice,
-# 3.4x faster than the paper's 16; README, "Detection speed"): the noise level by pooled Dice (the
+# 3.4x faster than the paper's 16; docs/detection-speed.md): the noise level by pooled Dice (the
 # paper's t_test 500 is too much noise for a model this far from converged; choosing it is our
 # protocol's, the reference keeps it fixed), then the threshold with the reference protocol; the 16
 # test and 28 healthy test volumes score it.

@@ -1,6 +1,6 @@
 #!/bin/sh
-# The training-recipe study behind the small configurations' defaults (README, "Training per
-# CPU-minute"): maediff-small trained for MINUTES on the phantoms of scripts/demo_model.sh, one
+# The training-recipe study behind the small configurations' defaults
+# (docs/training-per-cpu-minute.md): maediff-small trained for MINUTES on the phantoms of scripts/demo_model.sh, one
 # recipe at a time, the same data, seed and budget, each evaluated on the tumour validation volumes
 # (the Dice a recipe is chosen by), a few test volumes and healthy volumes (l1). Validation L1 against
 # minutes is each run's metrics.csv. Runs one after another: each uses both cores.

@@ -5,7 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-MODEL_DEFAULT = "model's"  # the stride choice that keeps the card's; 0 does the same for t_test and threshold
+MODEL_DEFAULT = "model's"  # the choice that keeps the card's; 0 does the same for t_test and threshold
+SCORINGS = ("residual", "mean:4", "mhd:4", "mhd:10")  # the panel's choices (maediff detect --scoring)
+POINT_MEANINGS = {
+    "reading": "Operating point in use: reading. Its threshold and smallest lesion were chosen on normal brains "
+               "for at most about one lesion candidate each: fewer false alarms, some small lesions missed.",
+    "protocol": "Operating point in use: protocol. Its threshold was chosen for the best Dice on lesion volumes, "
+                "as in the papers' tables: more of each lesion, and more candidates on normal brains.",
+}
 
 
 def read_card(path: str | Path) -> dict:
@@ -30,15 +37,38 @@ def operating_point(card: dict) -> dict:
     patch = config.get("patch", {})
     levels = config.get("diffusion", {}).get("t_test")
     levels = ", ".join(str(t) for t in levels) if isinstance(levels, list) else str(levels)
-    return {"t_test": levels, "stride": patch.get("stride"),
-            "threshold": card.get("threshold"), "whole_slice": bool(patch.get("whole_slice"))}
+    point = "reading" if card.get("reading") else "protocol"
+    return {"t_test": levels, "stride": patch.get("stride"), "threshold": card.get("threshold"),
+            "whole_slice": bool(patch.get("whole_slice")), "point": point, "scoring": scoring_label(card)}
 
 
-def overrides(t_test: int, stride: str, threshold: float) -> dict:
+def scoring_label(card: dict) -> str:
+    """How the card scores, as ``maediff detect --scoring`` names it (scoring.ScoringConfig.label)."""
+    scoring = card.get("scoring") or {}
+    name, samples = scoring.get("name", "residual"), scoring.get("samples", 1)
+    if name == "residual":
+        return name
+    return f"{name}:{samples}" + (":raw" if name == "mhd" and not scoring.get("normalise", True) else "")
+
+
+def point_in_use(card: dict, choice: str) -> str:
+    """The operating point a run takes: the one chosen, else the card's."""
+    return operating_point(card)["point"] if choice == MODEL_DEFAULT else choice
+
+
+def threshold_text(card: dict, point: str) -> str:
+    """What the threshold box shows at its lowest value: the threshold of the point in use."""
+    threshold = (card.get("reading") or {}).get("threshold") if point == "reading" else card.get("threshold")
+    return f"model's ({threshold:.4f})" if threshold is not None else "none in the model: set one"
+
+
+def overrides(t_test: int, stride: str, threshold: float, point: str = MODEL_DEFAULT,
+              scoring: str = MODEL_DEFAULT) -> dict:
     """The detect options the user changed (0 or MODEL_DEFAULT: keep the card's), as
     ``DetectRequest`` fields; everything else comes from the card."""
     return {"t_test": t_test or None, "stride": None if stride == MODEL_DEFAULT else int(stride),
-            "threshold": threshold or None}
+            "threshold": threshold or None, "operating_point": None if point == MODEL_DEFAULT else point,
+            "scoring": None if scoring == MODEL_DEFAULT else scoring}
 
 
 def summary(card: dict) -> str:

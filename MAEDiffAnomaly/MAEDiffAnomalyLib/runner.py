@@ -124,12 +124,15 @@ class DetectRequest:
     t_test: int | None = None
     stride: int | None = None
     threshold: float | None = None
+    operating_point: str | None = None
+    scoring: str | None = None
 
     def command(self, python: str) -> list[str]:
         args = core_command(python, "detect", self.input_path, "-o", self.output_dir, "--progress", "json",
                             "--device", self.device, "--stop-with-parent")
         optional = {"--model": self.model_path, "--mask-method": self.mask_method, "--mask": self.mask_path,
-                    "--t-test": self.t_test, "--stride": self.stride, "--threshold": self.threshold}
+                    "--t-test": self.t_test, "--stride": self.stride, "--threshold": self.threshold,
+                    "--operating-point": self.operating_point, "--scoring": self.scoring}
         for flag, value in optional.items():
             if value is not None:
                 args += [flag, str(value)]

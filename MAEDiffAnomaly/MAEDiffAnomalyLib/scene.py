@@ -86,6 +86,7 @@ class Results:
     threshold: float
     score_max: float
     rows: list[dict] = field(default_factory=list)
+    min_voxels: int = 8  # the smallest lesion at the run's operating point (model-space voxels)
 
     @property
     def input(self):
@@ -210,7 +211,7 @@ def load_results(scene, placement: Placement, result_dir: str | Path) -> Results
         shown.SetWindowLevel(input_display.GetWindow(), input_display.GetLevel())
 
     results = Results(placement, heatmap, reconstruction, lesions, table, result_dir, score, heat, record,
-                      summary["threshold"], score_max)
+                      summary["threshold"], score_max, min_voxels=summary.get("min_lesion_voxels", 8))
     label_node = read_volume_node(scene, result_dir / "lesions.nii.gz", f"{name} lesion labels", labelmap=True)
     try:
         set_lesion_segments(results, label_node, summary["lesions"])
@@ -314,9 +315,11 @@ def update_threshold(scene, results: Results, threshold: float) -> list[dict]:
     """Recompute the lesions at ``threshold`` from the stored score: no new model run."""
     import SimpleITK as sitk
 
+    from maediff_core.postprocess import PostprocessConfig
     from maediff_core.writeback import native_lesions
 
-    labels, rows = native_lesions(results.score, threshold, results.record, results.heat)
+    labels, rows = native_lesions(results.score, threshold, results.record, results.heat,
+                                  PostprocessConfig(min_component_voxels=results.min_voxels))
     label_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "lesion labels")
     try:
         slicer.util.updateVolumeFromArray(label_node, sitk.GetArrayFromImage(labels).astype(np.int16))

@@ -58,7 +58,8 @@ class Toy(Method):
         with torch.no_grad():
             x = torch.from_numpy(image * 2.0 - 1.0).float().unsqueeze(1).to(device)
             progress("reconstruct", 1.0, f"{len(x)} slices")
-            return ((network(x).squeeze(1).cpu() + 1) / 2).clamp(0, 1).numpy().astype(np.float32)
+            rec = ((network(x).squeeze(1).cpu() + 1) / 2).clamp(0, 1).numpy().astype(np.float32)
+            return np.repeat(rec[None], sampling.samples, 0)  # deterministic: every draw alike
 
     def cost(self, config: ToyConfig, network: nn.Module) -> Cost:
         x = torch.zeros(1, 1, config.patch.size, config.patch.size)

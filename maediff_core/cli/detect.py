@@ -10,7 +10,7 @@ import time
 
 from ..files import output_folders
 from .data import MASK_METHODS
-from .options import DEVICES, positive_int, t_test_levels
+from .options import DEVICES, positive_int, scoring_label, t_test_levels
 
 
 def add_detect(sub) -> None:
@@ -20,7 +20,14 @@ def add_detect(sub) -> None:
     p.add_argument("--model", help="model .json/.safetensors (default: the bundled demo model)")
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--progress", default="text", choices=["text", "json"])
-    p.add_argument("--threshold", type=float, help="decision threshold (default: the model's)")
+    p.add_argument("--operating-point", choices=["protocol", "reading"],
+                   help="reading: the threshold and smallest lesion chosen on healthy validation volumes for few false "
+                        "alarms; protocol: the threshold of the evaluation protocol, chosen for Dice on lesion "
+                        "volumes (default: reading where the model card has it)")
+    p.add_argument("--threshold", type=float, help="decision threshold (default: the operating point's)")
+    p.add_argument("--scoring", type=scoring_label,
+                   help="residual, mean:N or mhd:N (N reconstructions; default: the model's); with another scoring "
+                        "than the model's, pass --threshold")
     p.add_argument("--t-test", type=t_test_levels,
                    help="noise level of the reconstruction, or an ensemble averaged, e.g. 250,500,750 "
                         "(default: the model's)")
@@ -56,7 +63,8 @@ def run_detect(args: argparse.Namespace) -> None:
                  "register": False if args.no_register else None, "atlas": args.atlas}
     prep = preprocess_settings(card, **overrides)
     config = DetectConfig(t_test=args.t_test, stride=args.stride, batch_size=args.batch_size,
-                          threshold=args.threshold, seed=args.seed)
+                          threshold=args.threshold, seed=args.seed, scoring=args.scoring,
+                          operating_point=args.operating_point)
     progress = json_progress if args.progress == "json" else text_progress
     output_folders(args.inputs, args.output)
     for path in args.inputs:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import OptionError
-from .options import DEVICES, positive_int, t_test_levels
+from .options import DEVICES, positive_int, scoring_label, t_test_levels
 
 
 def add_evaluate(sub) -> None:
@@ -24,8 +24,14 @@ def add_evaluate(sub) -> None:
                    help="noise level of the reconstruction, or an ensemble such as 250,500,750 (default: the "
                         "model's); several candidates: the one with the best validation Dice is used")
     p.add_argument("--stride", type=positive_int, help="patch stride (default: the model's)")
+    p.add_argument("--scoring", type=scoring_label, nargs="+",
+                   help="how reconstructions become the anomaly map: residual, mean:N (the residual to the mean of "
+                        "N reconstructions) or mhd:N (the Mahalanobis distance from N; mhd:N:raw without the "
+                        "per-volume normalisation); several: all from one draw of reconstructions, the one with the "
+                        "best validation Dice is used and every one reported (default: the model's)")
     p.add_argument("--save-threshold", action="store_true",
-                   help="store the validation threshold, with the t_test and stride it holds for, in the model card")
+                   help="store the validation threshold, with the t_test, stride and scoring it holds for, in the "
+                        "model card; with --healthy and --use-splits, also the reading operating point")
     p.add_argument("--protocol", default="reference", choices=["reference", "ours"],
                    help="reference: the protocol authors' steps, comparable with the papers (default); "
                         "ours: threshold searched on size-filtered lesions, l1 inside the brain")
@@ -37,7 +43,7 @@ def add_evaluate(sub) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> None:
     from ..augment import contrast_named
-    from ..evaluate import evaluate, protocol_named, score_cases, write_report
+    from ..evaluate import evaluate, protocol_named, score_each, write_report
 
     protocol = protocol_named(args.protocol)
     shift = contrast_named(args.contrast) if args.contrast else None
@@ -53,20 +59,25 @@ def run_evaluate(args: argparse.Namespace) -> None:
         return shift.cases(loaded) if shift else loaded
 
     chosen = choose_scorer(args, cases, protocol)
-    scorer = chosen["scorer"]
-    test = score_cases(cases(args.test, "test"), scorer)
-    healthy, healthy_val = [], []
+    scorer, label = chosen["scorer"], chosen["scoring"]
+    test = score_each(cases(args.test, "test"), scorer)
+    healthy, healthy_val = {}, {}
     if args.healthy:
-        healthy = score_cases(cases(args.healthy, "test"), scorer)
+        healthy = score_each(cases(args.healthy, "test"), scorer)
         # The reference's FPR thresholds come from the healthy validation fold (the model never
-        # trained on it); without splits the healthy volumes serve for both.
-        healthy_val = score_cases(cases(args.healthy, "val", chosen["fold"]), scorer) if args.use_splits else healthy
-    result = evaluate(chosen["val"], test, healthy, healthy_val, protocol)
-    result["model"] = args.model
+        # trained on it); without splits the healthy volumes serve for both, and choose nothing.
+        healthy_val = score_each(cases(args.healthy, "val", chosen["fold"]), scorer) if args.use_splits else healthy
+    results = {name: evaluate(chosen["val"][name], test[name], healthy.get(name, []), healthy_val.get(name, []),
+                              protocol, reading_val=healthy_val.get(name, []) if args.use_splits else ())
+               for name in test}
+    result = results[label]
+    result |= {"model": args.model, "scoring": label}
+    if len(results) > 1:  # every candidate on the same reconstructions, reported; chosen on validation
+        result["scorings"] = {name: {k: v for k, v in r.items() if k != "per_case"} for name, r in results.items()}
     if args.contrast:
         result["contrast"] = args.contrast
     result.update(reconstruction_record(args, chosen))
-    paths = write_report(result, test, args.output, f"{args.model} on {Path(args.test).name}")
+    paths = write_report(result, test[label], args.output, f"{args.model} on {Path(args.test).name}")
     if args.save_threshold and chosen["card"] is not None:
         save_operating_point(args, chosen["card"], result, protocol.name)
     print(f"Dice {100 * result['dice_mean']:.2f} % AUPRC {100 * result['auprc_mean']:.2f} % "
@@ -76,13 +87,13 @@ def run_evaluate(args: argparse.Namespace) -> None:
 def choose_scorer(args: argparse.Namespace, cases, protocol) -> dict:
     """The scorer (Thresh, or the model at the noise levels the validation volumes choose), its
     card, the model's validation fold and the scored validation volumes."""
-    from ..evaluate import choose_t_test, intensity_scorer, model_scorer, score_cases
+    from ..evaluate import choose_reconstruction, intensity_scorer, model_scorer, score_each
 
     if args.model == "thresh":
-        if args.t_test or args.stride:
-            raise OptionError("--t-test and --stride set a model's reconstruction; 'thresh' has none")
-        return {"scorer": intensity_scorer, "card": None, "fold": 0, "t_test": None, "level_dice": {},
-                "val": score_cases(cases(args.val, "val"), intensity_scorer)}
+        if args.t_test or args.stride or args.scoring:
+            raise OptionError("--t-test, --stride and --scoring set a model's reconstruction; 'thresh' has none")
+        return {"scorer": intensity_scorer, "card": None, "fold": 0, "t_test": None, "dices": {}, "scoring": "thresh",
+                "val": score_each(cases(args.val, "val"), intensity_scorer)}
     from ..detect import DetectConfig, load_for_detection
     from ..device import pick_device
 
@@ -92,11 +103,11 @@ def choose_scorer(args: argparse.Namespace, cases, protocol) -> dict:
         DetectConfig(t_test=level, stride=args.stride).check_reconstruction(card)
 
     def scorer_at(t_test: tuple[int, ...] | None):
-        return model_scorer(model, card, DetectConfig(t_test=t_test, stride=args.stride), device)
+        return model_scorer(model, card, DetectConfig(t_test=t_test, stride=args.stride), device, args.scoring or ())
 
-    t_test, val, level_dice = choose_t_test(cases(args.val, "val"), scorer_at, args.t_test or [None], protocol)
-    return {"scorer": scorer_at(t_test), "card": card, "fold": card.training.get("fold", 0), "t_test": t_test,
-            "level_dice": level_dice, "val": val}
+    choice = choose_reconstruction(cases(args.val, "val"), scorer_at, args.t_test or [None], protocol)
+    return {"scorer": scorer_at(choice.levels), "card": card, "fold": card.training.get("fold", 0),
+            "t_test": choice.levels, "scoring": choice.scoring, "dices": choice.dices, "val": choice.val}
 
 
 def reconstruction_record(args: argparse.Namespace, chosen: dict) -> dict:
@@ -108,8 +119,14 @@ def reconstruction_record(args: argparse.Namespace, chosen: dict) -> dict:
         return {}
     record = {"t_test": list(chosen["t_test"] or card.config.diffusion.t_test),
               "stride": args.stride or card.config.patch.stride, "whole_slice": card.config.patch.whole_slice}
-    if len(chosen["level_dice"]) > 1:
-        record["t_test_val_dice_pooled"] = {levels_text(level): d for level, d in chosen["level_dice"].items()}
+    levels = {level for level, _ in chosen["dices"]}
+    if len(levels) > 1:  # each level's best pooled Dice over the scorings
+        record["t_test_val_dice_pooled"] = {
+            levels_text(level or card.config.diffusion.t_test): max(d for (lv, _), d in chosen["dices"].items()
+                                                                   if lv == level) for level in levels}
+    if len(chosen["dices"]) > len(levels):
+        record["scoring_val_dice_pooled"] = {label: d for (level, label), d in chosen["dices"].items()
+                                             if level == chosen["t_test"]}
     return record
 
 
@@ -117,6 +134,7 @@ def save_operating_point(args: argparse.Namespace, card, result: dict, protocol:
     """The threshold, with the t_test and stride it holds for, into the model's card."""
     from ..diffusion import levels_text
     from ..modelfile import rewrite_card, with_operating_point
+    from ..scoring import ScoringConfig
 
     chosen_on = {"val": str(args.val), "protocol": protocol, "val_dice_pooled": result["val_dice_pooled"]}
     earlier = card.training.get("threshold_from", {})
@@ -126,9 +144,20 @@ def save_operating_point(args: argparse.Namespace, card, result: dict, protocol:
         # The card's t_test, chosen by an earlier run, is kept: so is the record of that choice.
         chosen_on |= {"t_test_val_dice_pooled": earlier["t_test_val_dice_pooled"],
                       "t_test_protocol": earlier.get("t_test_protocol", "ours")}
-    card = with_operating_point(card, result["threshold"], tuple(result["t_test"]), result["stride"], chosen_on)
-    print(f"threshold {card.threshold:.4f} and t_test {levels_text(card.config.diffusion.t_test)} saved in "
-          f"{rewrite_card(card, args.model)}")
+    if "scoring_val_dice_pooled" in result:
+        chosen_on["scoring_val_dice_pooled"] = result["scoring_val_dice_pooled"]
+    reading = None
+    if "reading" in result:
+        reading = {k: result["reading"][k] for k in ("threshold", "min_voxels", "val_dice_pooled",
+                                                     "healthy_val_candidates_mean", "target")}
+        fold = card.training.get("fold", 0)
+        reading["chosen_on"] = {"val": str(args.val), "healthy_val": f"{args.healthy} (validation fold {fold})"}
+    card = with_operating_point(card, result["threshold"], tuple(result["t_test"]), result["stride"], chosen_on,
+                                ScoringConfig.from_label(result["scoring"]), reading)
+    print(f"threshold {card.threshold:.4f}, t_test {levels_text(card.config.diffusion.t_test)}, scoring "
+          f"{card.scoring.label}" + (f" and the reading point ({reading['threshold']:.4f}, lesions of "
+                                     f"{reading['min_voxels']}+ voxels)" if reading else "")
+          + f" saved in {rewrite_card(card, args.model)}")
 
 
 COMMANDS = (add_evaluate,)

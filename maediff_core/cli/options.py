@@ -33,3 +33,13 @@ def positive_float(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
+
+
+def scoring_label(text: str):
+    """``residual``, ``mean:4``, ``mhd:10`` or ``mhd:10:raw`` (scoring.ScoringConfig.from_label)."""
+    from ..scoring import ScoringConfig
+
+    try:
+        return ScoringConfig.from_label(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None

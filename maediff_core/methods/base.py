@@ -72,6 +72,7 @@ class Sampling:
     stride: int
     seed: int
     batch: int
+    samples: int = 1  # reconstructions drawn, each with its own noise (scoring.py)
 
 
 def adam(parameters: Iterable[nn.Parameter], lr: float) -> torch.optim.Optimizer:
@@ -137,7 +138,8 @@ class Method:
 
     def reconstruct(self, network: nn.Module, config: ModelConfig, image: np.ndarray, mask: np.ndarray,
                     sampling: Sampling, device: torch.device, progress: Progress) -> np.ndarray:
-        """The healthy reconstruction (z, y, x) in 0..1 of a model-space volume in 0..1."""
+        """``sampling.samples`` healthy reconstructions (samples, z, y, x) in 0..1 of a model-space
+        volume in 0..1, each drawn with its own noise from ``sampling.seed`` on."""
         raise NotImplementedError
 
     def cost(self, config: ModelConfig, network: nn.Module) -> Cost:
@@ -204,7 +206,7 @@ class ImageDiffusion(Method):
                     sampling: Sampling, device: torch.device, progress: Progress) -> np.ndarray:
         return reconstruct_patches(network, config.patch, Diffusion(config.diffusion), image, mask, sampling.levels,
                                    sampling.stride, sampling.seed, sampling.batch, device, progress,
-                                   lambda x, masks: self.model_kwargs(config, x, masks))
+                                   lambda x, masks: self.model_kwargs(config, x, masks), sampling.samples)
 
     def cost(self, config: ModelConfig, network: nn.Module) -> Cost:
         patch = config.patch

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..errors import CardError
 from ..methods import method_of
 from ..methods.base import ModelConfig
 from ..preprocess_config import PreprocessConfig
+from ..scoring import ScoringConfig
 from .parsing import parse_config, parse_model_config, parse_value
 
 FORMAT_VERSION = 1
 # Refused before any memory is taken: about 3x the paper-size MAD-AD (348 M, the largest configuration here).
 MAX_PARAMETERS = 1_000_000_000
-KNOWN_ENTRIES = ("format_version", "config", "threshold", "preprocessing", "training", "description", "metrics",
-                 "weights_sha256")
+KNOWN_ENTRIES = ("format_version", "config", "threshold", "scoring", "reading", "preprocessing", "training",
+                 "description", "metrics", "weights_sha256")
+OPERATING_POINTS = ("protocol", "reading")
 
 
 @dataclass
@@ -31,12 +33,23 @@ class ModelCard:
     # What was measured with the model, by name: {"sample": {"data": ..., "n": 1, "dice": {"mean": ...,
     # "std": ...}, ..., "command": the command that measured it}}.
     metrics: dict[str, dict] = field(default_factory=dict)
+    # How the anomaly map is made from reconstructions; ``threshold`` holds for it.
+    scoring: ScoringConfig = ScoringConfig()
+    # The operating point for reading: {"threshold": ..., "min_voxels": ..., "chosen_on": {...}}, chosen
+    # on healthy validation volumes for a number of false alarms (``threshold`` is the protocol's).
+    reading: dict | None = None
     folder: Path | None = field(default=None, compare=False, repr=False)  # where it was read from
 
     def to_dict(self) -> dict:
         return {"format_version": FORMAT_VERSION, "config": self.config.to_dict(), "threshold": self.threshold,
-                "preprocessing": self.preprocessing, "training": self.training, "description": self.description,
-                "metrics": self.metrics, **self.extra_weights}
+                "scoring": asdict(self.scoring), "reading": self.reading, "preprocessing": self.preprocessing,
+                "training": self.training, "description": self.description, "metrics": self.metrics,
+                **self.extra_weights}
+
+    @property
+    def operating_point(self) -> str:
+        """The point detection uses unless told: reading where the card has one."""
+        return "reading" if self.reading is not None else "protocol"
 
     @property
     def score(self) -> str:
@@ -87,7 +100,22 @@ class ModelCard:
         if unknown:
             raise CardError(f"{unknown[0]!r}: not an entry of a {config.method} model's card")
         extra = {name: check_reference(name, data.get(name)) for name in method.extra_weights}
-        return cls(config, threshold, preprocessing, training, description, extra, metrics)
+        scoring = parse_config(ScoringConfig, data.get("scoring") or {}, "scoring")  # before scorings: residual
+        return cls(config, threshold, preprocessing, training, description, extra, metrics, scoring,
+                   check_reading(data.get("reading")))
+
+
+def check_reading(reading) -> dict | None:
+    """A card's reading operating point: a threshold >= 0 and a smallest lesion of >= 1 voxel."""
+    if reading is None:
+        return None
+    if not isinstance(reading, dict):
+        raise CardError(f"reading: expected an object, got {reading!r}")
+    threshold = parse_value(float, reading.get("threshold"), "reading.threshold")
+    voxels = parse_value(int, reading.get("min_voxels"), "reading.min_voxels")
+    if threshold < 0 or voxels < 1:
+        raise CardError(f"reading: needs a threshold >= 0 and min_voxels >= 1, got {threshold}, {voxels}")
+    return reading
 
 
 def check_reference(name: str, reference) -> dict:
@@ -104,9 +132,13 @@ def check_reference(name: str, reference) -> dict:
 
 
 def with_operating_point(card: ModelCard, threshold: float, t_test: tuple[int, ...], stride: int,
-                         chosen_on: dict) -> ModelCard:
-    """The card with a decision threshold and the reconstruction it was chosen for (a threshold
-    holds only for the t_test and stride that made the scores); ``chosen_on`` describes the data."""
+                         chosen_on: dict, scoring: ScoringConfig | None = None,
+                         reading: dict | None = None) -> ModelCard:
+    """The card with a decision threshold and the reconstruction and scoring it was chosen for (a
+    threshold holds only for the t_test, stride and scoring that made the scores), and the reading
+    operating point chosen with it (none: an earlier one no longer holds); ``chosen_on`` describes
+    the data."""
     config = replace(card.config, diffusion=replace(card.config.diffusion, t_test=t_test),
                      patch=replace(card.config.patch, stride=stride))
-    return replace(card, config=config, threshold=threshold, training={**card.training, "threshold_from": chosen_on})
+    return replace(card, config=config, threshold=threshold, scoring=scoring or card.scoring, reading=reading,
+                   training={**card.training, "threshold_from": chosen_on})

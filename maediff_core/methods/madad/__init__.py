@@ -82,7 +82,7 @@ class MADAD(Method):
     def reconstruct(self, network: MaskedLatentNet, config: MADADConfig, image: np.ndarray, mask: np.ndarray,
                     sampling: Sampling, device: torch.device, progress: Progress) -> np.ndarray:
         return repair_volume(network, Diffusion(config.diffusion), image, mask, sampling.levels, sampling.seed,
-                             sampling.batch, device, progress)
+                             sampling.batch, device, progress, sampling.samples)
 
     def cost(self, config: MADADConfig, network: MaskedLatentNet) -> Cost:
         x = torch.zeros(1, 1, config.patch.size, config.patch.size)

@@ -114,16 +114,18 @@ def repair_latents(denoiser: nn.Module, z: torch.Tensor, start: int, alpha_bar: 
 @torch.no_grad()
 def repair_volume(model: MaskedLatentNet, diffusion: Diffusion, image: np.ndarray, mask: np.ndarray,
                   levels: tuple[int, ...], seed: int, batch: int, device: torch.device,
-                  progress: Callable[[str, float, str], None]) -> np.ndarray:
-    """The input plus the change MAD-AD's repair makes, (z, y, x) in 0..1, for every slice with brain;
-    with several starting steps, the mean of the results, level i drawing its noise from seed + i."""
+                  progress: Callable[[str, float, str], None], samples: int = 1) -> np.ndarray:
+    """``samples`` repairs (samples, z, y, x) in 0..1: the input plus the change MAD-AD's repair makes,
+    for every slice with brain; with several starting steps, each the mean of the results, sample k's
+    level i drawing its noise from seed + k * levels + i."""
     x = torch.from_numpy(image * 2.0 - 1.0).float().unsqueeze(1)  # (Z, 1, H, W) in [-1, 1]
     slices = torch.tensor([z for z in range(len(x)) if mask[z].any()], dtype=torch.long)
     down = model.latent.autoencoder.downsampling
     shape = (model.latent.autoencoder.latent_channels, x.shape[-2] // down, x.shape[-1] // down)
     alpha_bar = diffusion.alpha_bar
-    change = torch.zeros(len(levels), *x.shape)
-    for i, start in enumerate(levels):
+    members = [start for _ in range(samples) for start in levels]
+    change = torch.zeros(len(members), *x.shape)
+    for i, start in enumerate(members):
         noise = torch.randn(start, len(x), *shape, generator=torch.Generator().manual_seed(seed + i))
 
         def run(begin: int, end: int, i: int = i, start: int = start, noise: torch.Tensor = noise) -> None:
@@ -137,11 +139,11 @@ def repair_volume(model: MaskedLatentNet, diffusion: Diffusion, image: np.ndarra
             change[i, chosen] = (decoded[:len(z)] - decoded[len(z):]).cpu()
 
         def report(done: int, size: int, i: int = i, start: int = start) -> None:
-            progress("reconstruct", (i + done / len(slices)) / len(levels),
+            progress("reconstruct", (i + done / len(slices)) / len(members),
                      f"{done}/{len(slices)} slices, {start} steps, batch {size}")
 
         in_batches(len(slices), batch, run, report)
     if not torch.isfinite(change).all():
         raise CardError("the model's repair has NaN or infinite voxels: its weights are broken")
-    members = ((x + change).squeeze(2) + 1.0) / 2.0
-    return members.clamp(0.0, 1.0).mean(0).numpy().astype(np.float32)
+    each = (((x + change).squeeze(2) + 1.0) / 2.0).clamp(0.0, 1.0)
+    return each.view(samples, len(levels), *each.shape[1:]).mean(1).numpy().astype(np.float32)
