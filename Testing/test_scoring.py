@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,6 +171,12 @@ def test_evaluate_compares_scorings_on_one_draw_and_saves_the_reading_point(tiny
     assert card.scoring.label == best and card.threshold == metrics["threshold"]
     assert card.reading["threshold"] == metrics["reading"]["threshold"]
     assert card.reading["min_voxels"] in (8, 27, 64) and "validation fold 0" in card.reading["chosen_on"]["healthy_val"]
+    # The card records the test numbers, with the command and the evaluation kept beside it.
+    entry = card.metrics[Path(lesion_prepared).name]
+    assert (entry["n"], entry["scoring"], entry["dice"]["mean"]) == (metrics["n_test"], best, metrics["dice_mean"])
+    assert entry["healthy_candidates_reading"]["mean"] == metrics["false_alarms"]["reading"]["healthy_candidates_mean"]
+    assert entry["command"].startswith(f"maediff evaluate --model {model} --val {lesion_prepared}")
+    assert json.loads((tmp_path / "m.evaluation.json").read_text()) == metrics
     # Detection now reads at the reading point, and says so.
     capsys.readouterr()
     volume = detection_run["folder"] / "input.nii.gz"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -29,26 +30,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["maediff", *argv])  # as typed: what a card records of its measurements
     try:
         args.func(args)
     except (MaediffError, ValueError, FileNotFoundError) as err:
         print(f"maediff {args.command}: error: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # noqa: BLE001 - a defect, not bad input: one line for the user, the traceback in a log
-        log = crash_log(args.command)
+        log = crash_log(args.command, args.command_line)
         print(f"maediff {args.command}: unexpected error: {type(err).__name__}: "
               f"{str(err).strip().splitlines()[-1] if str(err).strip() else ''} (traceback in {log})", file=sys.stderr)
         return 1
     return 0
 
 
-def crash_log(command: str) -> Path:
+def crash_log(command: str, command_line: str) -> Path:
     import tempfile
     import traceback
 
     folder = Path(tempfile.gettempdir()) / "maediff-logs"
     folder.mkdir(exist_ok=True)
     path = folder / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-    path.write_text(f"maediff {' '.join(sys.argv[1:])}\n\n{traceback.format_exc()}")
+    path.write_text(f"{command_line}\n\n{traceback.format_exc()}")
     return path

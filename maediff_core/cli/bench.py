@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 from .options import DEVICES, given, positive_float, positive_int
@@ -114,7 +113,7 @@ def run_benchmark(args: argparse.Namespace) -> None:
     table = markdown_table(summary)
     print(table)
     if args.readme:
-        update_readme(args.readme, table, "maediff " + " ".join(sys.argv[1:]))
+        update_readme(args.readme, table, args.command_line)
 
 
 COMMANDS = (add_bench_noise, add_bench_train, add_bench_detect, add_benchmark)

@@ -133,7 +133,8 @@ def reconstruction_record(args: argparse.Namespace, chosen: dict) -> dict:
 def save_operating_point(args: argparse.Namespace, card, result: dict, protocol: str) -> None:
     """The threshold, with the t_test and stride it holds for, into the model's card."""
     from ..diffusion import levels_text
-    from ..modelfile import rewrite_card, with_operating_point
+    from ..files import write_text_atomic
+    from ..modelfile import model_paths, rewrite_card, with_operating_point
     from ..scoring import ScoringConfig
 
     chosen_on = {"val": str(args.val), "protocol": protocol, "val_dice_pooled": result["val_dice_pooled"]}
@@ -154,10 +155,33 @@ def save_operating_point(args: argparse.Namespace, card, result: dict, protocol:
         reading["chosen_on"] = {"val": str(args.val), "healthy_val": f"{args.healthy} (validation fold {fold})"}
     card = with_operating_point(card, result["threshold"], tuple(result["t_test"]), result["stride"], chosen_on,
                                 ScoringConfig.from_label(result["scoring"]), reading)
+    # What the card says about the model is measured here; the whole evaluation is kept beside it.
+    evaluation = model_paths(args.model)[1].with_suffix(".evaluation.json")
+    card.metrics[Path(args.test).name] = test_metrics(args, result, evaluation.name)
+    write_text_atomic((Path(args.output) / "metrics.json").read_text(), evaluation)
     print(f"threshold {card.threshold:.4f}, t_test {levels_text(card.config.diffusion.t_test)}, scoring "
           f"{card.scoring.label}" + (f" and the reading point ({reading['threshold']:.4f}, lesions of "
                                      f"{reading['min_voxels']}+ voxels)" if reading else "")
-          + f" saved in {rewrite_card(card, args.model)}")
+          + f" saved in {rewrite_card(card, args.model)}, the evaluation in {evaluation}")
+
+
+def test_metrics(args: argparse.Namespace, result: dict, evaluation: str) -> dict:
+    """The card's record of the test numbers: data, protocol, n, mean and standard deviation per
+    measure, and the command and file they come from."""
+    entry = {"data": f"{Path(args.test).name} (test split)", "protocol": result["protocol"], "n": result["n_test"],
+             "scoring": result["scoring"], "dice": {"mean": result["dice_mean"], "std": result["dice_std"]},
+             "auprc": {"mean": result["auprc_mean"], "std": result["auprc_std"]},
+             "command": args.command_line, "evaluation": evaluation}
+    if "reading" in result:
+        entry["reading_dice"] = {"mean": result["reading"]["dice_mean"], "std": result["reading"]["dice_std"]}
+    alarms = result["false_alarms"]
+    if "healthy_candidates_mean" in alarms["protocol"]:
+        entry |= {"n_healthy": result["n_healthy"], "l1": {"mean": result["l1_mean"]},
+                  "case_auroc": result["case_auroc"]}
+        for point, numbers in alarms.items():
+            entry[f"healthy_candidates_{point}"] = {"mean": numbers["healthy_candidates_mean"],
+                                                    "max": numbers["healthy_candidates_max"]}
+    return entry
 
 
 COMMANDS = (add_evaluate,)

@@ -48,6 +48,8 @@ def add_publish(sub) -> None:
     p.add_argument("--recipe", help="a text file with the commands that made the model")
     p.add_argument("--synthetic-data", action="store_true", help="trained on phantoms: the card says so")
     p.add_argument("--half", action="store_true", help="store the weights as float16 (half the size)")
+    p.add_argument("--intended-use", help="who may use the model for what (default: research use, or demonstration "
+                                          "only with --synthetic-data)")
     p.set_defaults(func=run_publish)
 
 
@@ -59,7 +61,8 @@ def run_publish(args: argparse.Namespace) -> None:
         notes["data"] = args.data
     if args.recipe:
         notes["command"] = Path(args.recipe).read_text()
-    for path in publish_model(args.model, args.output, args.description, notes, half=args.half):
+    for path in publish_model(args.model, args.output, args.description, notes, half=args.half,
+                              intended_use=args.intended_use):
         print(path)
 
 

@@ -16,7 +16,7 @@ FORMAT_VERSION = 1
 # Refused before any memory is taken: about 3x the paper-size MAD-AD (348 M, the largest configuration here).
 MAX_PARAMETERS = 1_000_000_000
 KNOWN_ENTRIES = ("format_version", "config", "threshold", "scoring", "reading", "preprocessing", "training",
-                 "description", "metrics", "weights_sha256")
+                 "description", "intended_use", "metrics", "weights_sha256")
 OPERATING_POINTS = ("protocol", "reading")
 
 
@@ -38,13 +38,14 @@ class ModelCard:
     # The operating point for reading: {"threshold": ..., "min_voxels": ..., "chosen_on": {...}}, chosen
     # on healthy validation volumes for a number of false alarms (``threshold`` is the protocol's).
     reading: dict | None = None
+    intended_use: str = ""  # who may use it for what, in words (publish --intended-use)
     folder: Path | None = field(default=None, compare=False, repr=False)  # where it was read from
 
     def to_dict(self) -> dict:
         return {"format_version": FORMAT_VERSION, "config": self.config.to_dict(), "threshold": self.threshold,
                 "scoring": asdict(self.scoring), "reading": self.reading, "preprocessing": self.preprocessing,
-                "training": self.training, "description": self.description, "metrics": self.metrics,
-                **self.extra_weights}
+                "training": self.training, "description": self.description, "intended_use": self.intended_use,
+                "metrics": self.metrics, **self.extra_weights}
 
     @property
     def operating_point(self) -> str:
@@ -88,8 +89,9 @@ class ModelCard:
         preprocessing = data.get("preprocessing", {})
         parse_config(PreprocessConfig, preprocessing, "preprocessing")
         training, description, metrics = data.get("training", {}), data.get("description", ""), data.get("metrics", {})
-        if not isinstance(training, dict) or not isinstance(description, str):
-            raise CardError("'training' must be an object and 'description' a string")
+        intended_use = data.get("intended_use", "")
+        if not isinstance(training, dict) or not isinstance(description, str) or not isinstance(intended_use, str):
+            raise CardError("'training' must be an object, 'description' and 'intended_use' strings")
         if not (isinstance(metrics, dict) and all(isinstance(m, dict) for m in metrics.values())):
             raise CardError("'metrics': expected an object of measurements, each an object")
         method = method_of(config.method)
@@ -102,7 +104,7 @@ class ModelCard:
         extra = {name: check_reference(name, data.get(name)) for name in method.extra_weights}
         scoring = parse_config(ScoringConfig, data.get("scoring") or {}, "scoring")  # before scorings: residual
         return cls(config, threshold, preprocessing, training, description, extra, metrics, scoring,
-                   check_reading(data.get("reading")))
+                   check_reading(data.get("reading")), intended_use)
 
 
 def check_reading(reading) -> dict | None:

@@ -27,13 +27,31 @@ def recipe_text(training: dict) -> str:
     return text + (", intensity augmentation" if training.get("augment") else "")
 
 
+def metric_line(name: str, m: dict) -> str:
+    """One measurement of the card, in words, with the command that made it."""
+    if name == "sample":
+        return (f"- on {m['data']}: Dice {100 * m['dice']['mean']:.1f} %, {m['lesions']['mean']:.0f} lesion candidates "
+                f"(`{m['command']}`)")
+    text = (f"- on {m['n']} volumes of {m['data']}, {m['protocol']} protocol, scoring {m.get('scoring', 'residual')}: "
+            f"Dice {100 * m['dice']['mean']:.1f} +- {100 * m['dice']['std']:.1f} %, AUPRC "
+            f"{100 * m['auprc']['mean']:.1f} +- {100 * m['auprc']['std']:.1f} %")
+    if "reading_dice" in m:
+        text += f", Dice {100 * m['reading_dice']['mean']:.1f} % at the reading point"
+    if "healthy_candidates_protocol" in m:
+        text += (f"; lesion candidates per healthy volume ({m['n_healthy']}) "
+                 + " and ".join(f"{m[key]['mean']:.1f} (at most {m[key]['max']}) at the {key.rsplit('_', 1)[1]} point"
+                                for key in ("healthy_candidates_protocol", "healthy_candidates_reading") if key in m))
+    return text + f" (`{m['command']}`)"
+
+
 def _use_lines(card: ModelCard) -> list[str]:
+    lines = ["For research use only; not a medical device.", ""]
     if card.training.get("synthetic_data"):
-        return ["**Trained on synthetic data.** The training volumes are phantoms generated from the MNI152",
-                "2009a template's tissue maps (`maediff phantom`), not scans of people. This model is for",
-                "demonstration and testing of the software only. It is not a medical device and must not be",
-                "used for diagnosis or any clinical decision.", ""]
-    return ["For research use only; not a medical device.", ""]
+        lines = ["**Trained on synthetic data.** The training volumes are phantoms generated from the MNI152",
+                 "2009a template's tissue maps (`maediff phantom`), not scans of people. This model is for",
+                 "demonstration and testing of the software only. It is not a medical device and must not be",
+                 "used for diagnosis or any clinical decision.", ""]
+    return lines + ([f"**Intended use:** {card.intended_use}", ""] if card.intended_use else [])
 
 
 def _what_lines(card: ModelCard, weights_mb: float) -> list[str]:
@@ -52,10 +70,8 @@ def _what_lines(card: ModelCard, weights_mb: float) -> list[str]:
            f"{100 * t['threshold_from']['val_dice_pooled']:.1f} %, "
            f"{t['threshold_from'].get('protocol', 'ours')} evaluation protocol)" if t.get("threshold_from") else ""),
     ]
-    sample = card.metrics.get("sample")
-    if sample:
-        lines.append(f"- on {sample['data']}: Dice {100 * sample['dice']['mean']:.1f} %, "
-                     f"{sample['lesions']['mean']:.0f} lesion candidates (`{sample['command']}`)")
+    for name, m in card.metrics.items():
+        lines.append(metric_line(name, m))
     levels = t.get("threshold_from", {}).get("t_test_val_dice_pooled")
     if levels:
         lines.append(f"- t_test {levels_text(c.diffusion.t_test)} chosen on the same validation volumes, by pooled "

@@ -92,11 +92,18 @@ def save_model(model: torch.nn.Module, card: ModelCard, path: str | Path) -> Pat
     return save_pair(model.state_dict(), card.to_dict(), path)
 
 
+SYNTHETIC_USE = ("Demonstration and testing of the software only. Trained on synthetic phantoms (generated from "
+                 "the MNI152 2009a template's tissue maps), not scans of people; not a medical device, and not for "
+                 "diagnosis or any clinical decision.")
+RESEARCH_USE = "Research use only; not a medical device, and not for diagnosis or any clinical decision."
+
+
 def publish_model(source: str | Path, dest: str | Path, description: str, notes: dict | None = None,
-                  half: bool = False) -> list[Path]:
+                  half: bool = False, intended_use: str | None = None) -> list[Path]:
     """A trained model as a release: weights only (``half``: as float16, half the size; loading
     casts them back), the card with ``notes`` added to its training record, and the card in
-    Markdown; a method's extra weights beside them (``x.NAME.safetensors``). Returns the paths."""
+    Markdown; a method's extra weights beside them (``x.NAME.safetensors``); ``intended_use`` (default:
+    by whether it learnt from phantoms). Returns the paths."""
 
     def weights_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:
         return {k: v.half() if half and v.is_floating_point() else v for k, v in module.state_dict().items()}
@@ -104,6 +111,7 @@ def publish_model(source: str | Path, dest: str | Path, description: str, notes:
     model, card = load_model(source)
     card.description = description
     card.training.update({**(notes or {}), "weights_dtype": "float16" if half else "float32"})
+    card.intended_use = intended_use or (SYNTHETIC_USE if card.training.get("synthetic_data") else RESEARCH_USE)
     parts = method_of(card.config.method).weight_parts(model)
     written = []
     for name, part in parts.items():
