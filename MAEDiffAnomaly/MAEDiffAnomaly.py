@@ -28,7 +28,15 @@ from slicer.util import VTKObservationMixin
 
 from maediff_core.resources import SAMPLE_NAME, default_model_path, sample_paths
 from MAEDiffAnomalyLib import dependencies, model_card, scene
-from MAEDiffAnomalyLib.runner import CoreProcess, DetectionProcess, DetectRequest, core_command, device_summary
+from MAEDiffAnomalyLib.runner import (
+    CoreProcess,
+    DetectionProcess,
+    DetectRequest,
+    core_command,
+    device_summary,
+    input_summary,
+    refusal,
+)
 
 MINIMUM_SLICER = (5, 10)  # Python 3.12 and SimpleITK 2.5; see the README's "Supported releases"
 
@@ -78,6 +86,7 @@ class MAEDiffAnomalyParameterNode:
     device: Annotated[str, Choice(["auto", "cuda", "cpu"])] = "auto"
     skullStripped: bool = False
     skipRegistration: bool = False
+    force: bool = False  # run on a contrast other than T2
     # 0 and "model's": the model card's operating point (what its threshold was chosen for).
     tTest: Annotated[int, WithinRange(0, 1000)] = 0
     stride: Annotated[str, Choice([model_card.MODEL_DEFAULT, "16", "48"])] = model_card.MODEL_DEFAULT
@@ -190,6 +199,9 @@ class MAEDiffAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for widget in (self.ui.thresholdSlider, self.ui.opacitySlider, self.ui.inspectButton,
                        self.ui.exportButton, self.ui.show3DCheckBox, self.ui.lesionTableView):
             widget.enabled = self.results is not None and not running
+        volume = parameters.inputVolume if parameters else None
+        checked = self.results.record.get("input_check") if self.results and self.results.input is volume else None
+        self.ui.inputInfoLabel.text = input_summary(volume.GetSpacing(), checked) if volume else ""
         if parameters and self.card is not None:
             point = model_card.point_in_use(self.card, parameters.operatingPoint)
             self.ui.operatingPointInfoLabel.text = model_card.POINT_MEANINGS[point]
@@ -280,9 +292,9 @@ class MAEDiffAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.progressBar.value = 0
                 self.ui.statusLabel.text = "Cancelled"
             else:
-                self.ui.statusLabel.text = "Detection failed: see the log below"
+                self.ui.statusLabel.text = f"Detection failed: {refusal(error)}"
                 self.ui.logCollapsibleButton.collapsed = False
-                slicer.util.errorDisplay("Anomaly detection failed.", detailedText=error)
+                slicer.util.errorDisplay(f"Anomaly detection failed: {refusal(error)}", detailedText=error)
         finally:
             self.logic.removeWorkFolder(run)
             self.updateGUI()
@@ -446,7 +458,7 @@ class MAEDiffAnomalyLogic(ScriptedLoadableModuleLogic):
                 input_path=inputPath, output_dir=work / "output", model_path=Path(parameters.modelPath),
                 device=parameters.device, mask_path=maskPath,
                 mask_method="file" if maskPath else ("skull-stripped" if parameters.skullStripped else None),
-                no_register=parameters.skipRegistration, **override)
+                no_register=parameters.skipRegistration, force=parameters.force, **override)
             process = DetectionProcess(request, self.pythonExecutable(), self.launch)
         except Exception:
             shutil.rmtree(work, ignore_errors=True)

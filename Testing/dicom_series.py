@@ -8,9 +8,10 @@ from pathlib import Path
 import SimpleITK as sitk
 
 
-def write_dicom_series(image: sitk.Image, folder: str | Path,
-                       series: str = "1.2.826.0.1.3680043.2.1125.1.123456") -> list[str]:
-    """Files in instance order (slice k of ``image`` in file k)."""
+def write_dicom_series(image: sitk.Image, folder: str | Path, series: str = "1.2.826.0.1.3680043.2.1125.1.123456",
+                       description: str = "T2 axial", echo: tuple[int, float] = (1, 90.0)) -> list[str]:
+    """Files in instance order (slice k of ``image`` in file k), named after the series; ``echo`` is the
+    echo number and time (ms)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     image = sitk.Cast(image, sitk.sitkInt16)
@@ -30,9 +31,10 @@ def write_dicom_series(image: sitk.Image, folder: str | Path,
             "0020|0013": str(z + 1), "0020|0032": "\\".join(f"{v:.6f}" for v in position),
             "0020|0037": "\\".join(f"{v:.6f}" for v in orientation), "0018|0050": f"{spacing[2]:.4f}",
             "0028|0030": f"{spacing[1]:.4f}\\{spacing[0]:.4f}", "0020|0052": series + ".3",
+            "0008|103e": description, "0018|0086": str(echo[0]), "0018|0081": f"{echo[1]:g}",
         }.items():
             slice_.SetMetaData(tag, value)
-        path = str(folder / f"slice{z:03d}.dcm")
+        path = str(folder / f"{series[-6:]}-{echo[0]}-{z:03d}.dcm")
         writer.SetFileName(path)
         writer.Execute(slice_)
         files.append(path)

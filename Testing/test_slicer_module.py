@@ -51,7 +51,13 @@ def test_model_card_summary_operating_point_and_overrides(tmp_path):
     text = model_card.summary(card)
     assert "pddpm-s48-small (pddpm)" in text and "threshold 0.0734" in text and "stride 48" in text
     assert model_card.operating_point(card) == {"t_test": "500", "stride": 48, "threshold": 0.0734,
-                                                "whole_slice": False}
+                                                "whole_slice": False, "point": "protocol", "scoring": "residual"}
+    reading = card | {"reading": {"threshold": 0.11, "min_voxels": 27},
+                      "scoring": {"name": "mhd", "samples": 4, "normalise": True}}
+    assert model_card.operating_point(reading) == model_card.operating_point(card) | {"point": "reading",
+                                                                                      "scoring": "mhd:4"}
+    assert model_card.threshold_text(reading, "reading") == "model's (0.1100)"
+    assert model_card.threshold_text(reading, "protocol") == "model's (0.0734)"
     ensemble = {"config": {"name": "cddpm-small", "method": "cddpm", "diffusion": {"t_test": [250, 500, 750]},
                            "patch": {"stride": 16, "whole_slice": True}}, "threshold": None}
     assert model_card.operating_point(ensemble)["t_test"] == "250, 500, 750"

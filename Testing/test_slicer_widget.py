@@ -157,6 +157,9 @@ def test_detect_runs_with_inputs_locked_and_results_where_the_input_was(app, pan
     panel.ui.thresholdSlider.emit("valueChanged(double)", 0.08)
     assert not standins.UNCAUGHT and panel.ui.statusLabel.text.endswith("at threshold 0.0800")
     assert panel.results.threshold == 0.08
+    assert panel.ui.inputInfoLabel.text == "Voxels 1 x 1 x 1 mm"  # the second volume: not checked yet
+    parameters.inputVolume = first
+    assert panel.ui.inputInfoLabel.text.startswith("Voxels 1 x 1 x 1 mm; contrast checked: CSF-WM ")
 
 
 def test_cancel_returns_to_idle_and_leaves_nothing(app, panel, volumes):
@@ -224,10 +227,32 @@ def test_a_failed_run_shows_the_cores_message(app, panel, tmp_path):
     standins.drive(panel, lambda: panel.run is None, 120)
     panel._parameterNode.tTest = 0
     errors = [(text, details) for kind, text, details in standins.DIALOGS if kind == "error"]
-    assert errors and errors[0][0] == "Anomaly detection failed." and "same value" in errors[0][1]
-    assert panel.ui.statusLabel.text.startswith("Detection failed")
+    assert errors and errors[0][0].startswith("Anomaly detection failed: ") and "same value" in errors[0][0]
+    assert panel.ui.statusLabel.text == errors[0][0].replace("Anomaly detection", "Detection")
     assert "same value" in panel.ui.logTextEdit.plainText  # the live log holds what the detector printed
     assert panel.ui.applyButton.text == "Detect anomalies" and panel.ui.inputsCollapsibleButton.enabled
+
+
+def test_a_t1_volume_is_refused_with_the_reason_and_the_switch_that_runs_it_anyway(app, panel, atlas, s48_model,
+                                                                                     tmp_path):
+    t1 = tmp_path / "t1.nii.gz"
+    sitk.WriteImage(sitk.Mask(atlas.template, atlas.brain_mask), str(t1))  # the atlas: a T1, in atlas space
+    parameters = panel._parameterNode
+    parameters.inputVolume = app.scene_lib.read_volume_node(app.scene, t1, "T1 MPRAGE")
+    parameters.skullStripped = parameters.skipRegistration = True
+    select_model(panel, s48_model)
+    standins.DIALOGS.clear()
+    panel.ui.applyButton.emit("clicked(bool)", False)
+    assert "--force" not in panel.run.process.args
+    standins.drive(panel, lambda: panel.run is None, 120)
+    [(_, text, _)] = [dialog for dialog in standins.DIALOGS if dialog[0] == "error"]
+    assert text.startswith("Anomaly detection failed: this looks like a T1-weighted image")
+    assert text.endswith("the model was trained on T2 (Advanced > 'Run even if the contrast is not T2' runs it anyway)")
+    assert panel.results is None
+    parameters.force = True
+    panel.ui.applyButton.emit("clicked(bool)", False)
+    assert "--force" in panel.run.process.args
+    panel.ui.applyButton.emit("clicked(bool)", False)  # Cancel
 
 
 def test_without_pythonslicer_there_is_no_run(app, panel, volumes, monkeypatch):

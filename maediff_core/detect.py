@@ -6,17 +6,18 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .atlas import card_atlas
+from .atlas import Atlas, card_atlas
 from .diffusion import check_levels, levels_text
-from .errors import CardError, OptionError
+from .errors import CardError, InputError, OptionError
 from .files import case_name, check_writable, folder_as_a_set, write_text_atomic
+from .input_check import check_input
 from .methods import method_of
 from .methods.base import Progress, Sampling
 from .modelfile import ModelCard, load_model
@@ -150,21 +151,24 @@ def anomaly_score(image: np.ndarray, samples: np.ndarray, mask: np.ndarray, scor
 def detect_file(path: str | Path, out_dir: str | Path, model: torch.nn.Module, card: ModelCard,
                 config: DetectConfig = DetectConfig(), preprocess_config: PreprocessConfig | None = None,
                 mask_path: str | Path | None = None, device: torch.device | str = "cpu",
-                progress: Progress = quiet) -> dict:
-    """Run the whole job on one volume and write ``out_dir/<case>/``; returns the lesion summary."""
+                progress: Progress = quiet, force: bool = False, series: str | None = None) -> dict:
+    """Run the whole job on one volume and write ``out_dir/<case>/``; returns the lesion summary. An
+    input of a contrast the model was never trained on is refused before reconstruction unless ``force``;
+    ``series`` picks one series of a DICOM folder that holds several."""
     lap = Laps()
     config.check_reconstruction(card)
     threshold = config.decision_threshold(card)
     check_writable(Path(out_dir))
     progress("load", 0.0, str(path))
     read_warnings: list[str] = []  # what the input's header leaves to a guess
-    native = read_volume(path, read_warnings)
+    native = read_volume(path, read_warnings, series)
     mask = read_volume(mask_path) if mask_path else None
     lap("load")
     progress("preprocess", 0.0, "registration, brain mask, bias field")
     prep_config = preprocess_config or preprocess_settings(card)
     prepared: Preprocessed = preprocess(native, prep_config, mask=mask,
                                         on_step=lambda step: progress("preprocess", STEPS[step], step))
+    contrast, input_warnings = check_input(prepared, card.inputs, Atlas.load(prep_config.atlas), force)
     lap("preprocess")
     scoring = config.scoring_of(card)
     progress("reconstruct", 0.0, f"{card.config.name}, t_test {levels_text(config.levels(card))}, {scoring.label}")
@@ -173,7 +177,8 @@ def detect_file(path: str | Path, out_dir: str | Path, model: torch.nn.Module, c
     lap("reconstruct")
     progress("postprocess", 0.0, "scores and lesions")
     record = prepared.record
-    record["warnings"] = [*read_warnings, *record["warnings"]]
+    record["warnings"] = [*read_warnings, *record["warnings"], *input_warnings]
+    record["input_check"] = {"contrast": contrast and contrast.to_dict(), "spacing_mm": list(native.GetSpacing())}
     score = anomaly_score(prepared.image, samples, prepared.mask, scoring)
     lesion_config = config.lesion_config(card)
     model_labels = lesion_labels(score, threshold, lesion_config)
@@ -192,7 +197,7 @@ def detect_file(path: str | Path, out_dir: str | Path, model: torch.nn.Module, c
         "detect": {**asdict(config), "t_test": list(config.levels(card)),
                    "stride": config.stride or card.config.patch.stride, "scoring": asdict(scoring)},
         "device": str(device), "lesion_count": len(table), "lesions": table, "timings_s": lap.seconds,
-        "score_max": float(score.max()), "warnings": record["warnings"],
+        "score_max": float(score.max()), "input_check": record["input_check"], "warnings": record["warnings"],
     }
     # Strict JSON (no bare NaN); written in the write stage, its timings end with postprocess.
     text = json.dumps(summary, indent=1, allow_nan=False) + "\n"
@@ -208,6 +213,31 @@ def detect_file(path: str | Path, out_dir: str | Path, model: torch.nn.Module, c
     lap("write")
     progress("done", 1.0, str(out))
     return summary
+
+
+# The screening's preprocessing: the registration's two coarse levels, no bias correction or smoothing
+# (they do not move the tissue medians the contrast check reads; docs/input-checks.md).
+SCREEN = {"bias_correction": False, "smoothing": False, "registration_shrink": (8, 4),
+          "registration_smoothing_mm": (4.0, 2.0)}
+
+
+def screen_file(path: str | Path, card: ModelCard, preprocess_config: PreprocessConfig,
+                mask_path: str | Path | None = None, series: str | None = None) -> dict:
+    """What ``maediff detect --check`` reports of one input in a few seconds: readable, its spacing, its
+    tissue contrast and the warnings detection would give; ``refused`` says why detection would refuse
+    it (None: it would run)."""
+    warnings: list[str] = []
+    native = read_volume(path, warnings, series)
+    mask = read_volume(mask_path) if mask_path else None
+    prepared = preprocess(native, replace(preprocess_config, **SCREEN), mask=mask)
+    result = {"input": str(path), "spacing_mm": [round(v, 3) for v in native.GetSpacing()], "refused": None}
+    try:
+        contrast, found = check_input(prepared, card.inputs, Atlas.load(preprocess_config.atlas))
+        result["contrast"] = contrast and contrast.to_dict()
+    except InputError as err:
+        result["refused"], found = str(err), []
+    result["warnings"] = [*warnings, *prepared.record["warnings"], *found]
+    return result
 
 
 # What describes an input rather than the model's intensity handling: taken from the user (or the

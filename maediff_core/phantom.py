@@ -34,6 +34,14 @@ FIELD_SPACING_MM = 4.0  # deformation fields are smooth: a 4 mm grid carries the
 # Geometry of the scans: in-plane spacing and slice thickness choices (mm), IXI/BraTS-like.
 IN_PLANE_MM = (0.8, 0.9375, 1.0, 1.2)
 SLICE_MM = (1.0, 1.2, 1.5, 2.0, 3.0)
+# Tissue intensity ranges per weighting, relative to the brightest tissue. Lesions lie between white
+# matter and ``lesion`` (default: CSF): bright on T2, PD and FLAIR, dark on T1.
+TISSUES = {
+    "T2": {"csf": (0.9, 1.0), "gm": (0.5, 0.6), "wm": (0.33, 0.42)},
+    "T1": {"csf": (0.1, 0.2), "gm": (0.45, 0.55), "wm": (0.7, 0.8)},
+    "FLAIR": {"csf": (0.05, 0.12), "gm": (0.55, 0.65), "wm": (0.4, 0.5), "lesion": (0.9, 1.0)},
+    "PD": {"csf": (0.75, 0.85), "gm": (0.7, 0.8), "wm": (0.55, 0.65)},
+}
 
 
 @dataclass
@@ -45,11 +53,13 @@ class PhantomConfig:
     rotation_deg: float = 10.0
     shift_mm: float = 10.0
     skull_probability: float = 0.5  # otherwise written skull-stripped (BraTS-like)
-    noise: tuple[float, float] = (0.01, 0.035)  # Rician sigma relative to CSF intensity
+    noise: tuple[float, float] = (0.01, 0.035)  # Rician sigma relative to the brightest tissue (CSF on T2)
     bias: tuple[float, float] = (0.05, 0.3)  # amplitude of the log bias field
     tumour_diameter_mm: tuple[float, float] = (5.0, 60.0)
     ms_count: tuple[int, int] = (3, 10)
     ms_diameter_mm: tuple[float, float] = (3.0, 15.0)
+    weighting: str = "T2"  # a key of TISSUES: the other weightings test the contrast check (input_check.py)
+    slice_mm: float | None = None  # the same subject and pose acquired with this slice thickness
 
 
 @dataclass
@@ -130,7 +140,9 @@ def make_phantom(kind: str, seed: int, config: PhantomConfig | None = None, atla
     gm, wm = np.minimum(gm, brain), np.minimum(wm, brain)
     csf = np.clip(brain - gm - wm, 0.0, 1.0)
 
-    contrast = {"csf": rng.uniform(0.9, 1.0), "gm": rng.uniform(0.5, 0.6), "wm": rng.uniform(0.33, 0.42)}
+    if config.weighting not in TISSUES:
+        raise ValueError(f"weighting must be one of {tuple(TISSUES)}, got {config.weighting!r}")
+    contrast = {tissue: rng.uniform(*span) for tissue, span in TISSUES[config.weighting].items()}
     info["contrast"] = {k: round(float(v), 3) for k, v in contrast.items()}
     texture = _smooth_noise(rng, brain.shape, sigma_vox=1.5)
     image = (csf * contrast["csf"] + gm * contrast["gm"] + wm * contrast["wm"]) * (1.0 + 0.04 * texture)
@@ -156,7 +168,7 @@ def make_phantom(kind: str, seed: int, config: PhantomConfig | None = None, atla
     stack.CopyInformation(subject_ref)
     stack = _slice_profile_blur(stack, native_ref, pose)
     native = sitk.GetArrayFromImage(sitk.Resample(stack, native_ref, pose, sitk.sitkLinear, 0.0))
-    out = _acquired(rng, config, native, contrast["csf"], skull, native_ref)
+    out = _acquired(rng, config, native, max(contrast.values()), skull, native_ref)
     seg = _segmentation(native, native_ref, info) if lesions else None
     return Phantom(out, seg, info)
 
@@ -192,12 +204,12 @@ def _subject_anatomy(rng: np.random.Generator, kind: str, config: PhantomConfig,
     return transform, lesions
 
 
-def _acquired(rng: np.random.Generator, config: PhantomConfig, native: np.ndarray, csf: float, skull: bool,
+def _acquired(rng: np.random.Generator, config: PhantomConfig, native: np.ndarray, brightest: float, skull: bool,
               native_ref: sitk.Image) -> sitk.Image:
     """The scanner's image of the resampled subject (channels: intensity, brain, lesion classes): bias
     field, Rician noise, a zero background where the scan is skull-stripped, int16 at a random gain."""
     values = native[..., 0] * _bias_field(rng, native.shape[:3], rng.uniform(*config.bias))
-    sigma = np.float32(rng.uniform(*config.noise) * csf)
+    sigma = np.float32(rng.uniform(*config.noise) * brightest)
     values = np.sqrt((values + sigma * rng.standard_normal(values.shape, dtype=np.float32)) ** 2
                      + (sigma * rng.standard_normal(values.shape, dtype=np.float32)) ** 2)
     if not skull:
@@ -325,7 +337,7 @@ def _paint_lesion(rng, lesion, image, label, brain, tissue, contrast, ref) -> No
     zyx = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)], indexing="ij"), -1)
     direction = np.array(ref.GetDirection()).reshape(3, 3)
     offset = ((zyx - centre)[..., ::-1] * np.array(ref.GetSpacing())) @ direction.T  # mm, x y z
-    span = contrast["csf"] - contrast["wm"]
+    span = contrast.get("lesion", contrast["csf"]) - contrast["wm"]
     room = np.clip(1.5 * tissue[box], 0.0, 1.0) * brain[box]  # lesions grow in tissue, not in CSF
     local = image[box]
     if lesion["type"] == "tumour":
@@ -367,7 +379,8 @@ def _native_geometry(rng: np.random.Generator, config: PhantomConfig, space: _Su
     if orientation.endswith("oblique"):
         base = _random_rotation(rng, 20.0) @ base
     in_plane = float(rng.choice(IN_PLANE_MM))
-    thickness = float(rng.choice(SLICE_MM))
+    thickness = float(rng.choice(SLICE_MM))  # drawn either way: the rest of the subject stays the same
+    thickness = config.slice_mm or thickness
     spacing = np.array([in_plane, in_plane, thickness])
     extent = np.array([rng.uniform(220, 256), rng.uniform(220, 256), rng.uniform(165, 200)])
     size = np.ceil(extent / spacing).astype(int)

@@ -36,6 +36,7 @@ STEPS = {"resample_1mm": 0.05, "register": 0.45, "brain_mask": 0.6, "bias_correc
 # sphere, 0.01 on noise (measured, default settings).
 PLAUSIBLE_BRAIN_ML = (900, 2500)
 MIN_HEAD_EXTENT_MM = 100  # an adult brain spans 120-170 mm along each axis
+MIN_BRAIN_IN_VIEW = 0.9  # of the atlas brain inside the field of view; less: a partial-brain acquisition
 MIN_REGISTRATION_MI = 0.35
 # Command lines of optional external skull strippers ({input}, {output} are filled in).
 EXTERNAL_STRIPPERS = {
@@ -134,6 +135,7 @@ def preprocess(
         "atlas_to_native": affine_to_dict(transform),
         "intensity_range": [float(low), float(high)],
         "brain_ml": float(mask_array.sum() * np.prod(grid["spacing"]) / 1000.0),
+        "brain_in_view": round(brain_in_view(native, atlas, transform), 4),
         "registration_mi": information,
         "timings_s": lap.seconds,
     }
@@ -220,6 +222,10 @@ def head_warnings(record: dict) -> list[str]:
     if min(extent) < MIN_HEAD_EXTENT_MM:
         warnings.append(f"the volume spans only {' x '.join(f'{e:.0f}' for e in extent)} mm; a brain needs"
                         f" {MIN_HEAD_EXTENT_MM} mm or more along every axis: is this a whole-brain volume?")
+    in_view = record.get("brain_in_view", 1.0)
+    if in_view < MIN_BRAIN_IN_VIEW:
+        warnings.append(f"the volume holds {100 * in_view:.0f} % of the brain: lesions are searched only where it "
+                        "was scanned, and a partial brain registers less reliably")
     brain_ml, information = record["brain_ml"], record.get("registration_mi")
     if not PLAUSIBLE_BRAIN_ML[0] <= brain_ml <= PLAUSIBLE_BRAIN_ML[1]:
         warnings.append(f"the brain mask holds {brain_ml:.0f} mL (a head gives {PLAUSIBLE_BRAIN_ML[0]}.."
@@ -250,10 +256,25 @@ def brain_mask(native: sitk.Image, image: sitk.Image, transform: sitk.Transform,
         native_mask = sitk.Cast(native_mask > 0, sitk.sitkUInt8)
         native_mask.CopyInformation(native)
         mask = sitk.Resample(native_mask, atlas.template, transform, sitk.sitkNearestNeighbor, 0)
-    mask = sitk.Cast(mask, sitk.sitkUInt8)
+    # Only what was scanned: outside the input's field of view the image is a zero fill, not dark brain.
+    mask = sitk.And(sitk.Cast(mask, sitk.sitkUInt8), field_of_view(native, atlas.template, transform))
     if sitk.GetArrayViewFromImage(mask).sum() == 0:
         raise InputError(f"brain mask ({method}) is empty in atlas space")
     return mask
+
+
+def field_of_view(native: sitk.Image, grid: sitk.Image, transform: sitk.Transform) -> sitk.Image:
+    """The voxels of ``grid`` that lie inside the scanned volume ``native``."""
+    inside = sitk.Image(native.GetSize(), sitk.sitkUInt8) + 1
+    inside.CopyInformation(native)
+    return sitk.Resample(inside, grid, transform, sitk.sitkNearestNeighbor, 0)
+
+
+def brain_in_view(native: sitk.Image, atlas: Atlas, transform: sitk.Transform) -> float:
+    """The fraction of the atlas brain that the input's field of view holds."""
+    brain = sitk.GetArrayViewFromImage(atlas.brain_mask) > 0
+    inside = sitk.GetArrayViewFromImage(field_of_view(native, atlas.template, transform)) > 0
+    return float((brain & inside).sum() / brain.sum())
 
 
 def refine_atlas_mask(image: sitk.Image, atlas_mask: sitk.Image) -> sitk.Image:

@@ -26,16 +26,19 @@ MIN_SPACING_MM, MAX_SPACING_MM = 0.1, 10.0
 SLICE_GAP_TOLERANCE = 0.1  # fraction of the series' median spacing
 
 
-def read_volume(path: str | Path, warnings: list[str] | None = None) -> sitk.Image:
+def read_volume(path: str | Path, warnings: list[str] | None = None, series: str | None = None) -> sitk.Image:
     """Read a 3-D scalar volume (file or DICOM series folder) and validate it; what its header leaves
-    to a guess (a NIfTI file without orientation, say) is appended to ``warnings``."""
+    to a guess (a NIfTI file without orientation, say) is appended to ``warnings``. ``series`` picks one
+    series of a DICOM folder that holds several, by its UID or its description."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     try:
         if path.is_dir():
-            image = _read_dicom_series(path)
+            image = _read_dicom_series(path, series)
         else:
+            if series is not None:
+                raise InputError(f"{path}: a series was chosen ({series}), but this is a file, not a DICOM folder")
             if not volume_suffix(path) and path.suffix.lower() not in (".dcm", ""):
                 raise InputError(
                     f"{path}: unsupported file type; expected one of {', '.join(VOLUME_SUFFIXES)}"
@@ -53,31 +56,44 @@ def read_volume(path: str | Path, warnings: list[str] | None = None) -> sitk.Ima
     return image
 
 
-def _read_dicom_series(folder: Path) -> sitk.Image:
-    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    if not series:
+def _read_dicom_series(folder: Path, chosen: str | None = None) -> sitk.Image:
+    uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not uids:
         raise InputError(f"{folder}: folder holds no DICOM series")
-    if len(series) > 1:
-        raise InputError(
-            f"{folder}: folder holds {len(series)} DICOM series; pass a folder with exactly one"
-        )
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])
+    every = {uid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid) for uid in uids}
+    described = {uid: series_description(names[0]) for uid, names in every.items()}
+    # Never silently the first of several: a study folder holds T1, T2 and FLAIR side by side.
+    matching = [uid for uid in uids if chosen in (uid, None) or chosen.casefold() == described[uid].casefold()]
+    if len(matching) != 1:
+        listing = "; ".join(f"{uid} '{described[uid]}' ({len(every[uid])} files)" for uid in uids)
+        what = f"{len(matching) or 'no'} series match {chosen!r}" if chosen else f"{len(uids)} DICOM series"
+        raise InputError(f"{folder}: {what}: {listing}. Choose one with --series and its UID or description")
+    files = every[matching[0]]
     check_slice_positions(folder, files)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     return reader.Execute()
 
 
+def series_description(file: str) -> str:
+    """A DICOM file's Series Description (0008,103E), empty where it has none."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(file)
+    reader.ReadImageInformation()
+    return reader.GetMetaData("0008|103e").strip() if reader.HasMetaDataKey("0008|103e") else ""
+
+
 def check_slice_positions(folder: Path, files: Sequence[str]) -> None:
     """What ITK only warns about: slices missing from a series, spaced unevenly, or of different sizes
     or orientations. The reader would stack them at one spacing, and the geometry would be wrong."""
     header = sitk.ImageFileReader()
-    sizes, orientations, positions = set(), set(), []
+    sizes, orientations, positions, echoes = set(), set(), [], set()
     for name in files:
         header.SetFileName(name)
         header.ReadImageInformation()
         tags = {tag: header.GetMetaData(tag).strip() if header.HasMetaDataKey(tag) else "" for tag in
-                ("0028|0010", "0028|0011", "0020|0037", "0020|0032")}
+                ("0028|0010", "0028|0011", "0020|0037", "0020|0032", "0018|0086", "0018|0081")}
+        echoes.add((tags["0018|0086"], tags["0018|0081"]))  # echo number and echo time
         sizes.add((tags["0028|0010"], tags["0028|0011"]))
         try:
             orientation = tuple(round(float(v), 3) for v in tags["0020|0037"].split("\\"))
@@ -86,6 +102,10 @@ def check_slice_positions(folder: Path, files: Sequence[str]) -> None:
             orientation, position = (), []
         orientations.add(orientation if len(orientation) == 6 else None)
         positions.append(position if len(position) == 3 else None)
+    if len(echoes) > 1:
+        times = ", ".join(sorted(f"{t or '?'} ms" for _, t in echoes))
+        raise InputError(f"{folder}: the series holds {len(echoes)} echoes (echo times {times}): a multi-echo "
+                          "series; export the echo to use (the late, T2-weighted one) as a series of its own")
     if len(sizes) > 1:
         raise InputError(f"{folder}: the series' slices have different sizes {sorted(sizes)} (rows, columns)")
     if len(orientations) > 1 or None in orientations or None in positions:

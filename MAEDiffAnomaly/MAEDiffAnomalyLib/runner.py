@@ -126,6 +126,7 @@ class DetectRequest:
     threshold: float | None = None
     operating_point: str | None = None
     scoring: str | None = None
+    force: bool = False  # run on a contrast the model was not trained on
 
     def command(self, python: str) -> list[str]:
         args = core_command(python, "detect", self.input_path, "-o", self.output_dir, "--progress", "json",
@@ -136,8 +137,7 @@ class DetectRequest:
         for flag, value in optional.items():
             if value is not None:
                 args += [flag, str(value)]
-        if self.no_register:
-            args.append("--no-register")
+        args += ["--no-register"] * self.no_register + ["--force"] * self.force
         return args
 
 
@@ -202,6 +202,26 @@ class DetectionProcess(CoreProcess):
         from maediff_core.files import case_name
 
         return Path(self.request.output_dir) / case_name(self.request.input_path)
+
+
+def input_summary(spacing, input_check: dict | None = None) -> str:
+    """One line for the panel about the input: its voxel size and, after a run, the tissue contrast the
+    core measured (``input_check`` of lesions.json)."""
+    text = "Voxels " + " x ".join(f"{v:.3g}" for v in spacing) + " mm"
+    contrast = (input_check or {}).get("contrast")
+    if contrast:
+        text += ("; contrast checked: CSF-WM {csf_wm:.2f}, GM-WM {gm_wm:.2f}, CSF-GM {csf_gm:.2f} (T2: CSF brightest,"
+                 " white matter darkest)").format(**contrast)
+    return text
+
+
+def refusal(error: str) -> str:
+    """The reason of a failed run for the panel: the core's first error line, its command-line advice in
+    the panel's words."""
+    lines = error.splitlines() or ["no reason given"]
+    reason = next((line.split(": error: ", 1)[1] for line in lines if ": error: " in line), lines[0])
+    return reason.replace("(--force runs it anyway)", "(Advanced > 'Run even if the contrast is not T2' runs it"
+                                                      " anyway)")
 
 
 def device_summary(output: list[str]) -> str:

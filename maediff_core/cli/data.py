@@ -63,21 +63,23 @@ def run_atlas(args: argparse.Namespace) -> None:
 
 
 def add_phantom(sub) -> None:
-    p = sub.add_parser("phantom", help="write synthetic T2 brains (healthy, tumour or MS lesions)")
+    p = sub.add_parser("phantom", help="write synthetic brains (healthy, tumour or MS lesions), T2 unless told")
     p.add_argument("kind", choices=["healthy", "tumour", "ms"])
     p.add_argument("-o", "--output", required=True)
     p.add_argument("-n", "--count", type=positive_int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--start", type=int, default=1, help="index of the first case")
     p.add_argument("--workers", type=positive_int, default=2)
+    p.add_argument("--weighting", default="T2", choices=["T2", "T1", "FLAIR", "PD"],
+                   help="tissue contrast (the others are for testing the contrast check)")
     p.set_defaults(func=run_phantom)
 
 
 def run_phantom(args: argparse.Namespace) -> None:
-    from ..phantom import write_phantom_set
+    from ..phantom import PhantomConfig, write_phantom_set
 
     infos = write_phantom_set(args.output, args.kind, args.count, seed=args.seed, workers=args.workers,
-                              start=args.start)
+                              config=PhantomConfig(weighting=args.weighting), start=args.start)
     print(f"wrote {len(infos)} {args.kind} phantoms to {args.output}")
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import threading
 import time
 
+from ..errors import InputError, OptionError
 from ..files import output_folders
 from .data import MASK_METHODS
 from .options import DEVICES, positive_int, scoring_label, t_test_levels
@@ -16,7 +18,14 @@ from .options import DEVICES, positive_int, scoring_label, t_test_levels
 def add_detect(sub) -> None:
     p = sub.add_parser("detect", help="anomaly heatmap, healthy reconstruction and lesions of T2 volumes")
     p.add_argument("inputs", nargs="+")
-    p.add_argument("-o", "--output", required=True, help="one subfolder per input")
+    p.add_argument("-o", "--output", help="one subfolder per input")
+    p.add_argument("--check", action="store_true",
+                   help="only screen the inputs (readable, voxel size, tissue contrast; a few seconds each): one line "
+                        "each, exit code 2 if detection would refuse any")
+    p.add_argument("--series", help="of a DICOM folder with several series: the one to read (its Series Instance "
+                                    "UID or its description, as the refusal lists them)")
+    p.add_argument("--force", action="store_true",
+                   help="run on an input whose tissue contrast is not the model's (T1, FLAIR, PD) with a warning")
     p.add_argument("--model", help="model .json/.safetensors (default: the bundled demo model)")
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--progress", default="text", choices=["text", "json"])
@@ -57,23 +66,59 @@ def run_detect(args: argparse.Namespace) -> None:
 
     if args.stop_with_parent:
         exit_when_orphaned()
+    if args.check:
+        return screen(args)
+    if not args.output:
+        raise OptionError("-o/--output is needed (or --check to screen the inputs only)")
     device = pick_device(args.device)
     model, card = load_for_detection(args.model or default_model_path(), device)
-    overrides = {"mask_method": args.mask_method or ("file" if args.mask else None),
-                 "register": False if args.no_register else None, "atlas": args.atlas}
-    prep = preprocess_settings(card, **overrides)
+    prep = preprocess_settings(card, **preprocess_overrides(args))
     config = DetectConfig(t_test=args.t_test, stride=args.stride, batch_size=args.batch_size,
                           threshold=args.threshold, seed=args.seed, scoring=args.scoring,
                           operating_point=args.operating_point)
     progress = json_progress if args.progress == "json" else text_progress
     output_folders(args.inputs, args.output)
     for path in args.inputs:
-        summary = detect_file(path, args.output, model, card, config, prep, args.mask, device, progress)
+        summary = detect_file(path, args.output, model, card, config, prep, args.mask, device, progress, args.force,
+                              args.series)
         for warning in summary["warnings"]:
             print(f"warning: {path}: {warning}", file=sys.stderr, flush=True)
         if args.progress != "json":
             print(f"{path}: {summary['lesion_count']} lesion(s); "
                   + ", ".join(f"{k} {v:.1f} s" for k, v in summary["timings_s"].items()))
+
+
+def preprocess_overrides(args: argparse.Namespace) -> dict:
+    return {"mask_method": args.mask_method or ("file" if args.mask else None),
+            "register": False if args.no_register else None, "atlas": args.atlas}
+
+
+def screen(args: argparse.Namespace) -> None:
+    """``--check``: each input's screening, as a line of text or JSON; refused ones end in exit code 2."""
+    from ..detect import preprocess_settings, screen_file
+    from ..modelfile import load_card
+    from ..resources import default_model_path
+
+    card = load_card(args.model or default_model_path())
+    prep = preprocess_settings(card, **preprocess_overrides(args))
+    refused = []
+    for path in args.inputs:
+        result = screen_file(path, card, prep, args.mask, args.series)
+        if args.progress == "json":
+            print(json.dumps(result), flush=True)
+        else:
+            contrast = result.get("contrast") or {}
+            measured = ", ".join(f"{k.upper().replace('_', '-')} {contrast[k]:.2f}"
+                                 for k in ("csf_wm", "gm_wm", "csf_gm") if k in contrast)
+            verdict = f"refused: {result['refused']}" if result["refused"] else "ok"
+            print(f"{path}: {verdict}; voxels {' x '.join(f'{v:g}' for v in result['spacing_mm'])} mm"
+                  + (f"; contrast {measured}" if measured else ""), flush=True)
+            for warning in result["warnings"]:
+                print(f"warning: {path}: {warning}", file=sys.stderr, flush=True)
+        if result["refused"]:
+            refused.append(str(path))
+    if refused:
+        raise InputError(f"{len(refused)} of {len(args.inputs)} input(s) would be refused: {', '.join(refused)}")
 
 
 def exit_when_orphaned(interval_s: float = 0.5) -> None:

@@ -16,7 +16,7 @@ FORMAT_VERSION = 1
 # Refused before any memory is taken: about 3x the paper-size MAD-AD (348 M, the largest configuration here).
 MAX_PARAMETERS = 1_000_000_000
 KNOWN_ENTRIES = ("format_version", "config", "threshold", "scoring", "reading", "preprocessing", "training",
-                 "description", "intended_use", "metrics", "weights_sha256")
+                 "inputs", "description", "intended_use", "metrics", "weights_sha256")
 OPERATING_POINTS = ("protocol", "reading")
 
 
@@ -39,13 +39,16 @@ class ModelCard:
     # on healthy validation volumes for a number of false alarms (``threshold`` is the protocol's).
     reading: dict | None = None
     intended_use: str = ""  # who may use it for what, in words (publish --intended-use)
+    # What the training volumes were like, for the input checks: {"contrast": {"csf_wm": [low, high], ...}
+    # (contrast.py), "slice_mm": [low, high]} (their largest voxel spacing).
+    inputs: dict = field(default_factory=dict)
     folder: Path | None = field(default=None, compare=False, repr=False)  # where it was read from
 
     def to_dict(self) -> dict:
         return {"format_version": FORMAT_VERSION, "config": self.config.to_dict(), "threshold": self.threshold,
                 "scoring": asdict(self.scoring), "reading": self.reading, "preprocessing": self.preprocessing,
-                "training": self.training, "description": self.description, "intended_use": self.intended_use,
-                "metrics": self.metrics, **self.extra_weights}
+                "training": self.training, "inputs": self.inputs, "description": self.description,
+                "intended_use": self.intended_use, "metrics": self.metrics, **self.extra_weights}
 
     @property
     def operating_point(self) -> str:
@@ -104,7 +107,7 @@ class ModelCard:
         extra = {name: check_reference(name, data.get(name)) for name in method.extra_weights}
         scoring = parse_config(ScoringConfig, data.get("scoring") or {}, "scoring")  # before scorings: residual
         return cls(config, threshold, preprocessing, training, description, extra, metrics, scoring,
-                   check_reading(data.get("reading")), intended_use)
+                   check_reading(data.get("reading")), intended_use, check_inputs(data.get("inputs") or {}))
 
 
 def check_reading(reading) -> dict | None:
@@ -118,6 +121,20 @@ def check_reading(reading) -> dict | None:
     if threshold < 0 or voxels < 1:
         raise CardError(f"reading: needs a threshold >= 0 and min_voxels >= 1, got {threshold}, {voxels}")
     return reading
+
+
+def check_inputs(inputs) -> dict:
+    """A card's ranges of the training inputs: each a [low, high] pair of numbers."""
+    if not isinstance(inputs, dict) or not isinstance(inputs.get("contrast", {}), dict):
+        raise CardError(f"inputs: expected {{\"contrast\": {{...}}, \"slice_mm\": [low, high]}}, got {inputs!r}")
+    ranges = {f"contrast.{k}": v for k, v in inputs.get("contrast", {}).items()}
+    if "slice_mm" in inputs:
+        ranges["slice_mm"] = inputs["slice_mm"]
+    for name, pair in ranges.items():
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(v, int | float) for v in pair)
+                and pair[0] <= pair[1]):
+            raise CardError(f"inputs.{name}: expected [low, high], got {pair!r}")
+    return inputs
 
 
 def check_reference(name: str, reference) -> dict:

@@ -70,6 +70,13 @@ def _what_lines(card: ModelCard, weights_mb: float) -> list[str]:
            f"{100 * t['threshold_from']['val_dice_pooled']:.1f} %, "
            f"{t['threshold_from'].get('protocol', 'ours')} evaluation protocol)" if t.get("threshold_from") else ""),
     ]
+    if card.inputs.get("contrast"):
+        ranges = [f"{k.upper().replace('_', ' - ')} {lo:.2f} to {hi:.2f}"
+                  for k, (lo, hi) in card.inputs["contrast"].items()]
+        lines.append("- inputs it knows (the training volumes'; `maediff detect` checks them): T2, tissue contrast "
+                     + ", ".join(ranges)
+                     + (f", slices {card.inputs['slice_mm'][0]:g} to {card.inputs['slice_mm'][1]:g} mm"
+                        if card.inputs.get("slice_mm") else ""))
     for name, m in card.metrics.items():
         lines.append(metric_line(name, m))
     levels = t.get("threshold_from", {}).get("t_test_val_dice_pooled")

@@ -22,11 +22,13 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from ..atlas import Atlas
 from ..augment import augment
 from ..cache import load_prepared, select, split_of
 from ..device import pick_device
 from ..diffusion import Diffusion
 from ..errors import CardError, InputError, OptionError
+from ..input_check import input_ranges
 from ..methods import get_config, method_of
 from ..methods.base import ModelConfig, Stage
 from ..modelfile import ModelCard, load_card, load_weights, read_pair, recover_pair, save_model, sha256_of
@@ -130,6 +132,9 @@ class Trainer:
         self.steps_per_epoch = math.ceil(math.ceil(pairs / self.world) / self.train.batch_size)
         self.val = load_prepared(data_dir, val_names)
         self.preprocessing = preprocessing or train_cases[0].record.get("config", {})
+        self.inputs = input_ranges([c.image for c in train_cases], [c.mask for c in train_cases],
+                                   [c.record["native_grid"]["spacing"] for c in train_cases],
+                                   Atlas.load(self.preprocessing.get("atlas")))
         self.spacing_mm = float(train_cases[0].record["model_grid"]["spacing"][0])  # model space is isotropic
 
     @property
@@ -197,7 +202,8 @@ class Trainer:
             training[name] = {**self.first_stage["training"], "sha256": self.first_stage["sha256"]}
             if self.spec.frozen:  # the model names the file of weights it keeps fixed; trained-on ones it holds
                 extra[name] = {k: self.first_stage[k] for k in ("weights", "sha256")}
-        return ModelCard(self.config, preprocessing=self.preprocessing, training=training, extra_weights=extra)
+        return ModelCard(self.config, preprocessing=self.preprocessing, training=training, extra_weights=extra,
+                         inputs=self.inputs)
 
     def save_last(self) -> None:
         counters = {k: getattr(self, k) for k in COUNTERS}
