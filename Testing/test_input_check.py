@@ -18,10 +18,11 @@ from maediff_core.atlas import make_user_atlas
 from maediff_core.augment import CONTRAST_SHIFTS
 from maediff_core.cache import PreparedCase, load_prepared
 from maediff_core.errors import CardError, InputError
-from maediff_core.input_check import check_input, input_ranges, slice_warnings
+from maediff_core.input_check import check_input, slice_warnings
 from maediff_core.modelfile import ModelCard, load_card
 from maediff_core.phantom import TISSUES, PhantomConfig, make_phantom
 from maediff_core.preprocess import preprocess
+from maediff_core.training.trainer import input_ranges
 from maediff_core.volume_io import read_volume, write_volume
 
 REFUSALS = {"T1": "T1-weighted image: CSF and grey matter are darker than white matter",
@@ -43,11 +44,9 @@ def by_weighting(scans, atlas):
 
 
 @pytest.fixture(scope="module")
-def known(healthy_prepared, atlas):
-    """The training range of the test cohort, as the trainer records it."""
-    cases = load_prepared(healthy_prepared)
-    return input_ranges([c.image for c in cases], [c.mask for c in cases],
-                        [c.record["native_grid"]["spacing"] for c in cases], atlas)
+def known(healthy_prepared):
+    """The training range of the test cohort, as the trainer records it from `maediff prepare`'s records."""
+    return input_ranges([c.record for c in load_prepared(healthy_prepared)])
 
 
 def test_t2_and_the_benchmarks_contrast_shifts_of_it_pass(by_weighting, known, atlas):
@@ -99,15 +98,17 @@ def test_a_contrast_far_outside_the_training_range_is_a_warning(by_weighting, kn
 
 
 def test_slices_well_beyond_the_training_data_are_a_warning_with_the_numbers():
-    assert slice_warnings([1.0, 1.0, 4.5], [1.0, 3.0]) == []
-    [warning] = slice_warnings([0.9, 0.9, 6.0], [1.0, 3.0])
-    assert "slices of 6.0 mm" in warning and "1.0 to 3.0 mm" in warning
+    assert slice_warnings([1.0, 1.0, 4.0], [1.0, 3.0]) == []
+    [warning] = slice_warnings([0.9, 0.9, 4.5], [1.0, 3.0])
+    assert "slices of 4.5 mm" in warning and "1.0 to 3.0 mm" in warning
     assert slice_warnings([1.0, 1.0, 6.0], None) == []  # a card from before the checks knows no range
 
 
 def test_the_trainer_records_the_inputs_and_cards_refuse_malformed_ranges(tiny_model):
     card = load_card(tiny_model)
     assert set(card.inputs["contrast"]) == {"csf_wm", "gm_wm", "csf_gm"} and card.inputs["slice_mm"] == [1.0, 1.0]
+    records = [{"native_grid": {"spacing": [1.0, 1.0, s]}, "contrast": None} for s in (1.2, 3.0)]
+    assert input_ranges(records) == {"slice_mm": [1.2, 3.0]}  # a cache from before contrasts were measured
     assert ModelCard.from_dict(card.to_dict()).inputs == card.inputs
     for bad in ({"contrast": {"csf_wm": [0.5, 0.1]}}, {"slice_mm": [1.0]}, {"contrast": [0.1, 0.2]}):
         with pytest.raises(CardError, match="inputs"):

@@ -21,9 +21,11 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from .atlas import Atlas
 from .cache import write_split_csv
 from .errors import InputError
 from .files import write_text_atomic
+from .input_check import tissue_contrast
 from .preprocess import PreprocessConfig, preprocess, to_model
 from .volume_io import image_from_array, read_volume, write_volume
 
@@ -115,8 +117,11 @@ def prepare_case(case: Case, out_dir: Path, config: PreprocessConfig) -> str:
     if case.seg is not None:
         seg = to_model(read_volume_labels(case.seg), result.record, labels=True)
         write_volume(image_from_array((seg > 0).astype(np.uint8), result.record["model_grid"]), target / "seg.nii.gz")
+    # The training volumes' contrasts become the model card's range (ModelCard.inputs, input_check.py).
+    contrast = tissue_contrast(result, Atlas.load(config.atlas))
     result.save(target, {"input": str(case.image), "seg": str(case.seg) if case.seg else None,
-                         "subject": case.subject, "layout": case.layout})
+                         "subject": case.subject, "layout": case.layout,
+                         "contrast": contrast and contrast.to_dict()})
     return case.name
 
 

@@ -25,14 +25,16 @@ GM_CORE, WM_CORE = 0.7, 0.9
 MIN_VOXELS = 50  # fewer voxels of a tissue inside the brain mask: the brain is not (all) there
 CONTRASTS = ("csf_wm", "gm_wm", "csf_gm")
 # Measured on phantoms of each weighting (docs/input-checks.md): T2 phantoms, with the benchmark's
-# contrast shifts, have CSF 0.12 or more above grey matter; proton-density ones 0.03 or less.
-PD_CSF_GM = 0.07
+# contrast shifts, have CSF 0.25 or more above white matter and 0.13 or more above grey matter;
+# proton-density ones fall below one of these two limits.
+PD_CSF_WM, PD_CSF_GM = 0.2, 0.07
 # A contrast farther outside the training data's range than the range is wide, and at least 0.1, is a
 # warning (the benchmark's gamma and bias-field shifts of T2 stay inside: docs/input-checks.md).
 BORDERLINE, MIN_MARGIN = 1.0, 0.1
-# Slices thicker than the training data's thickest by this much are a warning: where Dice and false
-# alarms degrade on phantoms (docs/input-checks.md).
-THICK_SLICE_MARGIN_MM = 1.5
+# Slices thicker than the training data's thickest by more than this are a warning: on phantoms, Dice
+# and false candidates hold to 3 mm and degrade from 4.5 mm, for a model trained on 1 to 3 mm
+# (docs/input-checks.md).
+THICK_SLICE_MARGIN_MM = 1.0
 
 
 @dataclass(frozen=True)
@@ -75,22 +77,18 @@ def measure(image: np.ndarray, mask: np.ndarray, atlas: Atlas) -> TissueContrast
     return TissueContrast(**values)
 
 
-def training_range(measured: list[TissueContrast]) -> dict[str, list[float]]:
-    """The range of each contrast over the training volumes, for the model card."""
-    return {name: [round(min(m.differences[name] for m in measured), 4),
-                   round(max(m.differences[name] for m in measured), 4)] for name in CONTRASTS}
-
-
-def likely_weighting(contrast: TissueContrast) -> str | None:
-    """The weighting a contrast clearly is when it is not T2, with the reason; None when T2-like."""
+def likely_weighting(contrast: TissueContrast, thick_slices: bool = False) -> str | None:
+    """The weighting a contrast clearly is when it is not T2, with the reason; None when T2-like. Thick
+    slices blur the ventricles into white matter: then only the signs are read (a T2 of 6 mm slices
+    measured CSF - WM 0.19, docs/input-checks.md)."""
     d = contrast.differences
     if d["csf_wm"] < 0 and d["gm_wm"] < 0:
         return "a T1-weighted image: CSF and grey matter are darker than white matter"
     if d["csf_wm"] < 0:
         return "a FLAIR image: CSF is darker than white matter, grey matter brighter"
-    if d["csf_gm"] < PD_CSF_GM:
-        return (f"a proton-density-weighted image: CSF is only {d['csf_gm']:.2f} brighter than grey matter "
-                f"(T2: {PD_CSF_GM} or more)")
+    if not thick_slices and (d["csf_wm"] < PD_CSF_WM or d["csf_gm"] < PD_CSF_GM):
+        return (f"a proton-density-weighted image: CSF is only {d['csf_wm']:.2f} brighter than white matter and "
+                f"{d['csf_gm']:.2f} than grey matter (T2: {PD_CSF_WM} and {PD_CSF_GM} or more)")
     return None
 
 
@@ -105,10 +103,11 @@ def outside_range(contrast: TissueContrast, known: dict[str, list[float]]) -> li
     return found
 
 
-def contrast_warnings(contrast: TissueContrast, known: dict[str, list[float]] | None, force: bool = False) -> list[str]:
+def contrast_warnings(contrast: TissueContrast, known: dict[str, list[float]] | None, force: bool = False,
+                      thick_slices: bool = False) -> list[str]:
     """Warnings for a borderline contrast; :class:`InputError` for one the model was never trained on
     (unless ``force``: then that, too, is a warning)."""
-    weighting = likely_weighting(contrast)
+    weighting = likely_weighting(contrast, thick_slices)
     if weighting is not None:
         message = f"this looks like {weighting}; the model was trained on T2"
         if not force:
@@ -116,15 +115,6 @@ def contrast_warnings(contrast: TissueContrast, known: dict[str, list[float]] | 
         return [message + "; run anyway (--force)"]
     far = outside_range(contrast, known or {})
     return [f"tissue contrast unlike the model's training data: {'; '.join(far)}"] if far else []
-
-
-def input_ranges(images: list[np.ndarray], masks: list[np.ndarray], spacings: list[list[float]],
-                 atlas: Atlas) -> dict:
-    """What a model's training volumes were like, for its card (``ModelCard.inputs``): the range of
-    their tissue contrasts and of their largest voxel spacing (the slice thickness of most scans)."""
-    measured = [measure(image, mask, atlas) for image, mask in zip(images, masks, strict=True)]
-    slices = [max(spacing) for spacing in spacings]
-    return {"contrast": training_range(measured), "slice_mm": [round(min(slices), 3), round(max(slices), 3)]}
 
 
 def slice_warnings(spacing: list[float], known: list[float] | None) -> list[str]:
@@ -136,6 +126,14 @@ def slice_warnings(spacing: list[float], known: list[float] | None) -> list[str]
             f" mm): expect more false candidates and lower Dice (docs/input-checks.md)"]
 
 
+def tissue_contrast(prepared, atlas: Atlas) -> TissueContrast | None:
+    """The tissue contrast of a preprocessed volume (its ``image`` and ``mask``), None where the atlas
+    has no tissue maps (a user atlas of ``maediff atlas``)."""
+    if not all(key in atlas.info["files"] for key in ("ventricles", "gm", "wm")):
+        return None
+    return measure(prepared.image, prepared.mask, atlas)
+
+
 def check_input(prepared, inputs: dict, atlas: Atlas, force: bool = False) -> tuple[TissueContrast | None, list[str]]:
     """The contrast and slice checks of one preprocessed input (its ``image``, ``mask`` and ``record``)
     against a card's ``inputs``: the measured contrast (None where the atlas has no tissue maps) and
@@ -143,13 +141,13 @@ def check_input(prepared, inputs: dict, atlas: Atlas, force: bool = False) -> tu
     ``force``; after a registration that matched the atlas poorly the tissues are where the atlas is
     not, and the contrast is reported but not judged."""
     slices = slice_warnings(prepared.record["native_grid"]["spacing"], inputs.get("slice_mm"))
-    if not all(key in atlas.info["files"] for key in ("ventricles", "gm", "wm")):
+    contrast = tissue_contrast(prepared, atlas)
+    if contrast is None:
         return None, [f"the tissue contrast was not checked: the atlas {atlas.info.get('name', atlas.folder)} has no"
                       " tissue maps", *slices]
-    contrast = measure(prepared.image, prepared.mask, atlas)
     information = prepared.record.get("registration_mi")
     if information is not None and information < MIN_REGISTRATION_MI:
         warnings = ["the tissue contrast was not checked: the registration matched the atlas poorly"]
     else:
-        warnings = contrast_warnings(contrast, inputs.get("contrast"), force)
+        warnings = contrast_warnings(contrast, inputs.get("contrast"), force, thick_slices=bool(slices))
     return contrast, [*warnings, *slices]

@@ -36,7 +36,7 @@ from maediff_core.volume_io import write_volume
 
 WORK = Path(sys.argv[1] if len(sys.argv) > 1 else "benchmark")
 SEEDS = {"healthy": 0, "tumour": 1}  # scripts/demo_model.sh's phantom sets
-CASES = 3  # of each kind's validation volumes
+CASES = 2  # of each kind's validation volumes
 THICKNESS = (None, 3.0, 4.5, 6.0)  # None: as generated (1 to 3 mm)
 
 

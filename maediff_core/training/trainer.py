@@ -22,13 +22,11 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from ..atlas import Atlas
 from ..augment import augment
 from ..cache import load_prepared, select, split_of
 from ..device import pick_device
 from ..diffusion import Diffusion
 from ..errors import CardError, InputError, OptionError
-from ..input_check import input_ranges
 from ..methods import get_config, method_of
 from ..methods.base import ModelConfig, Stage
 from ..modelfile import ModelCard, load_card, load_weights, read_pair, recover_pair, save_model, sha256_of
@@ -70,6 +68,20 @@ def stage_plan(config: ModelConfig, stage: str | None, pretrain: bool) -> tuple[
     optional = every[names.index(stage)].optional
     stages = method.stages(config, pretrain=pretrain or optional)
     return stages, [s.name for s in stages].index(stage)
+
+
+def input_ranges(records: list[dict]) -> dict:
+    """What the training volumes were like, for the card (``ModelCard.inputs``): the range of their
+    tissue contrasts (measured by ``maediff prepare``; caches from before it have none) and of their
+    largest voxel spacing, the slice thickness of most scans. From the records alone: training runs
+    where SimpleITK is absent."""
+    slices = [max(r["native_grid"]["spacing"]) for r in records]
+    out = {"slice_mm": [round(min(slices), 3), round(max(slices), 3)]}
+    measured = [r["contrast"] for r in records if r.get("contrast")]
+    if measured and len(measured) == len(records):
+        out["contrast"] = {name: [min(m[name] for m in measured), max(m[name] for m in measured)]
+                           for name in ("csf_wm", "gm_wm", "csf_gm")}
+    return out
 
 
 class Trainer:
@@ -132,9 +144,7 @@ class Trainer:
         self.steps_per_epoch = math.ceil(math.ceil(pairs / self.world) / self.train.batch_size)
         self.val = load_prepared(data_dir, val_names)
         self.preprocessing = preprocessing or train_cases[0].record.get("config", {})
-        self.inputs = input_ranges([c.image for c in train_cases], [c.mask for c in train_cases],
-                                   [c.record["native_grid"]["spacing"] for c in train_cases],
-                                   Atlas.load(self.preprocessing.get("atlas")))
+        self.inputs = input_ranges([c.record for c in train_cases])
         self.spacing_mm = float(train_cases[0].record["model_grid"]["spacing"][0])  # model space is isotropic
 
     @property
