@@ -215,15 +215,16 @@ def detect_file(path: str | Path, out_dir: str | Path, model: torch.nn.Module, c
     return summary
 
 
-# The screening's preprocessing: the registration's two coarse levels, no bias correction or smoothing
-# (they do not move the tissue medians the contrast check reads; docs/input-checks.md).
+# The screening's preprocessing: the registration's two coarse levels, no bias correction or smoothing.
+# An uncorrected bias field is what the benchmark's bias-field shift simulates, and the contrast check
+# accepts every T2 volume under it (docs/input-checks.md).
 SCREEN = {"bias_correction": False, "smoothing": False, "registration_shrink": (8, 4),
           "registration_smoothing_mm": (4.0, 2.0)}
 
 
 def screen_file(path: str | Path, card: ModelCard, preprocess_config: PreprocessConfig,
                 mask_path: str | Path | None = None, series: str | None = None) -> dict:
-    """What ``maediff detect --check`` reports of one input in a few seconds: readable, its spacing, its
+    """What ``maediff detect --check`` reports of one input without detecting: readable, its spacing, its
     tissue contrast and the warnings detection would give; ``refused`` says why detection would refuse
     it (None: it would run)."""
     warnings: list[str] = []

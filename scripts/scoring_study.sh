@@ -33,3 +33,5 @@ $MAEDIFF bench-detect --variant "residual" "--scoring residual --threshold 0.1" 
     --variant "card's" ""
 # The bundled sample at the published point: what the card, the tests and the README say.
 $MAEDIFF demo -o "$WORK/demo" --record
+# The table of docs/scoring.md.
+python scripts/scoring_table.py "$WORK/eval/scoring-tumour"
