@@ -97,7 +97,8 @@ def preprocess(
     fixed = atlas.template
     # One interpolation from the input itself: the 1 mm copy only serves the registration.
     image = sitk.Resample(sitk.Cast(native, sitk.sitkFloat32), fixed, transform, sitk.sitkLinear, 0.0)
-    brain = brain_mask(native, image, transform, atlas, config, mask)
+    view = field_of_view(native, fixed, transform)
+    brain = brain_mask(native, image, transform, atlas, config, mask, view)
     lap("brain_mask")
     image = sitk.Mask(image, brain)
 
@@ -135,7 +136,7 @@ def preprocess(
         "atlas_to_native": affine_to_dict(transform),
         "intensity_range": [float(low), float(high)],
         "brain_ml": float(mask_array.sum() * np.prod(grid["spacing"]) / 1000.0),
-        "brain_in_view": round(brain_in_view(native, atlas, transform), 4),
+        "brain_in_view": round(brain_in_view(atlas, view), 4),
         "registration_mi": information,
         "timings_s": lap.seconds,
     }
@@ -237,8 +238,8 @@ def head_warnings(record: dict) -> list[str]:
 
 
 def brain_mask(native: sitk.Image, image: sitk.Image, transform: sitk.Transform, atlas: Atlas,
-               config: PreprocessConfig, user_mask: sitk.Image | None) -> sitk.Image:
-    """Brain mask on the atlas grid, by the configured method."""
+               config: PreprocessConfig, user_mask: sitk.Image | None, view: sitk.Image) -> sitk.Image:
+    """Brain mask on the atlas grid, by the configured method, inside the field of view ``view``."""
     method = config.mask_method
     if method == "atlas":
         mask = refine_atlas_mask(image, atlas.brain_mask)
@@ -257,7 +258,7 @@ def brain_mask(native: sitk.Image, image: sitk.Image, transform: sitk.Transform,
         native_mask.CopyInformation(native)
         mask = sitk.Resample(native_mask, atlas.template, transform, sitk.sitkNearestNeighbor, 0)
     # Only what was scanned: outside the input's field of view the image is a zero fill, not dark brain.
-    mask = sitk.And(sitk.Cast(mask, sitk.sitkUInt8), field_of_view(native, atlas.template, transform))
+    mask = sitk.And(sitk.Cast(mask, sitk.sitkUInt8), view)
     if sitk.GetArrayViewFromImage(mask).sum() == 0:
         raise InputError(f"brain mask ({method}) is empty in atlas space")
     return mask
@@ -270,10 +271,10 @@ def field_of_view(native: sitk.Image, grid: sitk.Image, transform: sitk.Transfor
     return sitk.Resample(inside, grid, transform, sitk.sitkNearestNeighbor, 0)
 
 
-def brain_in_view(native: sitk.Image, atlas: Atlas, transform: sitk.Transform) -> float:
-    """The fraction of the atlas brain that the input's field of view holds."""
+def brain_in_view(atlas: Atlas, view: sitk.Image) -> float:
+    """The fraction of the atlas brain inside the input's field of view ``view`` (on the atlas grid)."""
     brain = sitk.GetArrayViewFromImage(atlas.brain_mask) > 0
-    inside = sitk.GetArrayViewFromImage(field_of_view(native, atlas.template, transform)) > 0
+    inside = sitk.GetArrayViewFromImage(view) > 0
     return float((brain & inside).sum() / brain.sum())
 
 
