@@ -209,8 +209,10 @@ class MAEDiffAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # -- model and device ------------------------------------------------------------------
     def onModelChanged(self, path=None):
+        # From the line edit, the path is the signal's: this slot, connected in setup(), runs before the
+        # parameter node's connector has stored it (PythonQt calls slots in connection order).
         try:
-            self.card = model_card.read_card(self._parameterNode.modelPath)
+            self.card = model_card.read_card(Path(path) if path is not None else self._parameterNode.modelPath)
         except (OSError, ValueError) as error:
             self.card = None
             self.ui.modelCardLabel.text = f"No usable model: {error}"
@@ -558,8 +560,25 @@ class MAEDiffAnomalyTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_detect_on_sample()
 
+    def notReady(self):
+        """Why detection cannot run in this Slicer (a fresh one, or the build farm's: the module installs
+        PyTorch and its packages only when a user agrees), else None."""
+        lacking = ([] if dependencies.torch_available() else ["torch (the PyTorch extension)"]) + \
+            dependencies.missing("detect")
+        if lacking:
+            return (f"This Slicer lacks {', '.join(lacking)}: click Detect anomalies once to install them, then run "
+                    "the test again.")
+        return None
+
     def test_detect_on_sample(self):
+        import time
+
         import numpy as np
+
+        reason = self.notReady()
+        if reason:
+            self.delayDisplay(reason)
+            self.skipTest(reason)
         import SampleData
 
         self.delayDisplay("Loading the sample from Sample Data")
@@ -574,9 +593,10 @@ class MAEDiffAnomalyTest(ScriptedLoadableModuleTest):
         card = model_card.read_card(parameters.modelPath)
         self.delayDisplay("Running maediff detect (about 2 minutes on a CPU)")
         run = logic.startDetection(parameters, card)
-        while run.process.running:
+        while run.process.running:  # the panel's timer, in a test: events served, not a busy loop
             slicer.app.processEvents()
             run.process.poll()
+            time.sleep(0.1)
         ok, error = run.process.finished()
         self.assertTrue(ok, error)
         results = logic.finishDetection(run, 0.5)

@@ -17,6 +17,7 @@ import pathlib
 import sys
 import types
 import typing
+import unittest
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
@@ -45,6 +46,12 @@ CONNECTORS = {
     "qMRMLNodeComboBox": ({NODE}, False, False),
     "qMRMLSubjectHierarchyTreeView": ({NODE}, False, False),
 }
+# widget class -> the signal its connector's ``_connect`` listens to (guiConnectors.py).
+CHANGED = {"QCheckBox": "stateChanged", "QPushButton": "toggled", "QSpinBox": "valueChanged", "QSlider": "valueChanged",
+           "QDoubleSpinBox": "valueChanged", "ctkSliderWidget": "valueChanged", "QComboBox": "currentIndexChanged",
+           "QLineEdit": "textChanged", "QTextEdit": "textChanged", "ctkPathLineEdit": "currentPathChanged",
+           "ctkDirectoryButton": "directoryChanged", "qMRMLNodeComboBox": "currentNodeChanged",
+           "qMRMLSubjectHierarchyTreeView": "currentItemsChanged"}
 
 
 @dataclass
@@ -107,6 +114,9 @@ class Widget:
 
     def connect(self, signal: str, slot) -> None:
         self.handlers.setdefault(signal.split("(")[0], []).append(slot)
+
+    def disconnect(self, signal: str, slot) -> None:
+        self.handlers[signal.split("(")[0]].remove(slot)
 
     def emit(self, signal: str, *args) -> None:
         """What a user's action does: the slots run; an exception in a slot is printed and the
@@ -235,21 +245,39 @@ def parameterNodeWrapper(cls):
             value = as_declared(hints[name], value)
             self._values[name] = value
             self.parameterNode.SetParameter(name, str(value))  # fires ModifiedEvent, as Slicer's does
-            for widget, bound in getattr(self, "_bound", []):
+            for widget, bound, _ in getattr(self, "_bound", []):
                 if bound == name:
                     write(widget, value)
 
         def connectGui(self, ui):
-            bound = [(widget, bind(widget, hints, self._values)) for widget in vars(ui).values()
+            bound = [connect(self, widget, bind(widget, hints, self._values)) for widget in vars(ui).values()
                      if getattr(widget, "SlicerParameterName", None) is not None]
             object.__setattr__(self, "_bound", bound)
             return bound
 
         def disconnectGui(self, tag):
-            object.__setattr__(self, "_bound", [])
+            object.__setattr__(self, "_bound", disconnect(self._bound))
 
     Wrapped.__name__ = cls.__name__
     return Wrapped
+
+
+def connect(parameters, widget: Widget, name: str) -> tuple:
+    """A connector's ``onChanged``: the widget's signal writes the parameter from now on, after the
+    slots the module connected in setup(), which therefore run first (PythonQt calls a signal's slots
+    in the order they were connected)."""
+    def changed(*args):
+        setattr(parameters, name, read(widget))
+
+    widget.connect(CHANGED[widget.className], changed)
+    return widget, name, changed
+
+
+def disconnect(bound: list[tuple]) -> list:
+    """The connectors stop listening (``onChanged(None)``); returns what is left bound: nothing."""
+    for widget, _, changed in bound:
+        widget.disconnect(CHANGED[widget.className], changed)
+    return []
 
 
 def as_declared(annotation, value):
@@ -270,20 +298,42 @@ def bind(widget: Widget, hints: dict, values: dict) -> str:
                            f"widget '{widget.objectName}': {error}")
     for extra in split(hints[name])[1]:
         if isinstance(extra, Choice):
-            widget.items = [str(c) for c in extra.choices]
+            widget.choices, widget.items = list(extra.choices), [str(c) for c in extra.choices]
         if isinstance(extra, WithinRange):
             widget.minimum, widget.maximum = extra.minimum, extra.maximum
     write(widget, values.get(name))
     return name
 
 
+ATTRIBUTES = {"QCheckBox": "checked", "QPushButton": "checked", "ctkPathLineEdit": "currentPath",
+              "ctkDirectoryButton": "directory", "qMRMLNodeComboBox": "node", "QComboBox": "currentIndex"}
+
+
 def write(widget: Widget, value) -> None:
-    attribute = {"QCheckBox": "checked", "QPushButton": "checked", "ctkPathLineEdit": "currentPath",
-                 "ctkDirectoryButton": "directory", "qMRMLNodeComboBox": "node"}.get(widget.className, "value")
-    if widget.className == "QComboBox":
-        widget.currentIndex = widget.items.index(str(value)) if str(value) in widget.items else 0
+    """A connector's ``write``: the widget shows the parameter's value. Qt emits the widget's signal
+    only when its value changes, and the slots run then: in the order they were connected."""
+    attribute = ATTRIBUTES.get(widget.className, "value")
+    if widget.className == "QComboBox":  # by the Choice's values: the module relabels some items
+        value = widget.choices.index(value) if value in widget.choices else 0
+    elif attribute in ("currentPath", "directory"):
+        value = str(value) if value else ""
+    if getattr(widget, attribute) == value:
         return
-    setattr(widget, attribute, str(value) if attribute in ("currentPath", "directory") and value else value)
+    setattr(widget, attribute, value)
+    signal = CHANGED[widget.className]
+    widget.emit(signal, int(value) * 2 if signal == "stateChanged" else value)  # Qt::Checked is 2
+
+
+def read(widget: Widget):
+    """A connector's ``read``: the widget's value as the parameter takes it."""
+    value = getattr(widget, ATTRIBUTES.get(widget.className, "value"))
+    return widget.choices[value] if widget.className == "QComboBox" else value
+
+
+def user_sets(widget: Widget, value) -> None:
+    """What a user's edit does: the widget takes the value and emits its signal. The parameter node
+    learns it only from its connector's slot, after the module's own slots have run."""
+    write(widget, value)
 
 
 # -- the modules Slicer provides -------------------------------------------------------------------
@@ -338,6 +388,13 @@ class ScriptedLoadableModuleWidget:
 
     def resourcePath(self, relative: str) -> str:
         return str(MODULE_DIR / "Resources" / relative)
+
+
+class ScriptedLoadableModuleTest(unittest.TestCase):
+    """Slicer's base of a module's self-test: a unittest case whose messages go to the screen."""
+
+    def delayDisplay(self, message: str, msec: int = 1000) -> None:
+        DIALOGS.append(("delay", message, ""))
 
 
 MODULE_DIR = pathlib.Path()
@@ -398,7 +455,7 @@ def install(module_dir: pathlib.Path, temporary: pathlib.Path, confirm: bool = T
         "__init__": lambda self, parent: setattr(self, "parent", parent)})
     scripted.ScriptedLoadableModuleWidget = ScriptedLoadableModuleWidget
     scripted.ScriptedLoadableModuleLogic = ScriptedLoadableModuleLogic
-    scripted.ScriptedLoadableModuleTest = type("ScriptedLoadableModuleTest", (), {})
+    scripted.ScriptedLoadableModuleTest = ScriptedLoadableModuleTest
     sys.modules["slicer.ScriptedLoadableModule"] = scripted
     slicer.app = App(temporary, environment, version)
     slicer.util.loadUI = lambda path: load_ui(path)

@@ -16,6 +16,7 @@ from maediff_core.metrics import (
     dice,
     histogram_kl,
     l1_error,
+    mask_agreement,
     roc_fpr_thresholds,
 )
 from maediff_core.modelfile import ModelCard, card_markdown, load_card, with_operating_point
@@ -267,3 +268,18 @@ def test_save_threshold_rewrites_the_card_beside_the_same_weights(tmp_path, tiny
     assert json.loads(copy.read_text())["weights_sha256"] == sha256_of(tmp_path / weights.name)
     load_model(copy, "cpu")
     assert "patches, stride 48" in (tmp_path / meta.with_suffix(".md").name).read_text()
+
+
+def test_mask_agreement_measures_overlap_surfaces_and_volumes():
+    cube = np.zeros((40, 40, 40), np.uint8)
+    cube[10:30, 10:30, 10:30] = 1
+    shifted = np.roll(cube, 2, axis=2)  # 2 voxels along x
+    a, b = sitk.GetImageFromArray(cube), sitk.GetImageFromArray(shifted)
+    for image in (a, b):
+        image.SetSpacing((0.5, 1.0, 1.0))  # 2 voxels of 0.5 mm: 1 mm
+    same = mask_agreement(a, a)
+    assert same == {"dice": 1.0, "mean_surface_mm": 0.0, "p95_surface_mm": 0.0, "extra_ml": 0.0, "missing_ml": 0.0}
+    moved = mask_agreement(a, b)
+    assert moved["dice"] == pytest.approx(0.9)
+    assert moved["extra_ml"] == moved["missing_ml"] == pytest.approx(2 * 20 * 20 * 0.5 / 1000)
+    assert moved["p95_surface_mm"] == pytest.approx(1.0) and 0.0 < moved["mean_surface_mm"] < 1.0

@@ -69,6 +69,9 @@ def test_geometries_vary_and_healthy_has_no_segmentation():
     stripped = next(p for p in phantoms if not p.info["skull"])
     array = sitk.GetArrayFromImage(stripped.image)
     assert (array == 0).mean() > 0.3  # a skull-stripped scan has an exact zero background
+    # The true brain (docs/brain-mask.md measures masks against it) is what the stripped scan kept.
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(stripped.brain) > 0, array > 0)
+    assert all(p.brain.GetSize() == p.image.GetSize() and p.brain.GetOrigin() == p.image.GetOrigin() for p in phantoms)
 
 
 @pytest.mark.parametrize("kind,layout", [("healthy", "phantom-healthy"), ("ms", "phantom-lesion")])

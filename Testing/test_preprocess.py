@@ -1,6 +1,8 @@
 """Preprocessing: registration accuracy in several scanner frames, the exact way back to the input
 grid, mask methods, and the errors a user gets."""
 
+import os
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -126,6 +128,44 @@ def test_skull_stripped_and_file_masks(atlas):
     # "Already skull-stripped" means: the non-zero voxels are the brain mask.
     np.testing.assert_array_equal(stripped.mask, from_file.mask)
     assert 1400 < stripped.record["brain_ml"] < 1900
+
+
+STAND_IN_STRIPPER = """#!{python}
+# mri_synthstrip as its documentation gives it (-i image -o stripped -m mask): writes a known mask, the
+# non-zero voxels left of the volume's middle column, or fails when asked to.
+import sys
+import SimpleITK as sitk
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+image = sitk.ReadImage(args["-i"])
+if image.GetSize()[0] < 20:
+    sys.exit("synthstrip: error: volume too small")
+known = sitk.Cast(image > 0, sitk.sitkUInt8)
+known[image.GetSize()[0] // 2:, :, :] = 0
+sitk.WriteImage(known, args["-m"])
+sitk.WriteImage(sitk.Mask(image, known), args["-o"])
+"""
+
+
+def test_an_external_skull_stripper_runs_as_its_command_line_says(atlas, tmp_path, monkeypatch):
+    """The plug-in path (preprocess.EXTERNAL_STRIPPERS) with a stand-in that writes a known mask: the
+    tool itself, and its weights, cannot be installed here."""
+    import sys
+
+    tool = tmp_path / "mri_synthstrip"
+    tool.write_text(STAND_IN_STRIPPER.replace("{python}", sys.executable))
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    phantom = make_phantom("healthy", 5, PhantomConfig(deform=False, skull_probability=0.0), atlas,
+                           native_grid=atlas.template, pose=sitk.AffineTransform(3))
+    fast = {"bias_correction": False, "smoothing": False, "register": False}
+    stripped = preprocess(phantom.image, PreprocessConfig(mask_method="synthstrip", **fast), atlas)
+    known = sitk.Cast(phantom.image > 0, sitk.sitkUInt8)
+    known[phantom.image.GetSize()[0] // 2:, :, :] = 0
+    from_file = preprocess(phantom.image, PreprocessConfig(mask_method="file", **fast), atlas, mask=known)
+    np.testing.assert_array_equal(stripped.mask, from_file.mask)
+    small = sitk.Image([10, 10, 10], sitk.sitkInt16) + 5
+    with pytest.raises(InputError, match="mri_synthstrip failed: synthstrip: error: volume too small"):
+        preprocess(small, PreprocessConfig(mask_method="synthstrip", **fast), atlas)
 
 
 def test_bad_inputs_give_specific_errors(atlas):

@@ -136,3 +136,21 @@ def test_a_package_installed_too_old_counts_as_missing_and_is_upgraded(monkeypat
     command = dependencies.pip_arguments("detect", ["monai"])[0]
     pins = Path(command[command.index("-c") + 1]).read_text().lower().splitlines()
     assert not any(pin.startswith("monai==") for pin in pins) and any(pin.startswith("numpy==") for pin in pins)
+
+
+# What each release's tag builds, read in Slicer's repository (SuperBuild/External_*.cmake at v5.10.0
+# and at the 5.12 release tags); the Slicer-like test Pythons must hold exactly these.
+RELEASE_TAGS = {"5.10": {"numpy": "2.0.2", "SimpleITK": "2.5.2", "pydicom": "2.4.4", "pillow": "11.2.1"},
+                "5.12": {"SimpleITK": "2.5.5", "pydicom": "3.0.2", "highdicom": "0.27.0"}}
+
+
+def test_the_slicer_pythons_pin_what_each_release_builds_and_say_where_from():
+    for release, built in RELEASE_TAGS.items():
+        pins = {}
+        for line in (ROOT / "Testing" / "slicer_env" / f"slicer-{release}.txt").read_text().splitlines():
+            pin, _, source = line.partition("#")
+            if pin.strip():
+                assert "SuperBuild/" in source, f"{release}: {line} names no source"
+                name, version = pin.strip().split("==")
+                pins[name] = version
+        assert {name: pins.get(name) for name in built} == built, release

@@ -2,9 +2,11 @@
 model card as the panel reads it, the two builds of the module folder (CMake and
 ``make slicer-module``) ship the same files, and the built folder is self-contained."""
 
+import json
 import re
 import subprocess
 import sys
+import urllib.parse
 import xml.etree.ElementTree as ET
 import zipfile
 from pathlib import Path
@@ -13,7 +15,7 @@ import pytest
 
 from MAEDiffAnomalyLib import model_card
 from MAEDiffAnomalyLib import scene as scene_lib
-from MAEDiffAnomalyLib.runner import DetectRequest, overall_fraction
+from MAEDiffAnomalyLib.runner import DetectionProcess, DetectRequest, overall_fraction
 
 ROOT = Path(__file__).resolve().parent.parent
 MODULE = ROOT / "MAEDiffAnomaly"
@@ -84,6 +86,51 @@ def test_progress_is_one_bar_across_stages():
     points = [overall_fraction(stage, f) for stage in stages for f in (0.0, 0.5, 1.0)]
     assert points == sorted(points) and points[0] == 0.0 and points[-1] == 1.0
     assert overall_fraction("preprocess", 0.5) > overall_fraction("preprocess", 0.0)
+
+
+def test_a_line_the_system_encoding_cannot_decode_does_not_stop_the_progress(tmp_path):
+    """Slicer's launchConsoleProcess reads the child's output as strict text in the system's encoding."""
+    child = ("import sys; out = sys.stdout.buffer; out.write(b'\\xff\\xfe not text\\n'); out.flush(); "
+             "out.write(b'{\"stage\": \"write\", \"fraction\": 1.0}\\n'); out.flush()")
+
+    def strict_launch(args, update):
+        return subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                encoding="utf-8", errors="strict")
+
+    process = DetectionProcess(DetectRequest(tmp_path / "in.nii.gz", tmp_path / "out"), sys.executable, strict_launch)
+    assert process.finished() == (True, "")
+    assert process.progress.stage == "write" and process.progress.fraction == 1.0
+
+
+# The catalog-entry schema the description names (Slicer's Schemas/slicer-extension-catalog-entry-schema-
+# v1.0.1.json): required keys, no others, and each key's type and allowed values.
+CATALOG_SCHEMA = {"required": {"$schema", "category", "scm_url"},
+                  "types": {"$schema": str, "category": str, "scm_url": str, "scm_revision": str, "scm_type": str,
+                            "build_dependencies": list, "build_subdirectory": str, "enabled": bool, "tier": int},
+                  "enums": {"scm_type": {"git", "local"}, "tier": {1, 3, 5}}}
+
+
+def test_the_extension_description_passes_the_extensions_index_checks():
+    """What the Extensions Index's scripts/check_description_files.py checks without the network."""
+    project = re.search(r"project\((\w+)\)", (ROOT / "CMakeLists.txt").read_text()).group(1)
+    descriptions = [p.name for p in ROOT.glob("*.json")]
+    assert descriptions == [f"{project}.json"]  # named after the extension
+    entry = json.loads((ROOT / descriptions[0]).read_text())
+    assert entry["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.1.json#")
+    assert CATALOG_SCHEMA["required"] <= set(entry) <= set(CATALOG_SCHEMA["types"])
+    for key, value in entry.items():
+        assert isinstance(value, CATALOG_SCHEMA["types"][key]), key
+        assert value in CATALOG_SCHEMA["enums"].get(key, [value]), key
+    assert all(isinstance(d, str) for d in entry.get("build_dependencies", []))
+    assert entry["category"] in ("Segmentation", "Neuroimaging", "Analysis")  # of its accepted categories
+    url = urllib.parse.urlsplit(entry["scm_url"])
+    assert url.scheme in ("git", "https")
+    assert "slicer" in Path(url.path).stem.lower()  # the repository is named Slicer<Name>
+    assert any((ROOT / name).is_file() for name in ("LICENSE", "LICENCE", "LICENSE.txt", "COPYING"))
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    for field in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        urls = re.search(rf'set\({field} "([^"]+)"\)', cmake).group(1).split()
+        assert urls and all(u.startswith(f"https://raw.githubusercontent.com{url.path[:-4]}/") for u in urls), field
 
 
 def cmake_file_sets() -> set[str]:

@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import types
+import unittest
 import urllib.request
 from pathlib import Path
 
@@ -86,8 +87,7 @@ def volumes(app, volume_files):
 
 
 def select_model(panel, path) -> None:
-    panel._parameterNode.modelPath = path
-    panel.ui.modelPathLineEdit.emit("currentPathChanged(QString)", str(path))
+    standins.user_sets(panel.ui.modelPathLineEdit, str(path))
 
 
 def test_panel_loads_with_the_bundled_model(app, panel):
@@ -104,6 +104,19 @@ def test_panel_loads_with_the_bundled_model(app, panel):
     assert panel.ui.detectThresholdSpinBox.specialValueText == f"model's ({threshold:.4f})"
     assert parameters.exportFolder == Path(app.slicer.app.defaultScenePath)
     assert not panel.ui.applyButton.enabled  # no volume yet
+
+
+def test_choosing_another_model_shows_that_models_card(app, panel, s48_model):
+    """Slicer runs the module's slot before the connector's: the parameter still holds the old path."""
+    from maediff_core.resources import default_model_path
+
+    config = json.loads(s48_model.read_text())["config"]
+    select_model(panel, s48_model)
+    assert panel._parameterNode.modelPath == s48_model
+    assert f"{config['name']} ({config['method']})" in panel.ui.modelCardLabel.text
+    assert panel.ui.tTestSpinBox.specialValueText == f"model's ({config['diffusion']['t_test'][0]})"
+    select_model(panel, default_model_path())
+    assert "maediff-small (maediff)" in panel.ui.modelCardLabel.text and panel.ui.syntheticWarningLabel.visible
 
 
 @pytest.fixture(scope="module")
@@ -308,6 +321,15 @@ def test_compare_layout_gives_back_the_views_it_linked(app, panel, shown_results
     panel.ui.inspectButton.emit("toggled(bool)", False)
     assert manager.layout == 3
     assert not any(v.mrmlSliceCompositeNode().GetLinkedControl() for v in views.values())
+
+
+def test_the_self_test_says_why_it_cannot_run_in_a_fresh_slicer(app, monkeypatch):
+    """The build farm runs the module's self-test in a Slicer where nothing the module installs exists."""
+    from MAEDiffAnomalyLib import dependencies
+
+    monkeypatch.setattr(dependencies, "missing", lambda group: ["monai", "einops"])
+    with pytest.raises(unittest.SkipTest, match="lacks monai, einops: click Detect anomalies once"):
+        app.module.MAEDiffAnomalyTest().runTest()
 
 
 def test_sample_data_loads_from_the_module_folder(app, tmp_path):

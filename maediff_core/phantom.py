@@ -67,6 +67,7 @@ class Phantom:
     image: sitk.Image
     seg: sitk.Image | None
     info: dict = field(default_factory=dict)
+    brain: sitk.Image | None = None  # the true brain on the image's grid (voxels at least half brain)
 
 
 class _SubjectSpace:
@@ -170,7 +171,9 @@ def make_phantom(kind: str, seed: int, config: PhantomConfig | None = None, atla
     native = sitk.GetArrayFromImage(sitk.Resample(stack, native_ref, pose, sitk.sitkLinear, 0.0))
     out = _acquired(rng, config, native, max(contrast.values()), skull, native_ref)
     seg = _segmentation(native, native_ref, info) if lesions else None
-    return Phantom(out, seg, info)
+    brain_image = sitk.GetImageFromArray((native[..., 1] >= 0.5).astype(np.uint8))
+    brain_image.CopyInformation(native_ref)
+    return Phantom(out, seg, info, brain_image)
 
 
 def _subject_anatomy(rng: np.random.Generator, kind: str, config: PhantomConfig, space: _SubjectSpace,

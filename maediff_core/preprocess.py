@@ -38,10 +38,13 @@ PLAUSIBLE_BRAIN_ML = (900, 2500)
 MIN_HEAD_EXTENT_MM = 100  # an adult brain spans 120-170 mm along each axis
 MIN_BRAIN_IN_VIEW = 0.9  # of the atlas brain inside the field of view; less: a partial-brain acquisition
 MIN_REGISTRATION_MI = 0.35
-# Command lines of optional external skull strippers ({input}, {output} are filled in).
+# Command lines of optional external skull strippers, as their own documentation gives them ({input},
+# {output}: the stripped image, {mask}: the mask, where the tool takes its path; HD-BET writes its mask
+# beside {output} as brain_mask.nii.gz or brain_bet_mask.nii.gz, by version). docs/brain-mask.md.
 EXTERNAL_STRIPPERS = {
     "hd-bet": ["hd-bet", "-i", "{input}", "-o", "{output}"],
-    "deepbet": ["deepbet-cli", "--input", "{input}", "--output", "{output}"],
+    "deepbet": ["deepbet-cli", "-i", "{input}", "-o", "{output}", "-m", "{mask}"],
+    "synthstrip": ["mri_synthstrip", "-i", "{input}", "-o", "{output}", "-m", "{mask}"],
 }
 
 
@@ -82,25 +85,8 @@ def preprocess(
     if config.mask_method == "file" and mask is None:
         raise InputError("mask_method 'file' needs a brain mask volume")
     lap = Laps(on_step)
-    moving = sitk.Cast(native, sitk.sitkFloat32)
-    if config.resample_1mm:
-        moving = resample_isotropic(moving, 1.0)
-    lap("resample_1mm")
-
-    information = None
-    if config.register:
-        transform, information = register_affine(moving, atlas, config)
-    else:
-        transform = sitk.AffineTransform(3)
-    lap("register")
-
-    fixed = atlas.template
-    # One interpolation from the input itself: the 1 mm copy only serves the registration.
-    image = sitk.Resample(sitk.Cast(native, sitk.sitkFloat32), fixed, transform, sitk.sitkLinear, 0.0)
-    view = field_of_view(native, fixed, transform)
-    brain = brain_mask(native, image, transform, atlas, config, mask, view)
-    lap("brain_mask")
-    image = sitk.Mask(image, brain)
+    head = in_atlas_space(native, config, atlas, mask, lap)
+    image, brain = sitk.Mask(head.image, head.brain), head.brain
 
     if config.bias_correction:
         image = n4_correct(image, brain, config)
@@ -131,17 +117,49 @@ def preprocess(
     record = {
         "config": asdict(config),
         "native_grid": geometry_of(native),
-        "atlas_grid": geometry_of(fixed),
+        "atlas_grid": geometry_of(atlas.template),
         "model_grid": grid,
-        "atlas_to_native": affine_to_dict(transform),
+        "atlas_to_native": affine_to_dict(head.transform),
         "intensity_range": [float(low), float(high)],
         "brain_ml": float(mask_array.sum() * np.prod(grid["spacing"]) / 1000.0),
-        "brain_in_view": round(brain_in_view(atlas, view), 4),
-        "registration_mi": information,
+        "brain_in_view": round(brain_in_view(atlas, head.view), 4),
+        "registration_mi": head.information,
         "timings_s": lap.seconds,
     }
     record["warnings"] = head_warnings(record)
     return Preprocessed(array.astype(np.float32), mask_array, record)
+
+
+@dataclass
+class AtlasSpace:
+    """The input on the atlas grid, before its brain is cut out: what registration and the mask give."""
+
+    image: sitk.Image  # the whole head, one interpolation from the input
+    brain: sitk.Image  # the brain mask (uint8)
+    transform: sitk.AffineTransform  # atlas point -> input point
+    information: float | None  # the registration's mutual information (None: not registered)
+    view: sitk.Image  # the atlas voxels inside the scanned field of view
+
+
+def in_atlas_space(native: sitk.Image, config: PreprocessConfig, atlas: Atlas, mask: sitk.Image | None = None,
+                   lap: Callable[[str], None] = lambda step: None) -> AtlasSpace:
+    """Registration and brain mask: the steps up to ``brain_mask`` of :func:`preprocess`."""
+    moving = sitk.Cast(native, sitk.sitkFloat32)
+    if config.resample_1mm:
+        moving = resample_isotropic(moving, 1.0)
+    lap("resample_1mm")
+    information = None
+    if config.register:
+        transform, information = register_affine(moving, atlas, config)
+    else:
+        transform = sitk.AffineTransform(3)
+    lap("register")
+    # One interpolation from the input itself: the 1 mm copy only serves the registration.
+    image = sitk.Resample(sitk.Cast(native, sitk.sitkFloat32), atlas.template, transform, sitk.sitkLinear, 0.0)
+    view = field_of_view(native, atlas.template, transform)
+    brain = brain_mask(native, image, transform, atlas, config, mask, view)
+    lap("brain_mask")
+    return AtlasSpace(image, brain, transform, information, view)
 
 
 def preprocess_file(path: str | Path, config: PreprocessConfig | None = None, atlas: Atlas | None = None,
@@ -311,11 +329,13 @@ def run_external_stripper(method: str, native: sitk.Image) -> sitk.Image:
     with tempfile.TemporaryDirectory(prefix="maediff-strip-") as tmp:
         src, dst = Path(tmp) / "input.nii.gz", Path(tmp) / "brain.nii.gz"
         sitk.WriteImage(native, str(src))
-        args = [part.format(input=src, output=dst) for part in command]
+        args = [part.format(input=src, output=dst, mask=Path(tmp) / "brain_mask.nii.gz") for part in command]
         done = subprocess.run(args, capture_output=True, encoding="utf-8", errors="replace")
         if done.returncode != 0:
             raise InputError(f"{command[0]} failed: {done.stderr.strip()[-500:]}")
         candidates = sorted(Path(tmp).glob("brain*mask*.nii.gz")) or [dst]
+        if not candidates[0].is_file():
+            raise InputError(f"{command[0]} wrote no brain mask ({' '.join(map(str, args))})")
         return read_volume(candidates[0])
 
 

@@ -67,8 +67,12 @@ class CoreProcess:
         self._reader.start()
 
     def _read(self) -> None:
-        for line in self.process.stdout:
-            self._lines.put(line.rstrip("\n"))
+        # Bytes from under the text wrapper: Slicer's launchConsoleProcess decodes strictly in the system's
+        # encoding, and one undecodable byte would lose the whole chunk read with it (progress included).
+        stream = getattr(self.process.stdout, "buffer", self.process.stdout)
+        while raw := stream.readline():
+            line = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+            self._lines.put(line.rstrip("\r\n"))
 
     def poll(self) -> list[str]:
         """Lines printed since the last call."""
@@ -87,7 +91,9 @@ class CoreProcess:
     def wait(self) -> int:
         """Wait for the end and take its last lines (through ``poll``); returns the exit code."""
         code = self.process.wait()
-        self._reader.join(timeout=10)
+        # A cancelled child may hold the pipe open for a moment after its launcher is gone (until
+        # ``--stop-with-parent`` notices): its last lines are not worth a frozen panel.
+        self._reader.join(timeout=0 if self.cancelled else 10)
         self.poll()
         return code
 

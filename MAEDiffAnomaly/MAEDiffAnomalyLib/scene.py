@@ -216,7 +216,7 @@ def load_results(scene, placement: Placement, result_dir: str | Path) -> Results
     try:
         set_lesion_segments(results, label_node, summary["lesions"])
     finally:
-        scene.RemoveNode(label_node)
+        discard(scene, label_node)
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(scene)
     for node in (heatmap, reconstruction, lesions, table):
         item = hierarchy.GetItemByDataNode(node) or hierarchy.CreateItem(placement.parent_item, node)
@@ -326,7 +326,7 @@ def update_threshold(scene, results: Results, threshold: float) -> list[dict]:
         label_node.CopyOrientation(results.heatmap)  # the input's own grid, as written by detect
         set_lesion_segments(results, label_node, rows)
     finally:
-        scene.RemoveNode(label_node)
+        discard(scene, label_node)
     results.threshold = threshold
     results.heatmap.GetDisplayNode().SetLowerThreshold(0.5 * threshold)
     return rows
@@ -352,8 +352,15 @@ def register_compare_layout(layout_node) -> int:
 
 
 def lesion_position(results: Results, row_index: int) -> list[float]:
-    """RAS centroid of a table row, for jumping the slice views to it."""
-    return list(results.rows[row_index]["centroid_ras_mm"])
+    """World RAS centroid of a table row, for jumping the slice views to it: the table holds the
+    volume's own (local) RAS, and JumpSlicesToLocation takes world RAS (through the parent transform)."""
+    local = results.rows[row_index]["centroid_ras_mm"]
+    parent = results.heatmap.GetParentTransformNode()
+    if parent is None:
+        return list(local)
+    to_world = vtk.vtkGeneralTransform()
+    parent.GetTransformToWorld(to_world)
+    return list(to_world.TransformPoint(local))
 
 
 # -- export ---------------------------------------------------------------------------------------
@@ -408,7 +415,7 @@ def export_results(scene, results: Results, folder: str | Path, dicom_files: lis
             attempt(seg_name, lambda path: export_dicom_seg(labels, results.rows, dicom_files, path,
                                                             slice_origins_lps(results.heatmap)))
     finally:
-        scene.RemoveNode(label_node)
+        discard(scene, label_node)
     return report
 
 
@@ -422,6 +429,7 @@ def lesion_label_array(results: Results) -> np.ndarray:
     for row in results.rows:
         ids.InsertNextValue(f"{LESION_ID}{row['label']}")
     scene = results.lesions.GetScene()
+    tables = color_tables(scene)
     merged = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
     try:
         slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(results.lesions, ids, merged,
@@ -431,8 +439,26 @@ def lesion_label_array(results: Results) -> np.ndarray:
         for index, row in enumerate(results.rows, start=1):
             labels[exported == index] = row["label"]
     finally:
-        scene.RemoveNode(merged)
+        discard(scene, merged)
+        # The export adds a colour table (``<segmentation>_ColorTable``) to the scene: it goes with the label map.
+        for table in color_tables(scene) - tables:
+            scene.RemoveNode(scene.GetNodeByID(table))
     return labels
+
+
+def discard(scene, node) -> None:
+    """Remove a temporary node and the display nodes MRML made for it (RemoveNode leaves them)."""
+    displays = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+    scene.RemoveNode(node)
+    for display in displays:
+        if display is not None:
+            scene.RemoveNode(display)
+
+
+def color_tables(scene) -> set[str]:
+    """IDs of the scene's colour table nodes."""
+    nodes = scene.GetNodesByClass("vtkMRMLColorTableNode")
+    return {nodes.GetItemAsObject(i).GetID() for i in range(nodes.GetNumberOfItems())}
 
 
 def slice_origins_lps(volume_node) -> np.ndarray:

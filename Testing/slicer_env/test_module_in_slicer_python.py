@@ -280,6 +280,7 @@ def test_dicom_seg_follows_the_series_order_and_takes_multiframe(run):
 
 def test_no_lesions_is_a_message_not_a_failure(run):
     scene, results = run["scene"], run["results"]
+    threshold = results.threshold
     rows = scene_lib.update_threshold(scene, results, 2.0 * results.score_max + 1.0)
     assert rows == []
     report = scene_lib.export_results(scene, results, run["folder"] / "empty", dicom_series_of(run))
@@ -287,7 +288,58 @@ def test_no_lesions_is_a_message_not_a_failure(run):
     reasons = dict(report.skipped)
     assert reasons["MAEDiffT2Sample_lesions_seg.dcm"].startswith("no lesion candidates at threshold")
     assert reasons["MAEDiffT2Sample_lesions.seg.nrrd"].startswith("no lesion candidates at threshold")
-    scene_lib.update_threshold(scene, results, results.threshold)
+    assert scene_lib.update_threshold(scene, results, threshold)  # the lesions again, for the tests after
+
+
+def test_a_lesion_click_jumps_to_it_in_world_coordinates(run, panel):
+    """The input sits under a transform: the slice views must go where the lesion is shown."""
+    transform, results = run["transform"], run["results"]
+    shift = vtk.vtkMatrix4x4()
+    shift.SetElement(0, 3, 30.0)
+    shift.SetElement(2, 3, -12.0)
+    transform.SetMatrixTransformToParent(shift)
+    jumps = []
+    slicer.modules = types.SimpleNamespace(markups=types.SimpleNamespace(logic=lambda: types.SimpleNamespace(
+        JumpSlicesToLocation=lambda x, y, z, centered: jumps.append((x, y, z)))))
+    try:
+        panel.ui.lesionTableView.emit("clicked(QModelIndex)", types.SimpleNamespace(row=lambda: 0))
+    finally:
+        transform.SetMatrixTransformToParent(vtk.vtkMatrix4x4())
+        del slicer.modules
+    local = results.rows[0]["centroid_ras_mm"]
+    np.testing.assert_allclose(jumps, [(local[0] + 30.0, local[1], local[2] - 12.0)], atol=1e-6)
+
+
+def test_export_leaves_no_node_behind(run, panel):
+    """Exporting a segmentation to a label map adds a `<name>_ColorTable` node: it must not stay in the
+    scene (and be saved with it)."""
+    scene = run["scene"]
+
+    def nodes() -> dict[str, str]:
+        return {scene.GetNthNode(i).GetID(): f"{scene.GetNthNode(i).GetClassName()} {scene.GetNthNode(i).GetName()}"
+                for i in range(scene.GetNumberOfNodes())}
+
+    before = nodes()
+    panel._parameterNode.exportFolder = run["folder"] / "export-again"
+    panel.ui.exportButton.emit("clicked(bool)", False)
+    scene_lib.update_threshold(scene, run["results"], run["results"].threshold)
+    after = nodes()
+    assert after.keys() == before.keys(), [after[i] for i in after.keys() - before.keys()]
+
+
+def test_cancel_in_the_first_second_returns_at_once_and_stops_the_detector(run, panel):
+    """Cancelled while the detector still imports torch: the panel answers at once (no wait on the
+    pipe) and the detector stops, though it had not yet started to watch its launcher."""
+    panel.ui.applyButton.emit("clicked(bool)", False)
+    marker = str(panel.run.work)
+    time.sleep(1.0)
+    start = time.perf_counter()
+    panel.ui.applyButton.emit("clicked(bool)", False)  # Cancel
+    assert time.perf_counter() - start < 2.0 and panel.ui.statusLabel.text == "Cancelled"
+    deadline = time.time() + 10
+    while time.time() < deadline and detectors_writing_to(marker):
+        time.sleep(0.2)
+    assert not detectors_writing_to(marker), "the detector outlived its launcher"
 
 
 def test_cancel_stops_the_detector_behind_the_launcher(run, panel):

@@ -9,9 +9,8 @@ import time
 from pathlib import Path
 
 from ..files import check_writable, folder_as_a_set, output_folders
+from ..preprocess_config import MASK_METHODS
 from .options import positive_int
-
-MASK_METHODS = ("atlas", "skull-stripped", "file", "hd-bet", "deepbet")
 
 
 def add_preprocess(sub) -> None:

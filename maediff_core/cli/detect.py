@@ -11,7 +11,7 @@ import time
 
 from ..errors import InputError, OptionError
 from ..files import output_folders
-from .data import MASK_METHODS
+from ..preprocess_config import MASK_METHODS
 from .options import DEVICES, positive_int, scoring_label, t_test_levels
 
 
@@ -53,6 +53,9 @@ def add_detect(sub) -> None:
 
 
 def run_detect(args: argparse.Namespace) -> None:
+    # Before the heavy imports (torch takes seconds): a cancel in those seconds must stop this process too.
+    if args.stop_with_parent:
+        exit_when_orphaned()
     from ..detect import (
         DetectConfig,
         detect_file,
@@ -64,8 +67,6 @@ def run_detect(args: argparse.Namespace) -> None:
     from ..device import pick_device
     from ..resources import default_model_path
 
-    if args.stop_with_parent:
-        exit_when_orphaned()
     if args.check:
         return screen(args)
     if not args.output:
@@ -127,6 +128,8 @@ def exit_when_orphaned(interval_s: float = 0.5) -> None:
     the launcher; without this the detector would run on. POSIX only: on Windows the caller ends
     the whole process tree."""
     parent = os.getppid()
+    if parent == 1:  # orphaned before this could start watching: cancelled while Python started
+        os._exit(3)
 
     def watch() -> None:
         while os.getppid() == parent:
