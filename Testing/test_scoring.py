@@ -134,10 +134,14 @@ def test_the_reading_point_is_chosen_on_validation_volumes_for_the_target():
     val = [scored(blobs(shape, [(3, 5, 5, 4)], 0.8) + rng.uniform(0, 0.3, shape).astype(np.float32), truth)]
     healthy_val = [scored(blobs(shape, [(1, 1, 1, 2), (6, 12, 12, 3)], 0.6) + rng.uniform(0, 0.3, shape).astype(
         np.float32)) for _ in range(3)]
-    threshold = reading_threshold(healthy_val, 8, target=1.0)
+    # Under every score the whole volume is one candidate, which meets a target of one: the search
+    # starts at the protocol's threshold (here 0.35, above the noise), never below it.
+    assert reading_threshold(healthy_val, 8, 0.0, target=1.0) == 0.0
+    threshold = reading_threshold(healthy_val, 8, 0.35, target=1.0)
     counts = [false_alarms([h], val, threshold, 8, 0.008)["healthy_candidates_mean"] for h in healthy_val]
-    assert np.mean(counts) <= 1.0
-    chosen = choose_reading(val, healthy_val, float("nan"), target=0.0)
+    assert threshold > 0.35 and np.mean(counts) <= 1.0
+    assert reading_threshold(healthy_val, 8, 0.9, target=1.0) == 0.9  # the protocol's already meets it
+    chosen = choose_reading(val, healthy_val, float("nan"), 0.0, target=0.0)
     assert chosen["healthy_val_candidates_mean"] == 0.0 and chosen["val_dice_pooled"] > 0.5
     assert {o["min_voxels"] for o in chosen["options"]} == {8, 27, 64}
 

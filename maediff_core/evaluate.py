@@ -240,7 +240,7 @@ def reading_numbers(val: Sequence[Scored], test: Sequence[Scored], healthy: Sequ
     if healthy:
         out["case_auroc"] = case_auroc(test, healthy)
     if reading_val:
-        reading = choose_reading(val, reading_val, protocol.both_empty_dice)
+        reading = choose_reading(val, reading_val, protocol.both_empty_dice, threshold)
         lesions = PostprocessConfig(min_component_voxels=reading["min_voxels"])
         dices = [dice(lesion_labels(s.score, reading["threshold"], lesions) > 0, s.truth, protocol.both_empty_dice)
                  for s in test]

@@ -2,9 +2,10 @@
 
 The protocol's threshold maximises Dice on lesion volumes: right for a paper's table, and blind to
 what a reader sees on a normal brain. These count the lesion candidates a normal brain gets, and
-choose a second operating point on healthy validation volumes: the lowest threshold, for each
-smallest lesion size, at which they get at most a target number of candidates on average; of
-those, the one with the best Dice on the lesion validation volumes.
+choose a second operating point on healthy validation volumes: the lowest threshold at or above the
+protocol's, for each smallest lesion size, at which they get at most a target number of candidates
+on average; of those, the one with the best Dice on the lesion validation volumes. Never below the
+protocol's threshold: low enough, the whole brain is one candidate, which meets any target.
 """
 
 from __future__ import annotations
@@ -67,11 +68,11 @@ def case_auroc(test, healthy) -> float:
     return float(roc_auc_score([1] * len(test) + [0] * len(healthy), scores))
 
 
-def reading_threshold(healthy_val, min_voxels: int, target: float = READING_TARGET) -> float:
-    """A low threshold at which the healthy validation volumes hold at most ``target`` candidates of
-    ``min_voxels`` or more on average: bisection of [0, max] (components may split as it rises, so
-    the count is nearly but not strictly monotone)."""
-    low, high = 0.0, max(float(s.score.max()) for s in healthy_val)
+def reading_threshold(healthy_val, min_voxels: int, floor: float, target: float = READING_TARGET) -> float:
+    """A low threshold, from ``floor`` (the protocol's) up, at which the healthy validation volumes hold
+    at most ``target`` candidates of ``min_voxels`` or more on average: bisection of [floor, max]
+    (components may split as it rises, so the count is nearly but not strictly monotone)."""
+    low, high = floor, max(floor, max(float(s.score.max()) for s in healthy_val))
 
     def mean_count(threshold: float) -> float:
         return float(np.mean([c for c, _ in candidate_counts(healthy_val, threshold, min_voxels)]))
@@ -87,14 +88,15 @@ def reading_threshold(healthy_val, min_voxels: int, target: float = READING_TARG
     return high
 
 
-def choose_reading(val, healthy_val, both_empty_dice: float, target: float = READING_TARGET,
+def choose_reading(val, healthy_val, both_empty_dice: float, floor: float, target: float = READING_TARGET,
                    sizes: Sequence[int] = READING_SIZES) -> dict:
     """The reading operating point, chosen on validation volumes only: for each smallest lesion
-    size, its reading threshold on the healthy ones; of those, the best pooled Dice on the lesion ones."""
+    size, its reading threshold (at or above ``floor``, the protocol's) on the healthy ones; of
+    those, the best pooled Dice on the lesion ones."""
     truth = np.concatenate([s.truth.ravel() for s in val]).astype(bool)
     options = []
     for size in sizes:
-        threshold = reading_threshold(healthy_val, size, target)
+        threshold = reading_threshold(healthy_val, size, floor, target)
         config = PostprocessConfig(min_component_voxels=size)
         found = np.concatenate([(lesion_labels(s.score, threshold, config) > 0).ravel() for s in val])
         counts = [c for c, _ in candidate_counts(healthy_val, threshold, size)]
