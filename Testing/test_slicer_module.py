@@ -111,7 +111,7 @@ CATALOG_SCHEMA = {"required": {"$schema", "category", "scm_url"},
 
 
 def test_the_extension_description_passes_the_extensions_index_checks():
-    """What the Extensions Index's scripts/check_description_files.py checks without the network."""
+    """What the Extensions Index checks of a description (its check_description_files.py) without the network."""
     project = re.search(r"project\((\w+)\)", (ROOT / "CMakeLists.txt").read_text()).group(1)
     descriptions = [p.name for p in ROOT.glob("*.json")]
     assert descriptions == [f"{project}.json"]  # named after the extension

@@ -3,7 +3,7 @@ skull and without it (the same subject: one seed), the skull heads also with the
 shifts and with 4.5 mm slices. Each mask is compared on the atlas grid, where preprocessing makes it,
 with the phantom's true brain carried there by the same registration.
 
-    python scripts/mask_study.py [--cases 6] [--method atlas] [--figure docs/figures/brain-mask.png]
+    python scripts/mask_study.py [--cases 6] [--method atlas] [--figure FIGURE.png]
 
 Prints one Markdown table row per variant (means over the cases) and the seconds the mask took.
 """
