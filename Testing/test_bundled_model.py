@@ -7,17 +7,22 @@ import numpy as np
 
 from maediff_core.detect import reconstruct
 from maediff_core.modelfile import load_model, model_paths
+from maediff_core.modelfile.onnx_export import exported
 from maediff_core.resources import default_model_path
 
 
 def test_bundled_demo_model_loads_and_its_card_is_honest():
     path = default_model_path()
     weights, meta = model_paths(path)
-    assert weights.stat().st_size <= 25 * 2**20
     model, card = load_model(path)  # strict: every tensor fits the configuration
+    # Its weights for torch and its network for ONNX Runtime, within the bundle's 25 MB.
+    onnx = exported(card)  # each file verified against the card's hash
+    assert set(onnx) == {"denoiser"} and card.onnx["denoiser"]["parity"] <= 1e-4
+    assert weights.stat().st_size + sum(p.stat().st_size for p in onnx.values()) <= 25e6
     assert card.config.name == "maediff-small" and card.config.mae is not None
     assert card.threshold is not None and 0.0 < card.threshold < 1.0
-    assert card.training["synthetic_data"] is True
+    assert card.training["synthetic_data"] is True and card.training["weights_dtype"] == "float16"
+    assert card.intended_use.startswith("Demonstration and testing of the software only")
     assert card.training["data"].startswith("100 healthy")
     markdown = meta.with_suffix(".md").read_text()
     assert "not a medical device" in markdown and "maediff prepare /data/IXI-T2" in markdown

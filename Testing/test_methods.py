@@ -18,8 +18,10 @@ from conftest import FAST, TINY_CONFIGS
 from maediff_core.cache import load_prepared, select, split_of
 from maediff_core.detect import DetectConfig, reconstruct
 from maediff_core.diffusion import Diffusion
+from maediff_core.errors import CardError
 from maediff_core.methods import REGISTRY, method_of
 from maediff_core.modelfile import ModelCard, card_markdown, load_card, load_model, publish_model
+from maediff_core.modelfile.onnx_export import OPSET, export_onnx, exported, session
 from maediff_core.profile import count, describe
 from maediff_core.training import train
 
@@ -102,6 +104,34 @@ def test_every_stage_trains_and_the_model_loads_round_trips_and_publishes(traine
     for key, value in model.state_dict().items():
         torch.testing.assert_close(again.state_dict()[key], value, rtol=0, atol=0, msg=key)
     assert again_card.config == config and again_card.description == "tiny"
+
+
+def test_every_network_detection_runs_exports_to_onnx_as_torch_computes_it(trained, tmp_path):
+    """`maediff export-onnx`'s work for each method: one file per network its detection runs, named
+    in the card with its hash, opset, inputs, outputs and parity; a batch size the export never saw
+    gives torch's numbers; a damaged file is refused."""
+    config, folder, _ = trained
+    method = method_of(config.method)
+    publish_model(folder / "best.json", tmp_path / "model", "tiny")
+    written = export_onnx(tmp_path / "model.json")
+    assert [p.name for p in written] == [f"model.{name}.onnx" for name in method.graph_names]
+    model, card = load_model(tmp_path / "model.json")
+    assert ModelCard.from_dict(json.loads(json.dumps(card.to_dict()))) == card
+    assert "ONNX (for detection without torch)" in card_markdown(card, 1.0)
+    files = exported(card)
+    for name, graph in method.graphs(config, model).items():
+        entry = card.onnx[name]
+        assert entry["opset"] == OPSET and entry["inputs"] == list(graph.inputs) and 0 <= entry["parity"] <= 1e-4
+        three = {k: torch.cat([v, v[:1]]) for k, v in graph.inputs.items()}
+        with torch.no_grad():
+            expected = graph.module(*three.values())
+        found = session(files[name]).run(None, {k: v.numpy() for k, v in three.items()})
+        for f, e in zip(found, expected if isinstance(expected, tuple) else (expected,), strict=True):
+            np.testing.assert_allclose(f, e.numpy(), rtol=0, atol=1e-4)
+    damaged = written[0]
+    damaged.write_bytes(damaged.read_bytes()[:-1])
+    with pytest.raises(CardError, match="does not match the model card"):
+        exported(load_card(tmp_path / "model.json"))
 
 
 def test_the_model_reconstructs_a_volume_the_same_way_each_time(trained, healthy_prepared):

@@ -231,6 +231,16 @@ def test_publish_writes_weights_only_and_honest_cards(tmp_path, tiny_model):
     text = (tmp_path / "release" / "tiny.md").read_text()
     assert "synthetic data" in text and "not be\nused for diagnosis" in text and "maediff prepare /data/IXI-T2" in text
     assert "0.05" in text and "maediff train --config maediff-tiny" in text
+    assert card.onnx["denoiser"]["file"] == "tiny.denoiser.onnx"
+    assert (tmp_path / "release" / "tiny.denoiser.onnx").is_file()
+    # Published again without the flags: what the card already records stands.
+    again = subprocess.run([sys.executable, "-m", "maediff_core.cli", "publish", str(weights), "-o",
+                            str(tmp_path / "again" / "tiny"), "--description", "again", "--half", "--no-onnx"],
+                           capture_output=True, text=True, encoding="utf-8", errors="replace")
+    assert again.returncode == 0, again.stderr
+    card = load_model(tmp_path / "again" / "tiny.json")[1]
+    assert card.training["synthetic_data"] is True and card.training["weights_dtype"] == "float16" and not card.onnx
+    assert not list((tmp_path / "again").glob("*.onnx"))
 
 
 def test_bench_train_times_a_real_training_step_per_variant_and_batch():

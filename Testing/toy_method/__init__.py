@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from maediff_core.diffusion import PatchConfig
-from maediff_core.methods.base import Cost, Method, ModelConfig, Stage
+from maediff_core.methods.base import Cost, Graph, Method, ModelConfig, Stage
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,9 @@ class Toy(Method):
     def cost(self, config: ToyConfig, network: nn.Module) -> Cost:
         x = torch.zeros(1, 1, config.patch.size, config.patch.size)
         return Cost(1, lambda: network(x), work="1 pass")
+
+    def graphs(self, config: ToyConfig, network: nn.Module) -> dict[str, Graph]:
+        return {"denoiser": Graph(network, {"x": torch.zeros(2, 1, config.patch.size, config.patch.size)}, ("x0",))}
 
 
 METHODS = (Toy(),)

@@ -128,8 +128,6 @@ def exit_when_orphaned(interval_s: float = 0.5) -> None:
     the launcher; without this the detector would run on. POSIX only: on Windows the caller ends
     the whole process tree."""
     parent = os.getppid()
-    if parent == 1:  # orphaned before this could start watching: cancelled while Python started
-        os._exit(3)
 
     def watch() -> None:
         while os.getppid() == parent:

@@ -50,20 +50,45 @@ def add_publish(sub) -> None:
     p.add_argument("--half", action="store_true", help="store the weights as float16 (half the size)")
     p.add_argument("--intended-use", help="who may use the model for what (default: research use, or demonstration "
                                           "only with --synthetic-data)")
+    p.add_argument("--no-onnx", action="store_true", help="leave out the ONNX export of its networks")
     p.set_defaults(func=run_publish)
 
 
 def run_publish(args: argparse.Namespace) -> None:
     from ..modelfile import publish_model
 
-    notes = {"synthetic_data": args.synthetic_data}
+    notes = {"synthetic_data": True} if args.synthetic_data else {}  # absent: the card's own record stands
     if args.data:
         notes["data"] = args.data
     if args.recipe:
         notes["command"] = Path(args.recipe).read_text()
-    for path in publish_model(args.model, args.output, args.description, notes, half=args.half,
-                              intended_use=args.intended_use):
+    paths = publish_model(args.model, args.output, args.description, notes, half=args.half,
+                          intended_use=args.intended_use)
+    if not args.no_onnx:
+        from ..modelfile.onnx_export import export_onnx
+
+        paths += export_onnx(args.output)
+    for path in paths:
         print(path)
+
+
+def add_export_onnx(sub) -> None:
+    p = sub.add_parser("export-onnx", help="a model's networks as ONNX files beside it, named in its card with their "
+                                           "hashes and their parity with torch")
+    p.add_argument("model", help="model .json/.safetensors")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18: ONNX Runtime 1.14 and later)")
+    p.set_defaults(func=run_export_onnx)
+
+
+def run_export_onnx(args: argparse.Namespace) -> None:
+    from ..modelfile import load_card
+    from ..modelfile.onnx_export import export_onnx
+
+    for path in export_onnx(args.model, args.opset):
+        print(path)
+    for name, entry in load_card(args.model).onnx.items():
+        print(f"{name}: {entry['file']} opset {entry['opset']}, inputs {', '.join(entry['inputs'])} -> "
+              f"{', '.join(entry['outputs'])}, largest difference from torch {entry['parity']:.2g}")
 
 
 def add_demo(sub) -> None:
@@ -82,4 +107,4 @@ def run_demo(args: argparse.Namespace) -> None:
     demo(args.output, args.model, args.device, record=args.record)
 
 
-COMMANDS = (add_models, add_device, add_publish, add_demo)
+COMMANDS = (add_models, add_device, add_publish, add_export_onnx, add_demo)

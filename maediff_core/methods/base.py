@@ -101,6 +101,31 @@ class Stage:
 
 
 @dataclass(frozen=True)
+class Graph:
+    """One network that detection runs, as it is exported (onnx_export.py): ``module`` takes
+    ``inputs`` by position, in order (example tensors whose first axis is the batch), and returns
+    ``outputs``, in order."""
+
+    module: nn.Module
+    inputs: dict[str, torch.Tensor]
+    outputs: tuple[str, ...]
+
+
+class Call(nn.Module):
+    """``module.method(*positional, **keywords)`` with every argument passed by position, as an
+    exported graph takes its inputs: the last ``len(keywords)`` are the named ones."""
+
+    def __init__(self, module: nn.Module, method: str = "forward", keywords: tuple[str, ...] = ()):
+        super().__init__()
+        self.module, self.method, self.keywords = module, method, keywords
+
+    def forward(self, *inputs: torch.Tensor):
+        split = len(inputs) - len(self.keywords)
+        return getattr(self.module, self.method)(*inputs[:split], **dict(zip(self.keywords, inputs[split:],
+                                                                               strict=True)))
+
+
+@dataclass(frozen=True)
 class Cost:
     """What a method's detection costs per slice, for `maediff models`: ``passes`` forwards (what
     ``forward`` runs) and, per noise level, ``extras`` (other passes, each a callable)."""
@@ -121,6 +146,7 @@ class Method:
     score = "|input - reconstruction|"  # what the anomaly score compares
     augment = False  # intensity augmentation in training unless told, as the method's paper trains
     extra_weights: tuple[str, ...] = ()  # parts whose weights are files of their own, named in the card
+    graph_names: tuple[str, ...] = ("denoiser",)  # the networks detection runs, as :meth:`graphs` names them
 
     def configs(self) -> dict[str, ModelConfig]:
         """The named configurations: the paper's, and a CPU-sized ``-small`` one."""
@@ -143,6 +169,10 @@ class Method:
         raise NotImplementedError
 
     def cost(self, config: ModelConfig, network: nn.Module) -> Cost:
+        raise NotImplementedError
+
+    def graphs(self, config: ModelConfig, network: nn.Module) -> dict[str, Graph]:
+        """Every network :meth:`reconstruct` runs, by name, with example inputs (onnx_export.py)."""
         raise NotImplementedError
 
     def weight_parts(self, network: nn.Module) -> dict[str, nn.Module]:
@@ -207,6 +237,16 @@ class ImageDiffusion(Method):
         return reconstruct_patches(network, config.patch, Diffusion(config.diffusion), image, mask, sampling.levels,
                                    sampling.stride, sampling.seed, sampling.batch, device, progress,
                                    lambda x, masks: self.model_kwargs(config, x, masks), sampling.samples)
+
+    def graphs(self, config: ModelConfig, network: nn.Module) -> dict[str, Graph]:
+        """The x0-predicting network, its keyword arguments after (x_t, t): two patches of a noised slice."""
+        patch = config.patch
+        x = torch.rand(2, 1, patch.size, patch.size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        positions = patch.positions()
+        masks = patch_masks(torch.tensor([positions[0], positions[-1]]), patch)
+        kwargs = self.model_kwargs(config, x, masks)
+        inputs = {"x": x, "t": torch.tensor([config.diffusion.t_test[0]] * 2), **kwargs}
+        return {"denoiser": Graph(Call(network, keywords=tuple(kwargs)), inputs, ("x0",))}
 
     def cost(self, config: ModelConfig, network: nn.Module) -> Cost:
         patch = config.patch

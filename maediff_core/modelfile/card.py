@@ -16,7 +16,7 @@ FORMAT_VERSION = 1
 # Refused before any memory is taken: about 3x the paper-size MAD-AD (348 M, the largest configuration here).
 MAX_PARAMETERS = 1_000_000_000
 KNOWN_ENTRIES = ("format_version", "config", "threshold", "scoring", "reading", "preprocessing", "training",
-                 "inputs", "description", "intended_use", "metrics", "weights_sha256")
+                 "inputs", "description", "intended_use", "metrics", "onnx", "weights_sha256")
 OPERATING_POINTS = ("protocol", "reading")
 
 
@@ -42,13 +42,17 @@ class ModelCard:
     # What the training volumes were like, for the input checks: {"contrast": {"csf_wm": [low, high], ...}
     # (contrast.py), "slice_mm": [low, high]} (their largest voxel spacing).
     inputs: dict = field(default_factory=dict)
+    # The networks detection runs, exported (modelfile/onnx_export.py): name -> {"file": path from the
+    # card's folder, "sha256", "opset", "inputs": [names], "outputs": [names], "parity": the largest
+    # |ONNX Runtime - torch| on the export's example inputs}.
+    onnx: dict[str, dict] = field(default_factory=dict)
     folder: Path | None = field(default=None, compare=False, repr=False)  # where it was read from
 
     def to_dict(self) -> dict:
         return {"format_version": FORMAT_VERSION, "config": self.config.to_dict(), "threshold": self.threshold,
                 "scoring": asdict(self.scoring), "reading": self.reading, "preprocessing": self.preprocessing,
                 "training": self.training, "inputs": self.inputs, "description": self.description,
-                "intended_use": self.intended_use, "metrics": self.metrics, **self.extra_weights}
+                "intended_use": self.intended_use, "metrics": self.metrics, "onnx": self.onnx, **self.extra_weights}
 
     @property
     def operating_point(self) -> str:
@@ -62,15 +66,25 @@ class ModelCard:
 
     def extra_weight_path(self, name: str) -> Path:
         """The file of extra weight ``name``, once known to be the one the card names."""
+        reference = self.extra_weights[name]
+        return self._verified(reference["weights"], reference["sha256"], f"the {name} weights", f"the {name} was "
+                              "retrained or replaced after this model was trained on it")
+
+    def onnx_path(self, name: str) -> Path:
+        """The exported network ``name``, once known to be the file the card names."""
+        entry = self.onnx[name]
+        return self._verified(entry["file"], entry["sha256"], f"the exported {name}", "exported again or damaged "
+                              "after the card was written: `maediff export-onnx` on the card writes both again")
+
+    def _verified(self, file: str, sha256: str, what: str, mismatch: str) -> Path:
         from .pairs import sha256_of
 
-        path = self.folder / self.extra_weights[name]["weights"]
+        path = self.folder / file
         if not path.is_file():
-            raise CardError(f"{path}: the {name} weights named by the model card are not found (a "
-                            f"{self.config.method} model is its card, its weights and these; copy all of them)")
-        if sha256_of(path) != self.extra_weights[name]["sha256"]:
-            raise CardError(f"{path}: does not match the model card (the {name} was retrained or replaced after "
-                            "this model was trained on it)")
+            raise CardError(f"{path}: {what} named by the model card not found (a {self.config.method} model is its "
+                            "card and every file it names; copy all of them)")
+        if sha256_of(path) != sha256:
+            raise CardError(f"{path}: does not match the model card ({mismatch})")
         return path
 
     @classmethod
@@ -107,7 +121,8 @@ class ModelCard:
         extra = {name: check_reference(name, data.get(name)) for name in method.extra_weights}
         scoring = parse_config(ScoringConfig, data.get("scoring") or {}, "scoring")  # before scorings: residual
         return cls(config, threshold, preprocessing, training, description, extra, metrics, scoring,
-                   check_reading(data.get("reading")), intended_use, check_inputs(data.get("inputs") or {}))
+                   check_reading(data.get("reading")), intended_use, check_inputs(data.get("inputs") or {}),
+                   check_onnx(data.get("onnx") or {}, method.graph_names))
 
 
 def check_reading(reading) -> dict | None:
@@ -135,6 +150,24 @@ def check_inputs(inputs) -> dict:
                 and pair[0] <= pair[1]):
             raise CardError(f"inputs.{name}: expected [low, high], got {pair!r}")
     return inputs
+
+
+ONNX_ENTRY = {"file": str, "sha256": str, "opset": int, "inputs": list, "outputs": list, "parity": float}
+
+
+def check_onnx(onnx, names: tuple[str, ...]) -> dict:
+    """A card's exported networks: none, or one entry per network the method runs, each a .onnx file
+    inside the card's folder with its hash, opset, input and output names and parity."""
+    if not isinstance(onnx, dict) or (onnx and set(onnx) != set(names)):
+        raise CardError(f"onnx: expected an entry for each of {', '.join(names)}, got {onnx!r}")
+    for name, entry in onnx.items():
+        if not (isinstance(entry, dict) and set(entry) == set(ONNX_ENTRY)
+                and all(isinstance(entry[k], kind) for k, kind in ONNX_ENTRY.items())):
+            raise CardError(f"onnx.{name}: expected {{{', '.join(ONNX_ENTRY)}}}, got {entry!r}")
+        path = Path(entry["file"])
+        if path.is_absolute() or ".." in path.parts or path.suffix != ".onnx":
+            raise CardError(f"onnx.{name}: {entry['file']!r} must be a .onnx file inside the model's folder")
+    return onnx
 
 
 def check_reference(name: str, reference) -> dict:

@@ -70,6 +70,10 @@ def _what_lines(card: ModelCard, weights_mb: float) -> list[str]:
            f"{100 * t['threshold_from']['val_dice_pooled']:.1f} %, "
            f"{t['threshold_from'].get('protocol', 'ours')} evaluation protocol)" if t.get("threshold_from") else ""),
     ]
+    if card.onnx:
+        lines.append("- ONNX (for detection without torch): " + ", ".join(
+            f"the {name} in `{e['file']}` (opset {e['opset']}, {', '.join(e['inputs'])} -> {', '.join(e['outputs'])}, "
+            f"within {e['parity']:.1g} of torch)" for name, e in card.onnx.items()))
     if card.inputs.get("contrast"):
         ranges = [f"{k.upper().replace('_', ' - ')} {lo:.2f} to {hi:.2f}"
                   for k, (lo, hi) in card.inputs["contrast"].items()]

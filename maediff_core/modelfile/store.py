@@ -112,6 +112,7 @@ def publish_model(source: str | Path, dest: str | Path, description: str, notes:
     card.description = description
     card.training.update({**(notes or {}), "weights_dtype": "float16" if half else "float32"})
     card.intended_use = intended_use or (SYNTHETIC_USE if card.training.get("synthetic_data") else RESEARCH_USE)
+    card.onnx = {}  # exported from the source's weights, not these (onnx_export.py writes them again)
     parts = method_of(card.config.method).weight_parts(model)
     written = []
     for name, part in parts.items():

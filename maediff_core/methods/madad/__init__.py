@@ -14,7 +14,7 @@ from torch import nn
 
 from ...diffusion import Diffusion, DiffusionConfig, PatchConfig
 from ...networks import UNetConfig
-from ..base import Cost, Method, ModelConfig, Progress, Sampling, Stage
+from ..base import Call, Cost, Graph, Method, ModelConfig, Progress, Sampling, Stage
 from .networks import AutoencoderConfig, LatentConfig, MaskedLatentNet
 from .repair import autoencoder_loss, denoiser_loss, fit_latent_scale, repair_volume
 
@@ -43,6 +43,7 @@ class MADAD(Method):
     config_class = MADADConfig
     score = "|decode(repaired latent) - decode(latent)|, the change MAD-AD's repair makes"
     extra_weights = ("autoencoder",)
+    graph_names = ("encoder", "denoiser", "decoder")
 
     def configs(self) -> dict[str, ModelConfig]:
         # MAD-AD code (README.md): U-Net 256 x (1, 2, 4), 2 blocks, attention at every level; T = 10,
@@ -93,6 +94,17 @@ class MADAD(Method):
         return Cost(sum(levels), lambda: network.denoiser(z, torch.tensor([1])),
                     extras=(lambda: network.encode(x), lambda: network.decode(z), lambda: network.decode(z)),
                     work=f"{sum(levels)} DDIM steps from {len(levels)} t_test + autoencoder")
+
+    def graphs(self, config: MADADConfig, network: MaskedLatentNet) -> dict[str, Graph]:
+        """What :func:`repair_volume` runs: the scaled mean latent of slices, the denoiser's step and
+        the decoding."""
+        x = torch.rand(2, 1, config.patch.size, config.patch.size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        with torch.no_grad():
+            z = network.encode(x)
+        return {"encoder": Graph(Call(network, "encode"), {"x": x}, ("z",)),
+                "denoiser": Graph(network.denoiser, {"z": z, "t": torch.tensor([config.diffusion.t_test[0]] * 2)},
+                                  ("z0", "keep_logit")),
+                "decoder": Graph(Call(network, "decode"), {"z": z}, ("x",))}
 
     def sizes_text(self, config: MADADConfig) -> str:
         a = config.latent.autoencoder
