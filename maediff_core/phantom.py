@@ -425,6 +425,37 @@ def _bias_field(rng: np.random.Generator, shape: tuple, amplitude: float) -> np.
 # ----------------------------------------------------------------------------------------------
 # Data sets on disk
 
+def off_centre(image: sitk.Image) -> sitk.Image:
+    """A head acquired again: 80 mm off the centre of a 400 x 400 x 300 mm field of view, 1.5 mm voxels."""
+    size = [267, 267, 200]
+    centre = np.array(image.TransformContinuousIndexToPhysicalPoint((np.array(image.GetSize()) - 1) / 2.0))
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    origin = centre + direction @ np.array([80.0, 80.0, 40.0]) - direction @ ((np.array(size) - 1) * 1.5 / 2)
+    return sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, origin.tolist(), [1.5] * 3,
+                         image.GetDirection(), 0.0)
+
+
+def with_neck(image: sitk.Image) -> sitk.Image:
+    """A head acquired again with 180 mm more below it: a neck (a cylinder of muscle-like signal) widening
+    into shoulders. ``image`` in LPS order (sitk.DICOMOrient), so that index z runs up the head."""
+    spacing = image.GetSpacing()
+    extra = int(round(180 / spacing[2]))
+    below = [0, 0, extra]
+    grown = sitk.ConstantPad(image, [0, 0, extra], [0, 0, 0], 0.0)
+    array = sitk.GetArrayFromImage(grown).astype(np.float32)
+    head = sitk.GetArrayViewFromImage(image)
+    level = 0.6 * float(np.percentile(head[head > 0], 50))
+    z, y, x = np.indices(array.shape[:1] + array.shape[1:], sparse=True)
+    cy, cx = (np.array(array.shape[1:]) - 1) / 2
+    depth = (below[2] - z) * spacing[2]  # mm below the head's lowest slice
+    radius = np.where(depth < 90, 55.0, 55.0 + (depth - 90) * 1.5)  # shoulders widen from 90 mm down
+    inside = ((y - cy) * spacing[1]) ** 2 / 1.2 + ((x - cx) * spacing[0]) ** 2 <= radius**2
+    array = np.where((z < below[2]) & inside, level, array)
+    out = sitk.GetImageFromArray(array)
+    out.CopyInformation(grown)
+    return out
+
+
 def case_id(kind: str, index: int) -> str:
     return {"healthy": "PHH", "tumour": "PHT", "ms": "PHM"}[kind] + f"{index:03d}"
 

@@ -29,7 +29,7 @@ from maediff_core.detect import DetectConfig, detect_file, load_for_detection, p
 from maediff_core.errors import InputError
 from maediff_core.input_check import contrast_warnings, measure
 from maediff_core.metrics import dice
-from maediff_core.phantom import PhantomConfig, make_phantom
+from maediff_core.phantom import PhantomConfig, make_phantom, off_centre, with_neck
 from maediff_core.preprocess import preprocess
 from maediff_core.resources import default_model_path
 from maediff_core.volume_io import write_volume
@@ -105,36 +105,6 @@ def slice_table(model, card, fold: int) -> None:
               f"{np.mean([r['candidates'] for r in tumour]):.1f} ({np.mean([r['false'] for r in tumour]):.1f} false) | "
               f"{np.mean([r['candidates'] for r in healthy]):.1f} ({np.mean([r['ml'] for r in healthy]):.1f}) | "
               f"{warned} of {len(tumour + healthy)} |", flush=True)
-
-
-def off_centre(image: sitk.Image) -> sitk.Image:
-    """The head 80 mm off the centre of a 400 x 400 x 300 mm field of view, 1.5 mm voxels."""
-    size = [267, 267, 200]
-    centre = np.array(image.TransformContinuousIndexToPhysicalPoint((np.array(image.GetSize()) - 1) / 2.0))
-    direction = np.array(image.GetDirection()).reshape(3, 3)
-    origin = centre + direction @ np.array([80.0, 80.0, 40.0]) - direction @ ((np.array(size) - 1) * 1.5 / 2)
-    return sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, origin.tolist(), [1.5] * 3,
-                         image.GetDirection(), 0.0)
-
-
-def with_neck(image: sitk.Image) -> sitk.Image:
-    """The head with 180 mm more below it: a neck (a cylinder of muscle-like signal) widening into shoulders."""
-    spacing = image.GetSpacing()
-    extra = int(round(180 / spacing[2]))
-    below = [0, 0, extra]
-    grown = sitk.ConstantPad(image, [0, 0, extra], [0, 0, 0], 0.0)
-    array = sitk.GetArrayFromImage(grown).astype(np.float32)
-    head = sitk.GetArrayViewFromImage(image)
-    level = 0.6 * float(np.percentile(head[head > 0], 50))
-    z, y, x = np.indices(array.shape[:1] + array.shape[1:], sparse=True)
-    cy, cx = (np.array(array.shape[1:]) - 1) / 2
-    depth = (below[2] - z) * spacing[2]  # mm below the head's lowest slice
-    radius = np.where(depth < 90, 55.0, 55.0 + (depth - 90) * 1.5)  # shoulders widen from 90 mm down
-    inside = ((y - cy) * spacing[1]) ** 2 / 1.2 + ((x - cx) * spacing[0]) ** 2 <= radius**2
-    array = np.where((z < below[2]) & inside, level, array)
-    out = sitk.GetImageFromArray(array)
-    out.CopyInformation(grown)
-    return out
 
 
 def fov_table(model, card, fold: int) -> None:
