@@ -94,7 +94,11 @@ def export_onnx(path: str | Path, opset: int = OPSET) -> list[Path]:
     """Every network of the model card at ``path`` as ``STEM.NAME.onnx``, each checked against torch,
     and the card rewritten to name them. Returns the files written."""
     model, card = load_model(path)
-    graphs = method_of(card.config.method).graphs(card.config, model)
+    method = method_of(card.config.method)
+    graphs = method.graphs(card.config, model)
+    if tuple(graphs) != method.graph_names:  # a card names exactly these (card.check_onnx)
+        raise ValueError(f"{method.name}.graphs gives {', '.join(graphs)}; its graph_names say "
+                         f"{', '.join(method.graph_names)}")
     stem = model_paths(path)[0].with_suffix("")
     entries, written = {}, []
     for name, graph in graphs.items():
