@@ -33,6 +33,10 @@ def test_the_readme_gives_the_bundled_models_operating_point_and_sample_result_a
     assert point, "the README names the bundled model's operating point"
     assert point.groups() == (levels_text(card.config.diffusion.t_test), str(card.config.patch.stride),
                               f"{card.threshold:.4f}")
+    reading = re.search(r"\*\*reading point\*\*, threshold (\d\.\d+) with\s+candidates of (\d+) voxels", README)
+    assert reading, "the README names the bundled model's reading point"
+    assert reading.groups() == (f"{card.reading['threshold']:.4f}", str(card.reading["min_voxels"]))
+    assert f"(`{card.scoring.label}`)" in README
     sample = card.metrics["sample"]
     found = re.search(r"among (\d+) lesion candidates, Dice\s+(\d+\.\d) %", README)
     assert found, "the README gives the bundled sample's result"

@@ -54,6 +54,10 @@ def _use_lines(card: ModelCard) -> list[str]:
     return lines + ([f"**Intended use:** {card.intended_use}", ""] if card.intended_use else [])
 
 
+SCORING_TEXT = {"mean": "the residual to the mean of its reconstructions",
+                "mhd": "the Mahalanobis distance of the input from its reconstructions"}
+
+
 def _what_lines(card: ModelCard, weights_mb: float) -> list[str]:
     t, c = card.training, card.config
     method = method_of(c.method)
@@ -62,7 +66,10 @@ def _what_lines(card: ModelCard, weights_mb: float) -> list[str]:
         "## What it is",
         f"- method `{c.method}`, configuration `{c.name}`: {method.network_text(c)}",
         f"- noised region: {method.noised_text(c)}",
-        f"- anomaly score: {card.score}, median filtered in the eroded brain",
+        "- anomaly score: " + (card.score if card.scoring.name == "residual" else
+                               f"{SCORING_TEXT[card.scoring.name]} ({card.scoring.label}: {card.scoring.samples} "
+                               f"reconstructions; one alone gives {card.score})")
+        + ", median filtered in the eroded brain",
         f"- weights: {weights_mb:.1f} MB{' in all' if extra else ''} (safetensors, {t.get('weights_dtype', 'float32')})"
         + (f", {extra}" if extra else ""),
         f"- decision threshold: {card.threshold if card.threshold is not None else 'none (pass --threshold)'}"
@@ -70,6 +77,11 @@ def _what_lines(card: ModelCard, weights_mb: float) -> list[str]:
            f"{100 * t['threshold_from']['val_dice_pooled']:.1f} %, "
            f"{t['threshold_from'].get('protocol', 'ours')} evaluation protocol)" if t.get("threshold_from") else ""),
     ]
+    if card.reading:
+        lines.append(f"- reading operating point (what `maediff detect` and the panel use unless told): threshold "
+                     f"{card.reading['threshold']:.4f} and lesions of {card.reading['min_voxels']}+ voxels"
+                     + (f", chosen for {card.reading['target']}" if "target" in card.reading else "")
+                     + "; the threshold above is the evaluation protocol's")
     if card.onnx:
         lines.append("- ONNX (for detection without torch): " + ", ".join(
             f"the {name} in `{e['file']}` (opset {e['opset']}, {', '.join(e['inputs'])} -> {', '.join(e['outputs'])}, "
