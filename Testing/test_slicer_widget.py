@@ -100,7 +100,8 @@ def test_panel_loads_with_the_bundled_model(app, panel):
     assert panel.ui.syntheticWarningLabel.visible
     assert panel.ui.tTestSpinBox.specialValueText == "model's (150)"
     assert panel.ui.strideComboBox.items == ["model's (48)", "16", "48"]
-    threshold = load_card(default_model_path()).threshold
+    card = load_card(default_model_path())  # its threshold at the point detection uses unless told
+    threshold = card.reading["threshold"] if card.operating_point == "reading" else card.threshold
     assert panel.ui.detectThresholdSpinBox.specialValueText == f"model's ({threshold:.4f})"
     assert parameters.exportFolder == Path(app.slicer.app.defaultScenePath)
     assert not panel.ui.applyButton.enabled  # no volume yet

@@ -24,5 +24,6 @@ PYTHON=${PYTHON:-python3}
 "$PYTHON" -m maediff_core.cli device
 "$PYTHON" -m maediff_core.cli train --data .gpu/data.npz --config "$config" -o .gpu/run --max-minutes "$minutes" \
   --stop-after-minutes "${CALL_MINUTES:-8.5}" "$@"
-"$PYTHON" -m maediff_core.cli publish .gpu/run/best.json -o "$OUT/best" --half --description "GPU run of $config"
+"$PYTHON" -m maediff_core.cli publish .gpu/run/best.json -o "$OUT/best" --half --no-onnx \
+  --description "GPU run of $config"  # finish.sh exports the release's ONNX, where onnx is installed
 cp .gpu/run/metrics.csv .gpu/run/last.json "$OUT/"
