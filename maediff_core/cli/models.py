@@ -62,6 +62,10 @@ def run_publish(args: argparse.Namespace) -> None:
         notes["data"] = args.data
     if args.recipe:
         notes["command"] = Path(args.recipe).read_text()
+    if not args.no_onnx:
+        from ..modelfile.onnx_export import onnx_packages
+
+        onnx_packages()  # refused before anything is written
     paths = publish_model(args.model, args.output, args.description, notes, half=args.half,
                           intended_use=args.intended_use)
     if not args.no_onnx:
@@ -76,15 +80,15 @@ def add_export_onnx(sub) -> None:
     p = sub.add_parser("export-onnx", help="a model's networks as ONNX files beside it, named in its card with their "
                                            "hashes and their parity with torch")
     p.add_argument("model", help="model .json/.safetensors")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18: ONNX Runtime 1.14 and later)")
+    p.add_argument("--opset", type=int, help="ONNX opset (default 18: ONNX Runtime 1.14 and later)")
     p.set_defaults(func=run_export_onnx)
 
 
 def run_export_onnx(args: argparse.Namespace) -> None:
     from ..modelfile import load_card
-    from ..modelfile.onnx_export import export_onnx
+    from ..modelfile.onnx_export import OPSET, export_onnx
 
-    for path in export_onnx(args.model, args.opset):
+    for path in export_onnx(args.model, args.opset or OPSET):
         print(path)
     for name, entry in load_card(args.model).onnx.items():
         print(f"{name}: {entry['file']} opset {entry['opset']}, inputs {', '.join(entry['inputs'])} -> "

@@ -32,7 +32,8 @@ OPSET = 18  # ONNX Runtime 1.14 (2023) and later run it
 PARITY_LIMIT = 1e-3  # float32 graphs agree with torch to a few 1e-6; more means an operator was exported wrongly
 
 
-def _onnx_packages():
+def onnx_packages():
+    """onnx and onnxruntime, or a clear error naming what to install (onnxscript is torch's need)."""
     try:
         import onnx
         import onnxruntime
@@ -56,7 +57,7 @@ def _quiet(logger: str):
 
 def export_graph(graph: Graph, path: Path, opset: int = OPSET) -> None:
     """``graph`` written to ``path`` (atomically), its first axis dynamic, without node metadata."""
-    onnx, _ = _onnx_packages()
+    onnx, _ = onnx_packages()
     batch = torch.export.Dim("batch", min=1)
     module = Call(graph.module.eval())  # every input by position, one shape rule for all
     with warnings.catch_warnings(), _quiet("torch.onnx"):
@@ -75,7 +76,7 @@ def export_graph(graph: Graph, path: Path, opset: int = OPSET) -> None:
 
 def session(path: Path, threads: int = 0):
     """An ONNX Runtime session of ``path`` on the CPU (``threads`` 0: as many as cores)."""
-    _, onnxruntime = _onnx_packages()
+    _, onnxruntime = onnx_packages()
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
