@@ -9,12 +9,12 @@ import pytest
 import SimpleITK as sitk
 
 from maediff_core.atlas import Atlas
+from maediff_core.diffusion_config import UNetConfig
 from maediff_core.methods import get_config
-from maediff_core.methods.cddpm.conditioning import EncoderConfig
-from maediff_core.methods.madad.networks import AutoencoderConfig
-from maediff_core.methods.patch.mae import MAEConfig
+from maediff_core.methods.cddpm.config import EncoderConfig
+from maediff_core.methods.madad.config import AutoencoderConfig
+from maediff_core.methods.patch.config import MAEConfig
 from maediff_core.modelfile import load_card, rewrite_card
-from maediff_core.networks import UNetConfig
 from maediff_core.phantom import PhantomConfig, make_phantom
 from maediff_core.training import TrainConfig, Trainer
 from maediff_core.volume_io import reference_image

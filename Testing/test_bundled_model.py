@@ -7,8 +7,9 @@ import numpy as np
 
 from maediff_core.detect import reconstruct
 from maediff_core.modelfile import load_model, model_paths
-from maediff_core.modelfile.onnx_export import exported
 from maediff_core.resources import default_model_path
+from maediff_core.runtime import OnnxRuntime, exported
+from maediff_core.torch_runtime import TorchRuntime
 
 
 def test_bundled_demo_model_loads_and_its_card_is_honest():
@@ -32,6 +33,11 @@ def test_bundled_demo_model_loads_and_its_card_is_honest():
     yy, xx = np.mgrid[:96, :96]
     disc = (yy - 48) ** 2 + (xx - 48) ** 2 < 35**2
     image = 0.5 * disc[None].astype(np.float32)
-    rec = reconstruct(model, card, image, disc[None])
+    on_torch = TorchRuntime(model, card)
+    rec = reconstruct(on_torch, card, image, disc[None])
     assert rec.shape == image.shape and np.isfinite(rec).all()
     assert abs(rec[0][disc].mean() - 0.5) < 0.1 and rec[0][~disc].mean() < 0.1
+    # Its ONNX file on ONNX Runtime, fed torch's noise, reconstructs as torch does.
+    on_onnx = OnnxRuntime(card)
+    on_onnx.noise = on_torch.noise
+    np.testing.assert_allclose(reconstruct(on_onnx, card, image, disc[None]), rec, rtol=0, atol=1e-4)

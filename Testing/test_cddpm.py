@@ -20,6 +20,7 @@ from maediff_core.methods import get_config
 from maediff_core.methods.base import ModelConfig
 from maediff_core.methods.cddpm.conditioning import ScaleShiftResBlock
 from maediff_core.modelfile import ModelCard, card_markdown, load_model
+from maediff_core.torch_runtime import TorchRuntime
 
 
 def randomised(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -76,6 +77,7 @@ def test_an_ensemble_is_the_mean_of_its_members():
     image = rng.uniform(0.2, 0.8, (3, 96, 96)).astype(np.float32)
     mask = np.zeros(image.shape, bool)
     mask[:, 20:70, 25:75] = True
+    net = TorchRuntime(net, card)
     ensemble = reconstruct(net, card, image, mask, DetectConfig(t_test=(100, 400, 700), seed=5, batch_size=2))
     members = [reconstruct(net, card, image, mask, DetectConfig(t_test=(level,), seed=5 + i))
                for i, level in enumerate((100, 400, 700))]

@@ -12,6 +12,8 @@ from maediff_core.cache import load_prepared
 from maediff_core.detect import DetectConfig, reconstruct
 from maediff_core.errors import CardError, OptionError
 from maediff_core.modelfile import load_model, save_model
+from maediff_core.runtime import load_runtime
+from maediff_core.torch_runtime import TorchRuntime
 from maediff_core.writeback import native_lesions
 
 
@@ -23,14 +25,14 @@ def test_reconstruction_covers_brain_patches_only(tiny_model, healthy_prepared):
     mask = case.mask.copy()
     mask[:40] = False  # only the top 10 slices have brain,
     mask[:, :, 48:] = False  # and only on one side
-    rec = reconstruct(model, card, case.image, mask, DetectConfig(batch_size=64))
+    rec = reconstruct(TorchRuntime(model, card), card, case.image, mask, DetectConfig(batch_size=64))
     assert rec.shape == case.image.shape and rec.min() >= 0 and rec.max() <= 1
     positions = card.config.patch.positions()
     expected = sum(mask[z, y:y + 48, x:x + 48].any() for z in range(50) for y, x in positions)
     assert sum(calls) == expected <= 10 * 12  # patches starting at x = 48 hold no brain: skipped
     for z in range(40):  # no brain, no patch: the slice is its own reconstruction
         np.testing.assert_allclose(rec[z], case.image[z], atol=1e-6)
-    again = reconstruct(model, card, case.image, mask, DetectConfig(batch_size=7))
+    again = reconstruct(TorchRuntime(model, card), card, case.image, mask, DetectConfig(batch_size=7))
     np.testing.assert_allclose(again, rec, atol=1e-5)  # batching does not change the result
 
 
@@ -39,7 +41,7 @@ def test_stride_changes_the_number_of_evaluations(tiny_model, healthy_prepared):
     case = load_prepared(healthy_prepared)[0]
     calls = []
     model.register_forward_hook(lambda m, inputs, out: calls.append(len(inputs[0])))
-    reconstruct(model, card, case.image, case.mask, DetectConfig(stride=48))
+    reconstruct(TorchRuntime(model, card), card, case.image, case.mask, DetectConfig(stride=48))
     assert sum(calls) <= 50 * 4
 
 
@@ -97,7 +99,7 @@ def test_detect_errors(tmp_path, tiny_model, capsys):
     from maediff_core.detect import detect_file
 
     with pytest.raises(Exception, match="no decision threshold"):
-        detect_file(tmp_path / "x.nii.gz", tmp_path, model, card)
+        detect_file(tmp_path / "x.nii.gz", tmp_path, TorchRuntime(model, card), card)
 
 
 def test_demo_runs_the_whole_job_and_scores_it(tmp_path, tiny_model, capsys):
@@ -131,12 +133,12 @@ def test_demo_runs_the_whole_job_and_scores_it(tmp_path, tiny_model, capsys):
 def test_bad_detection_options_are_refused_before_the_input_is_read(tmp_path, tiny_model, option, value, message):
     from maediff_core.detect import detect_file
 
-    model, card = load_model(tiny_model)
+    runtime, card = load_runtime(tiny_model, "torch", "cpu")
     with pytest.raises(OptionError, match=message):  # the input does not exist: it was never opened
-        detect_file(tmp_path / "absent.nii.gz", tmp_path / "out", model, card, DetectConfig(**{option: value}))
+        detect_file(tmp_path / "absent.nii.gz", tmp_path / "out", runtime, card, DetectConfig(**{option: value}))
     card.threshold = float("nan")
     with pytest.raises(CardError, match="the model card's threshold must be a finite number >= 0, got nan"):
-        detect_file(tmp_path / "absent.nii.gz", tmp_path / "out", model, card)
+        detect_file(tmp_path / "absent.nii.gz", tmp_path / "out", runtime, card)
     assert not (tmp_path / "out").exists()
 
 
@@ -148,7 +150,7 @@ def test_a_model_with_nan_weights_is_an_error_not_a_clean_scan(tiny_model):
         next(model.parameters()).fill_(float("nan"))
     image = np.full((2, 96, 96), 0.5, np.float32)
     with pytest.raises(CardError, match="reconstruction has NaN or infinite voxels"):
-        reconstruct(model, card, image, image > 0, DetectConfig(stride=48))
+        reconstruct(TorchRuntime(model, card), card, image, image > 0, DetectConfig(stride=48))
 
 
 def test_an_unexpected_error_is_one_line_and_a_log(monkeypatch, capsys):

@@ -7,7 +7,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from maediff_core.diffusion import levels_text
+from maediff_core.diffusion_config import levels_text
 from maediff_core.modelfile import load_card
 from maediff_core.resources import default_model_path
 

@@ -15,7 +15,8 @@ from maediff_core.cache import load_prepared, select, split_of
 from maediff_core.detect import DetectConfig, anomaly_score, reconstruct
 from maediff_core.diffusion import Diffusion
 from maediff_core.errors import CardError
-from maediff_core.methods.madad.networks import Autoencoder, LatentConfig
+from maediff_core.methods.madad.config import LatentConfig
+from maediff_core.methods.madad.networks import Autoencoder
 from maediff_core.methods.madad.repair import (
     autoencoder_loss,
     brain_cells,
@@ -25,6 +26,7 @@ from maediff_core.methods.madad.repair import (
     repair_latents,
 )
 from maediff_core.modelfile import ModelCard, card_markdown, load_model, publish_model
+from maediff_core.torch_runtime import TorchRuntime
 from maediff_core.training import train
 
 EPOCHS = 20
@@ -164,7 +166,7 @@ def test_detection_scores_the_repair_and_leaves_healthy_latents_nearly_unchanged
     model, card = load_model(folder / "best.json")
     case = load_prepared(healthy_prepared, select(split_of(healthy_prepared), "val", 0))[0]
     image, mask = case.image, case.mask
-    rec = reconstruct(model, card, image, mask, DetectConfig(batch_size=16))
+    rec = reconstruct(TorchRuntime(model, card), card, image, mask, DetectConfig(batch_size=16))
     assert rec.shape == image.shape and np.isfinite(rec).all()
     score = anomaly_score(image, rec, mask)
     assert np.isfinite(score).all() and score.max() > 0

@@ -5,6 +5,7 @@ volume; and a sixth method is its own folder plus one registry line."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -16,13 +17,16 @@ import torch
 from conftest import FAST, TINY_CONFIGS
 
 from maediff_core.cache import load_prepared, select, split_of
-from maediff_core.detect import DetectConfig, reconstruct
+from maediff_core.detect import DetectConfig, reconstruct, reconstruct_samples
 from maediff_core.diffusion import Diffusion
-from maediff_core.errors import CardError
+from maediff_core.errors import CardError, OptionError
 from maediff_core.methods import REGISTRY, method_of
 from maediff_core.modelfile import ModelCard, card_markdown, load_card, load_model, publish_model
-from maediff_core.modelfile.onnx_export import OPSET, export_onnx, exported, session
+from maediff_core.modelfile.onnx_export import OPSET, export_onnx
 from maediff_core.profile import count, describe
+from maediff_core.runtime import exported, load_runtime, onnx_session
+from maediff_core.scoring import ScoringConfig
+from maediff_core.torch_runtime import TorchRuntime
 from maediff_core.training import train
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -106,10 +110,13 @@ def test_every_stage_trains_and_the_model_loads_round_trips_and_publishes(traine
     assert again_card.config == config and again_card.description == "tiny"
 
 
-def test_every_network_detection_runs_exports_to_onnx_as_torch_computes_it(trained, tmp_path):
+def test_every_network_detection_runs_exports_to_onnx_as_torch_computes_it(trained, tmp_path, healthy_prepared,
+                                                                          detection_run):
     """`maediff export-onnx`'s work for each method: one file per network its detection runs, named
     in the card with its hash, opset, inputs, outputs and parity; a batch size the export never saw
-    gives torch's numbers; a damaged file is refused."""
+    gives torch's numbers; detection on ONNX Runtime, fed torch's noise, reconstructs as torch does,
+    and `maediff detect --runtime onnx` runs where torch and MONAI cannot be imported; a damaged
+    file is refused."""
     config, folder, _ = trained
     method = method_of(config.method)
     publish_model(folder / "best.json", tmp_path / "model", "tiny")
@@ -125,13 +132,49 @@ def test_every_network_detection_runs_exports_to_onnx_as_torch_computes_it(train
         three = {k: torch.cat([v, v[:1]]) for k, v in graph.inputs.items()}
         with torch.no_grad():
             expected = graph.module(*three.values())
-        found = session(files[name]).run(None, {k: v.numpy() for k, v in three.items()})
+        found = onnx_session(files[name]).run(None, {k: v.numpy() for k, v in three.items()})
         for f, e in zip(found, expected if isinstance(expected, tuple) else (expected,), strict=True):
             np.testing.assert_allclose(f, e.numpy(), rtol=0, atol=1e-4)
+    if "onnx" in method.runtimes:
+        on_torch, (on_onnx, _) = TorchRuntime(model, card), load_runtime(tmp_path / "model.json", "onnx")
+        on_onnx.noise = on_torch.noise  # the same noise fields: the runtimes then differ by float rounding only
+        case = load_prepared(healthy_prepared, select(split_of(healthy_prepared), "val", 0))[0]
+        image, mask, draw = case.image[20:23], case.mask[20:23], DetectConfig(seed=3, scoring=ScoringConfig("mean", 2))
+        np.testing.assert_allclose(reconstruct_samples(on_onnx, card, image, mask, draw),
+                                   reconstruct_samples(on_torch, card, image, mask, draw), rtol=0, atol=1e-4)
+        detect_without_torch(detection_run["folder"] / "input.nii.gz", tmp_path / "model.json", tmp_path / "out")
+    else:
+        with pytest.raises(OptionError, match=f"a {config.method} model detects on torch only, not onnx"):
+            load_runtime(tmp_path / "model.json", "onnx")
     damaged = written[0]
     damaged.write_bytes(damaged.read_bytes()[:-1])
     with pytest.raises(CardError, match="does not match the model card"):
         exported(load_card(tmp_path / "model.json"))
+
+
+BLOCK_TORCH = """
+import sys
+class Absent:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "monai"):
+            raise ImportError(f"{name} is not installed")
+sys.meta_path.insert(0, Absent())
+from maediff_core.cli import main
+code = main(sys.argv[1:])
+assert not [m for m in sys.modules if m.split(".")[0] in ("torch", "monai")]
+sys.exit(code)
+"""
+
+
+def detect_without_torch(volume: Path, model: Path, out: Path) -> None:
+    """`maediff detect` in a Python where torch and MONAI cannot be imported, as a Slicer without the
+    PyTorch extension: the runtime it picks by itself is ONNX Runtime."""
+    done = subprocess.run([sys.executable, "-c", BLOCK_TORCH, "detect", str(volume), "-o", str(out), "--model",
+                           str(model), "--no-register", "--mask-method", "skull-stripped", "--threshold", "0.1",
+                           "--stride", "48"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "input" / "lesions.json").read_text())
+    assert summary["runtime"] == "onnx" and summary["device"] == "cpu (ONNX Runtime)"
 
 
 def test_the_model_reconstructs_a_volume_the_same_way_each_time(trained, healthy_prepared):
@@ -140,10 +183,11 @@ def test_the_model_reconstructs_a_volume_the_same_way_each_time(trained, healthy
     case = load_prepared(healthy_prepared, select(split_of(healthy_prepared), "val", 0))[0]
     image, mask = case.image[20:23], case.mask[20:23]
     stages = []
-    rec = reconstruct(model, card, image, mask, DetectConfig(seed=3), progress=lambda *a: stages.append(a[0]))
+    runtime = TorchRuntime(model, card)
+    rec = reconstruct(runtime, card, image, mask, DetectConfig(seed=3), progress=lambda *a: stages.append(a[0]))
     assert rec.shape == image.shape and rec.dtype == np.float32 and 0 <= rec.min() and rec.max() <= 1
     assert stages and set(stages) == {"reconstruct"}
-    np.testing.assert_allclose(reconstruct(model, card, image, mask, DetectConfig(seed=3)), rec, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(reconstruct(runtime, card, image, mask, DetectConfig(seed=3)), rec, rtol=0, atol=1e-6)
     assert np.abs(rec - image)[mask].mean() < 0.5  # a reconstruction of this slab, not noise
 
 

@@ -1,21 +1,27 @@
 """Diffusion pieces, patch geometry and the MAE-enhanced U-Net."""
 
+import numpy as np
 import pytest
 import torch
 
-from maediff_core.diffusion import (
-    Diffusion,
+from maediff_core.diffusion import Diffusion, patch_l1, random_corners
+from maediff_core.diffusion_config import (
     DiffusionConfig,
     PatchConfig,
+    UNetConfig,
     alphas_cumprod,
     noised_input,
-    patch_l1,
     patch_masks,
-    random_corners,
 )
 from maediff_core.methods import get_config, named_configs
-from maediff_core.methods.patch.mae import MAEConfig, MAEDiffNet, visible_cells
-from maediff_core.networks import UNetConfig
+from maediff_core.methods.patch import visible_cells
+from maediff_core.methods.patch.config import MAEConfig
+from maediff_core.methods.patch.mae import MAEDiffNet
+
+
+def masks_of(corners: list, patch: PatchConfig) -> torch.Tensor:
+    return torch.from_numpy(patch_masks(np.array(corners), patch))
+
 
 TINY_UNET = UNetConfig(channels=(32, 32, 32), res_blocks=1, head_channels=32)
 TINY_MAE = MAEConfig(encoder_depth=2, encoder_width=64, encoder_heads=2, decoder_depth=2, decoder_width=64,
@@ -48,10 +54,10 @@ def test_patch_positions_and_masks():
     assert PatchConfig(whole_slice=True).positions() == [(0, 0)]
     with pytest.raises(ValueError, match="does not tile"):
         PatchConfig(stride=20).positions()
-    masks = patch_masks(torch.tensor([[0, 16], [48, 48]]), PatchConfig())
+    masks = masks_of([[0, 16], [48, 48]], PatchConfig())
     assert masks.shape == (2, 1, 96, 96) and masks.sum((1, 2, 3)).tolist() == [48 * 48, 48 * 48]
     assert masks[0, 0, 0, 16] == 1 and masks[0, 0, 0, 15] == 0 and masks[1, 0, 95, 95] == 1
-    whole = patch_masks(torch.tensor([[0, 0]]), PatchConfig(whole_slice=True))
+    whole = masks_of([[0, 0]], PatchConfig(whole_slice=True))
     assert whole.sum() == 96 * 96
     corners = random_corners(500, PatchConfig(), torch.Generator().manual_seed(0))
     assert set((corners % 16 == 0).flatten().tolist()) == {True}  # grid-aligned (s divisible by r)
@@ -60,7 +66,7 @@ def test_patch_positions_and_masks():
 
 def test_noised_input_and_loss_only_inside_the_patch():
     x0, xt = torch.zeros(1, 1, 96, 96), torch.ones(1, 1, 96, 96)
-    mask = patch_masks(torch.tensor([[16, 32]]), PatchConfig())
+    mask = masks_of([[16, 32]], PatchConfig())
     mixed = noised_input(x0, xt, mask)
     assert mixed.sum() == 48 * 48
     prediction = torch.full_like(x0, 5.0) * (1 - mask) + 0.5 * mask  # wrong outside, 0.5 off inside
@@ -68,10 +74,11 @@ def test_noised_input_and_loss_only_inside_the_patch():
 
 
 def test_visible_cells_count():
-    mask = patch_masks(torch.tensor([[16, 32], [0, 0]]), PatchConfig())
+    mask = masks_of([[16, 32], [0, 0]], PatchConfig())
     visible = visible_cells(mask, 16)
     assert visible.shape == (2, 36) and visible.sum(1).tolist() == [27, 27]
     assert not visible[1, 0] and visible[1, 3] and not visible[1, 14] and visible[1, 15]
+    np.testing.assert_array_equal(visible_cells(mask.numpy(), 16), visible.numpy())  # detection's numpy masks
 
 
 def test_the_mae_output_is_added_to_the_encoder_features_before_the_bottleneck():
@@ -79,7 +86,7 @@ def test_the_mae_output_is_added_to_the_encoder_features_before_the_bottleneck()
     net = MAEDiffNet(TINY_UNET, TINY_MAE)
     torch.nn.init.normal_(net.mae.upsample[-1].weight, std=0.05)  # it starts at zero: a no-op
     x = torch.randn(3, 1, 96, 96)
-    mask = patch_masks(torch.tensor([[0, 0], [16, 16], [48, 32]]), PatchConfig())
+    mask = masks_of([[0, 0], [16, 16], [48, 32]], PatchConfig())
     seen = {}
     net.unet.down_blocks[-1].register_forward_hook(lambda m, inputs, out: seen.update(encoder=out[0]))
     net.mae.register_forward_hook(lambda m, inputs, out: seen.update(mae=out))
@@ -97,7 +104,7 @@ def test_masked_tokens_never_enter_the_encoder():
     net = MAEDiffNet(TINY_UNET, TINY_MAE)
     seen = []
     net.mae.encoder[0].register_forward_hook(lambda m, inputs, out: seen.append(inputs[0].shape))
-    mask = patch_masks(torch.tensor([[16, 16]]), PatchConfig())
+    mask = masks_of([[16, 16]], PatchConfig())
     net(torch.randn(1, 1, 96, 96), torch.tensor([500]), visible=visible_cells(mask, 16))
     assert seen == [torch.Size([1, 27, 64])]  # 36 cells - 9 masked
 
@@ -120,7 +127,7 @@ def test_patch_prediction_depends_on_the_visible_region():
     # Leave the zero-initialised starts (MONAI's output convolution, the MAE's last layer).
     for p in list(net.mae.upsample[-1].parameters()) + list(net.unet.out.parameters()):
         torch.nn.init.normal_(p, std=0.05)
-    mask = patch_masks(torch.tensor([[48, 48]]), PatchConfig())
+    mask = masks_of([[48, 48]], PatchConfig())
     visible = visible_cells(mask, 16)
     x = torch.randn(1, 1, 96, 96)
     far = x.clone()

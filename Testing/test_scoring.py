@@ -15,8 +15,9 @@ from maediff_core.cli import main
 from maediff_core.detect import DetectConfig, reconstruct_samples
 from maediff_core.errors import OptionError
 from maediff_core.evaluate import Scored
-from maediff_core.modelfile import ModelCard, load_card, load_model, rewrite_card
+from maediff_core.modelfile import ModelCard, load_card, rewrite_card
 from maediff_core.reading import case_auroc, choose_reading, false_alarms, reading_threshold
+from maediff_core.runtime import load_runtime
 from maediff_core.scoring import ScoringConfig, mahalanobis_distance, mahalanobis_map, score_map
 
 
@@ -92,12 +93,12 @@ def test_the_scoring_and_the_reading_point_round_trip_through_the_card(tiny_mode
 def test_several_reconstructions_draw_their_own_noise_and_the_first_is_the_single_one(tiny_model, healthy_prepared):
     from maediff_core.cache import load_prepared
 
-    model, card = load_model(tiny_model)
+    runtime, card = load_runtime(tiny_model, "torch", "cpu")
     case = load_prepared(healthy_prepared)[0]
     image, mask = case.image[22:25], case.mask[22:25]
     config = DetectConfig(stride=48, seed=4)
-    one = reconstruct_samples(model, card, image, mask, config)
-    three = reconstruct_samples(model, card, image, mask, replace(config, scoring=ScoringConfig("mean", 3)))
+    one = reconstruct_samples(runtime, card, image, mask, config)
+    three = reconstruct_samples(runtime, card, image, mask, replace(config, scoring=ScoringConfig("mean", 3)))
     assert one.shape == (1, *image.shape) and three.shape == (3, *image.shape)
     np.testing.assert_allclose(three[0], one[0], atol=1e-5)
     assert np.abs(three[1] - three[0]).max() > 1e-3 and np.abs(three[2] - three[1]).max() > 1e-3
@@ -149,12 +150,13 @@ def test_the_reading_point_is_chosen_on_validation_volumes_for_the_target():
 def test_detect_refuses_a_scoring_without_its_threshold_and_a_missing_reading_point(tiny_model, tmp_path):
     from maediff_core.detect import detect_file
 
-    model, card = load_model(tiny_model)
+    runtime, card = load_runtime(tiny_model, "torch", "cpu")
     with pytest.raises(OptionError, match=r"holds for its scoring \(residual\): pass --threshold with --scoring mhd:4"):
-        detect_file(tmp_path / "absent.nii.gz", tmp_path / "out", model, card,
+        detect_file(tmp_path / "absent.nii.gz", tmp_path / "out", runtime, card,
                     DetectConfig(scoring=ScoringConfig("mhd", 4)))
     with pytest.raises(OptionError, match="no reading operating point"):
-        detect_file(tmp_path / "absent.nii.gz", tmp_path / "out", model, card, DetectConfig(operating_point="reading"))
+        detect_file(tmp_path / "absent.nii.gz", tmp_path / "out", runtime, card,
+                    DetectConfig(operating_point="reading"))
 
 
 def test_evaluate_compares_scorings_on_one_draw_and_saves_the_reading_point(tiny_model, tmp_path, lesion_prepared,

@@ -20,7 +20,7 @@ import torch
 from .augment import CONTRAST_SHIFTS, contrast_named
 from .cache import load_prepared, select, split_of
 from .datasets import prepare_dataset
-from .detect import DetectConfig, load_for_detection
+from .detect import DetectConfig
 from .device import pick_device
 from .errors import CardError
 from .evaluate import PROTOCOLS, Scored, evaluate, intensity_scorer, model_scorer, protocol_named, score_cases
@@ -30,6 +30,7 @@ from .methods.base import ModelConfig, Stage
 from .modelfile import recipe_text
 from .phantom import write_phantom_set
 from .scoring import ScoringConfig
+from .torch_runtime import load_torch_runtime
 from .training import TrainConfig, train
 from .training.settings import RESUMED_SETTINGS, changed_settings, resolved
 
@@ -141,9 +142,9 @@ def run_benchmark(out_dir: str | Path, config: BenchmarkConfig = BenchmarkConfig
             scorer, training, model_config = intensity_scorer, None, None
         else:
             best = trained_run(method, data["healthy"], out, config)
-            model, card = load_for_detection(best, device)
+            runtime, card = load_torch_runtime(best, config.device)
             scoring = ScoringConfig.from_label(config.scoring)
-            scorer, training = model_scorer(model, card, DetectConfig(), device, [scoring]), card.training
+            scorer, training = model_scorer(runtime, card, DetectConfig(), [scoring]), card.training
             model_config = card.config.to_dict()
         seconds: list[float] = []
 

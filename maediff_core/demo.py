@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .detect import DetectConfig, detect_file, load_for_detection, text_progress
-from .device import pick_device
+from .detect import DetectConfig, detect_file, text_progress
 from .errors import CardError
 from .figures import detection_figure
 from .files import case_name, write_text_atomic
@@ -17,6 +16,7 @@ from .metrics import dice
 from .modelfile import model_paths, rewrite_card
 from .phantom import make_phantom
 from .resources import default_model_path, sample_paths
+from .runtime import load_runtime
 from .timing import Laps
 from .volume_io import read_volume, write_volume
 
@@ -32,7 +32,7 @@ def write_sample(folder: str | Path) -> tuple[Path, Path]:
 
 
 def run_demo(out_dir: str | Path, model_path: str | Path | None = None, device: str = "auto",
-             config: DetectConfig = DetectConfig(), record: bool = False) -> dict:
+             config: DetectConfig = DetectConfig(), record: bool = False, runtime: str = "auto") -> dict:
     """The model (default: the bundled one) on the bundled sample: its outputs, a figure, and the
     Dice of its lesions against the sample's known lesion; with ``record``, that result goes into
     the model's card (its ``sample`` metric), where the tests and the README read it."""
@@ -44,10 +44,9 @@ def run_demo(out_dir: str | Path, model_path: str | Path | None = None, device: 
     input_path, truth_path = sample_paths()
     image, truth = read_volume(input_path), read_volume(truth_path) > 0
     lap("sample")
-    torch_device = pick_device(device)
-    model, card = load_for_detection(model_path, torch_device)
+    networks, card = load_runtime(model_path, runtime, device)
     lap("load_model")
-    result = detect_file(input_path, out_dir, model, card, config, device=torch_device, progress=text_progress)
+    result = detect_file(input_path, out_dir, networks, card, config, progress=text_progress)
     lap("detect")  # its stages are timed inside
     case = out_dir / case_name(input_path)
     found = read_volume(case / "lesions.nii.gz")

@@ -1,5 +1,5 @@
-"""Detection: a model's healthy reconstruction of a volume (its method's, methods/), anomaly scores
-and lesions, written on the input's own grid and in model space.
+"""Detection: a model's healthy reconstruction of a volume (its method's, methods/, on torch or ONNX
+Runtime: runtime.py), anomaly scores and lesions, written on the input's own grid and in model space.
 """
 
 from __future__ import annotations
@@ -11,36 +11,30 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-import torch
 
 from .atlas import Atlas, card_atlas
-from .diffusion import check_levels, levels_text
+from .diffusion_config import check_levels, levels_text
 from .errors import CardError, InputError, OptionError
 from .files import case_name, check_writable, folder_as_a_set, write_text_atomic
 from .input_check import check_input
 from .methods import method_of
 from .methods.base import Progress, Sampling
-from .modelfile import ModelCard, load_model
+from .modelfile import ModelCard
 from .modelfile.card import OPERATING_POINTS
 from .postprocess import PostprocessConfig, lesion_labels, smooth_scores
 from .preprocess import STEPS, PreprocessConfig, Preprocessed, preprocess, to_native
+from .runtime import Runtime
 from .scoring import ScoringConfig, score_map
 from .timing import Laps
 from .volume_io import image_from_array, read_volume, write_volume
 from .writeback import labels_to_native
-
-# Patches per forward pass on CPU. Small batches stay in cache: maediff-small on 2 cores takes 70-80 ms
-# per patch at 4-8 against 110-115 ms at 16-32, and the demo case reconstructs in 53-59 s at 8 against 96 s
-# at 32 (`maediff bench-detect`).
-CPU_BATCH = 8
-GPU_BATCH = 512  # halved on out-of-memory (device.in_batches)
 
 
 @dataclass(frozen=True)
 class DetectConfig:
     t_test: tuple[int, ...] | None = None  # None: the model's (MAEDiff paper: 500; cDDPM: 250, 500, 750)
     stride: int | None = None  # None: the model's (MAEDiff: 16)
-    batch_size: int | None = None  # None: CPU_BATCH on CPU, GPU_BATCH on CUDA
+    batch_size: int | None = None  # None: the runtime's (runtime.CPU_BATCH; torch_runtime.GPU_BATCH on CUDA)
     threshold: float | None = None  # None: the threshold of the operating point
     seed: int = 0  # the noise of the reconstruction(s)
     scoring: ScoringConfig | None = None  # None: the model card's
@@ -68,12 +62,11 @@ class DetectConfig:
         except ValueError as err:
             raise OptionError(str(err)) from None
 
-    def sampling(self, card: ModelCard, device: torch.device) -> Sampling:
-        """The reconstruction these settings draw with this model on ``device``."""
+    def sampling(self, card: ModelCard, runtime: Runtime) -> Sampling:
+        """The reconstruction these settings draw with this model on ``runtime``."""
         self.check_reconstruction(card)
         return Sampling(levels=self.levels(card), stride=self.stride or card.config.patch.stride, seed=self.seed,
-                        batch=self.batch_size or (GPU_BATCH if device.type == "cuda" else CPU_BATCH),
-                        samples=self.scoring_of(card).samples)
+                        batch=self.batch_size or runtime.batch, samples=self.scoring_of(card).samples)
 
     def scoring_of(self, card: ModelCard) -> ScoringConfig:
         return self.scoring or card.scoring
@@ -123,21 +116,18 @@ def text_progress(stage: str, fraction: float, message: str = "") -> None:
     print(f"[{stage:>11}] {100 * fraction:5.1f} % {message}", file=sys.stderr, flush=True)
 
 
-def reconstruct_samples(model: torch.nn.Module, card: ModelCard, image: np.ndarray, mask: np.ndarray,
-                        config: DetectConfig = DetectConfig(), device: torch.device | str = "cpu",
-                        progress: Progress = quiet) -> np.ndarray:
+def reconstruct_samples(runtime: Runtime, card: ModelCard, image: np.ndarray, mask: np.ndarray,
+                        config: DetectConfig = DetectConfig(), progress: Progress = quiet) -> np.ndarray:
     """The healthy reconstructions (samples, z, y, x) in 0..1 of a model-space volume that the
-    scoring takes (one for ``residual``), by the model's method."""
-    device = torch.device(device)
-    sampling = config.sampling(card, device)
-    return method_of(card.config.method).reconstruct(model, card.config, image, mask, sampling, device, progress)
+    scoring takes (one for ``residual``), by the model's method on ``runtime``."""
+    sampling = config.sampling(card, runtime)
+    return method_of(card.config.method).reconstruct(runtime, card.config, image, mask, sampling, progress)
 
 
-def reconstruct(model: torch.nn.Module, card: ModelCard, image: np.ndarray, mask: np.ndarray,
-                config: DetectConfig = DetectConfig(), device: torch.device | str = "cpu",
-                progress: Progress = quiet) -> np.ndarray:
+def reconstruct(runtime: Runtime, card: ModelCard, image: np.ndarray, mask: np.ndarray,
+                config: DetectConfig = DetectConfig(), progress: Progress = quiet) -> np.ndarray:
     """The healthy reconstruction (z, y, x) in 0..1: the mean of the scoring's reconstructions."""
-    return reconstruct_samples(model, card, image, mask, config, device, progress).mean(0)
+    return reconstruct_samples(runtime, card, image, mask, config, progress).mean(0)
 
 
 def anomaly_score(image: np.ndarray, samples: np.ndarray, mask: np.ndarray, scoring: ScoringConfig = ScoringConfig(),
@@ -148,10 +138,10 @@ def anomaly_score(image: np.ndarray, samples: np.ndarray, mask: np.ndarray, scor
     return smooth_scores(score_map(image, samples, mask, scoring), mask, config)
 
 
-def detect_file(path: str | Path, out_dir: str | Path, model: torch.nn.Module, card: ModelCard,
+def detect_file(path: str | Path, out_dir: str | Path, runtime: Runtime, card: ModelCard,
                 config: DetectConfig = DetectConfig(), preprocess_config: PreprocessConfig | None = None,
-                mask_path: str | Path | None = None, device: torch.device | str = "cpu",
-                progress: Progress = quiet, force: bool = False, series: str | None = None) -> dict:
+                mask_path: str | Path | None = None, progress: Progress = quiet, force: bool = False,
+                series: str | None = None) -> dict:
     """Run the whole job on one volume and write ``out_dir/<case>/``; returns the lesion summary. An
     input of a contrast the model was never trained on is refused before reconstruction unless ``force``;
     ``series`` picks one series of a DICOM folder that holds several."""
@@ -172,7 +162,7 @@ def detect_file(path: str | Path, out_dir: str | Path, model: torch.nn.Module, c
     lap("preprocess")
     scoring = config.scoring_of(card)
     progress("reconstruct", 0.0, f"{card.config.name}, t_test {levels_text(config.levels(card))}, {scoring.label}")
-    samples = reconstruct_samples(model, card, prepared.image, prepared.mask, config, device, progress)
+    samples = reconstruct_samples(runtime, card, prepared.image, prepared.mask, config, progress)
     rec = samples.mean(0)
     lap("reconstruct")
     progress("postprocess", 0.0, "scores and lesions")
@@ -196,7 +186,8 @@ def detect_file(path: str | Path, out_dir: str | Path, model: torch.nn.Module, c
         "operating_point": config.point(card), "min_lesion_voxels": lesion_config.min_component_voxels,
         "detect": {**asdict(config), "t_test": list(config.levels(card)),
                    "stride": config.stride or card.config.patch.stride, "scoring": asdict(scoring)},
-        "device": str(device), "lesion_count": len(table), "lesions": table, "timings_s": lap.seconds,
+        "runtime": runtime.name, "device": runtime.device, "lesion_count": len(table), "lesions": table,
+        "timings_s": lap.seconds,
         "score_max": float(score.max()), "input_check": record["input_check"], "warnings": record["warnings"],
     }
     # Strict JSON (no bare NaN); written in the write stage, its timings end with postprocess.
@@ -257,9 +248,3 @@ def preprocess_settings(card: ModelCard, **overrides) -> PreprocessConfig:
     settings.update({k: v for k, v in overrides.items() if v is not None})
     return PreprocessConfig(**settings)
 
-
-def load_for_detection(path: str | Path, device: torch.device | str) -> tuple[torch.nn.Module, ModelCard]:
-    model, card = load_model(path, device)
-    if torch.device(device).type == "cpu":
-        model = model.to(memory_format=torch.channels_last)  # ~20 % faster convolutions on CPU
-    return model, card

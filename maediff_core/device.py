@@ -1,4 +1,4 @@
-"""The compute device and batching on it, kept apart from training so that detection imports nothing it
+"""torch's compute device and batching on it, kept apart from training so that detection imports nothing it
 does not need."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 
 from .errors import OptionError
+from .runtime import in_batches as batches
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -19,19 +20,5 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def in_batches(count: int, batch: int, run: Callable[[int, int], None], done: Callable[[int, int], None]) -> None:
-    """``run(begin, end)`` over ``count`` jobs, ``batch`` at a time, then ``done(jobs done, batch)``; a
-    CUDA out-of-memory error halves the batch and runs that part again (``run`` must change nothing
-    before its forward pass succeeds)."""
-    begin = 0
-    while begin < count:
-        end = min(count, begin + batch)
-        try:
-            run(begin, end)
-        except torch.cuda.OutOfMemoryError:
-            if batch == 1:
-                raise OptionError("out of GPU memory even for a batch of one: use --device cpu") from None
-            batch = max(1, batch // 2)
-            torch.cuda.empty_cache()
-            continue
-        begin = end
-        done(begin, batch)
+    """runtime.in_batches, a CUDA out-of-memory error halving the batch."""
+    batches(count, batch, run, done, (torch.cuda.OutOfMemoryError,), torch.cuda.empty_cache)

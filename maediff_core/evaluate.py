@@ -17,7 +17,7 @@ import numpy as np
 from sklearn.metrics import precision_recall_curve
 
 from .cache import PreparedCase
-from .diffusion import levels_text
+from .diffusion_config import levels_text
 from .files import write_text_atomic
 from .metrics import (
     auprc,
@@ -73,7 +73,7 @@ def intensity_scorer(case: PreparedCase) -> tuple[dict[str, np.ndarray], None]:
     return {"thresh": case.image}, None
 
 
-def model_scorer(model, card, config, device, scorings: Sequence[ScoringConfig] = ()) -> Scorer:
+def model_scorer(runtime, card, config, scorings: Sequence[ScoringConfig] = ()) -> Scorer:
     """A trained model's maps by each scoring (default: its card's), all from one draw of as many
     reconstructions as the largest takes; l1 and KL are of the first reconstruction."""
     from dataclasses import replace
@@ -84,7 +84,7 @@ def model_scorer(model, card, config, device, scorings: Sequence[ScoringConfig] 
     most = max(scorings, key=lambda s: s.samples)
 
     def score(case: PreparedCase) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        samples = reconstruct_samples(model, card, case.image, case.mask, replace(config, scoring=most), device)
+        samples = reconstruct_samples(runtime, card, case.image, case.mask, replace(config, scoring=most))
         return {s.label: score_map(case.image, samples, case.mask, s) for s in scorings}, samples[0]
 
     return score

@@ -7,36 +7,12 @@ arguments of the forward pass (guided-diffusion's ``model_kwargs``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from monai.networks.nets import DiffusionModelUNet
 from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
 from torch import nn
 
-
-@dataclass(frozen=True)
-class UNetConfig:
-    channels: tuple[int, ...] = (128, 256, 256)  # docs/reference.md "Networks": 128 x (1, 2, 2)
-    res_blocks: int = 3  # docs/reference.md "Networks"
-    attention: tuple[bool, ...] = (False, True, True)  # MAEDiff paper Table 2: global attention at 48 and 24
-    head_channels: int = 64  # docs/reference.md "Networks": 64 channels per attention head
-    norm_groups: int = 32
-
-    def __post_init__(self) -> None:
-        if not self.channels or min(*self.channels, self.res_blocks, self.head_channels, self.norm_groups) < 1:
-            raise ValueError("channels, res_blocks, head_channels and norm_groups must be positive")
-        if any(c % self.norm_groups for c in self.channels):
-            raise ValueError(f"channels {self.channels} must be multiples of norm_groups {self.norm_groups}")
-        if len(self.attention) != len(self.channels):
-            raise ValueError(f"attention needs one flag per level ({len(self.channels)}), got {len(self.attention)}")
-
-
-# A CPU-sized U-Net that keeps every part (docs/reference.md, "Measured": 32/64/64, 2 residual blocks).
-# Attention over the 48 x 48 map (2304 tokens) is half of a small net's FLOPs (15.2 -> 8.1 GFLOP for
-# maediff-small): the small image-space nets keep it at 24 x 24 only.
-SMALL_UNET = UNetConfig(channels=(32, 64, 64), res_blocks=2, attention=(False, False, True), head_channels=32)
-NO_ATTENTION = (False, False, False)  # pDDPM, AnoDDPM, cDDPM: attention only in the middle block
+from .diffusion_config import UNetConfig
 
 
 class DiffusionNet(nn.Module):

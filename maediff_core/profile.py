@@ -54,7 +54,8 @@ def describe(config: str | ModelConfig) -> str:
 def noise_benchmark(slices: int = 256, repeats: int = 3) -> dict:
     """Slices per second of the batched torch simplex noise (CPU, and CUDA when present) next to
     the reference generator, opensimplex, one 6-octave field per slice."""
-    from .noise import SimplexConfig, simplex_noise
+    from .diffusion import simplex_noise
+    from .noise import SimplexConfig
 
     def best_rate(fn, n: int) -> float:
         fn()  # warm-up (JIT compilation, CUDA context)
@@ -99,9 +100,8 @@ def noise_benchmark(slices: int = 256, repeats: int = 3) -> dict:
     return result
 
 
-# bench-detect's variants unless told: `maediff detect` as it ran before CPU_BATCH and the bundled model's
-# stride 48 (the reference of the ratios), with the smaller batch alone (the same outputs), and as it runs.
-DEFAULT_VARIANTS = {"earlier": "--batch-size 32 --stride 16", "stride 16": "--stride 16", "default": ""}
+# bench-detect's variants unless told: `maediff detect` on each runtime (runtime.py), torch the reference.
+DEFAULT_VARIANTS = {"torch": "--runtime torch", "onnx": "--runtime onnx"}
 
 
 def timed_detect(volume: Path, out: Path, options: list[str]) -> dict:

@@ -25,13 +25,14 @@ import SimpleITK as sitk
 from maediff_core.atlas import Atlas
 from maediff_core.augment import CONTRAST_SHIFTS
 from maediff_core.cache import load_prepared, select, split_of
-from maediff_core.detect import DetectConfig, detect_file, load_for_detection, preprocess_settings
+from maediff_core.detect import DetectConfig, detect_file, preprocess_settings
 from maediff_core.errors import InputError
 from maediff_core.input_check import contrast_warnings, measure
 from maediff_core.metrics import dice
 from maediff_core.phantom import PhantomConfig, make_phantom, off_centre, with_neck
 from maediff_core.preprocess import preprocess
 from maediff_core.resources import default_model_path
+from maediff_core.runtime import load_runtime
 from maediff_core.volume_io import write_volume
 
 WORK = Path(sys.argv[1] if len(sys.argv) > 1 else "benchmark")
@@ -126,7 +127,7 @@ def fov_table(model, card, fold: int) -> None:
 
 
 def main() -> None:
-    model, card = load_for_detection(default_model_path(), "cpu")
+    model, card = load_runtime(default_model_path(), "torch", "cpu")
     fold = card.training.get("fold", 0)
     sections = sys.argv[2:] or ["contrast", "slices", "fov"]
     if "contrast" in sections:

@@ -26,6 +26,7 @@ from sklearn.metrics import average_precision_score
 from maediff_core.cache import load_prepared, select, split_of
 from maediff_core.detect import DetectConfig, anomaly_score, reconstruct
 from maediff_core.modelfile import load_model
+from maediff_core.torch_runtime import TorchRuntime
 
 
 class HealthyCondition(torch.nn.Module):
@@ -49,7 +50,7 @@ def level_row(model, card, tumours, healthy, level: int, stride: int | None, swa
     inside, outside, scores, truths, moved, first = [], [], [], [], [], None
     for case, normal in zip(tumours, healthy, strict=False):
         network = HealthyCondition(model, case.image, normal.image) if swap else model
-        rec = reconstruct(network, card, case.image, case.mask, config)
+        rec = reconstruct(TorchRuntime(network, card), card, case.image, case.mask, config)
         first = rec if first is None else first
         residual = np.abs(case.image - rec)
         lesion, brain = case.seg > 0, case.mask > 0
@@ -58,7 +59,7 @@ def level_row(model, card, tumours, healthy, level: int, stride: int | None, swa
         scores.append(anomaly_score(case.image, rec, case.mask)[brain])
         truths.append(lesion[brain])
         if swap:
-            own = reconstruct(model, card, case.image, case.mask, config)
+            own = reconstruct(TorchRuntime(model, card), card, case.image, case.mask, config)
             moved.append(np.abs(rec - own)[lesion].mean())
     row = {"level": level, "condition": "healthy slice" if swap else "own slice",
            "lesion_residual": float(np.mean(inside)), "brain_residual": float(np.mean(outside)),
@@ -67,7 +68,8 @@ def level_row(model, card, tumours, healthy, level: int, stride: int | None, swa
     if swap:
         row["lesion_change"] = float(np.mean(moved))
     else:
-        errors = [np.abs(c.image - reconstruct(model, card, c.image, c.mask, config))[c.mask > 0].mean()
+        runtime = TorchRuntime(model, card)
+        errors = [np.abs(c.image - reconstruct(runtime, card, c.image, c.mask, config))[c.mask > 0].mean()
                   for c in healthy]
         row["healthy_l1"] = float(np.mean(errors))
     return row, first

@@ -11,8 +11,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from maediff_core.diffusion import PatchConfig
-from maediff_core.methods.base import Cost, Graph, Method, ModelConfig, Stage
+from maediff_core.diffusion_config import PatchConfig
+from maediff_core.methods.base import Cost, Method, ModelConfig, Stage
+from maediff_core.methods.graph import Graph
 
 
 @dataclass(frozen=True)
@@ -54,12 +55,11 @@ class Toy(Method):
 
         return [Stage(None, "the model", trains=lambda network: network, objective=objective)]
 
-    def reconstruct(self, network, config, image, mask, sampling, device, progress) -> np.ndarray:
-        with torch.no_grad():
-            x = torch.from_numpy(image * 2.0 - 1.0).float().unsqueeze(1).to(device)
-            progress("reconstruct", 1.0, f"{len(x)} slices")
-            rec = ((network(x).squeeze(1).cpu() + 1) / 2).clamp(0, 1).numpy().astype(np.float32)
-            return np.repeat(rec[None], sampling.samples, 0)  # deterministic: every draw alike
+    def reconstruct(self, runtime, config, image, mask, sampling, progress) -> np.ndarray:
+        x = (image.astype(np.float32) * 2 - 1)[:, None]
+        progress("reconstruct", 1.0, f"{len(x)} slices")
+        rec = np.clip((runtime.run("denoiser", {"x": x})[0][:, 0] + 1) / 2, 0, 1).astype(np.float32)
+        return np.repeat(rec[None], sampling.samples, 0)  # deterministic: every draw alike
 
     def cost(self, config: ToyConfig, network: nn.Module) -> Cost:
         x = torch.zeros(1, 1, config.patch.size, config.patch.size)

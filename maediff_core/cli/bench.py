@@ -51,7 +51,7 @@ def add_bench_detect(sub) -> None:
     p.add_argument("--truth", help="the input's lesion mask: Dice of each variant's lesions")
     p.add_argument("--variant", nargs=2, action="append", metavar=("NAME", "OPTIONS"),
                    help='maediff detect options to time, e.g. --variant stride48 "--stride 48" (repeatable; '
-                        'default: the settings before batch 8 and stride 48, batch 8 alone, the defaults); '
+                        'default: each runtime, torch and onnx); '
                         'the first is the reference')
     p.add_argument("-o", "--output", help="keep the detection outputs here (default: a temporary folder)")
     p.set_defaults(func=run_bench_detect)

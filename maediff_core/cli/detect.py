@@ -12,6 +12,7 @@ import time
 from ..errors import InputError, OptionError
 from ..files import output_folders
 from ..preprocess_config import MASK_METHODS
+from ..runtime import RUNTIMES
 from .options import DEVICES, positive_int, scoring_label, t_test_levels
 
 
@@ -27,7 +28,10 @@ def add_detect(sub) -> None:
     p.add_argument("--force", action="store_true",
                    help="run on an input whose tissue contrast is not the model's (T1, FLAIR, PD) with a warning")
     p.add_argument("--model", help="model .json/.safetensors (default: the bundled demo model)")
-    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--runtime", default="auto", choices=["auto", *RUNTIMES],
+                   help="where the networks run: torch (CPU or CUDA) or onnx (ONNX Runtime on the CPU, the model's "
+                        "exported files; needs no torch); auto: torch where it is installed, else onnx")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="torch's device")
     p.add_argument("--progress", default="text", choices=["text", "json"])
     p.add_argument("--operating-point", choices=["protocol", "reading"],
                    help="reading: the threshold and smallest lesion chosen on healthy validation volumes for few false "
@@ -56,23 +60,15 @@ def run_detect(args: argparse.Namespace) -> None:
     # Before the heavy imports (torch takes seconds): a cancel in those seconds must stop this process too.
     if args.stop_with_parent:
         exit_when_orphaned()
-    from ..detect import (
-        DetectConfig,
-        detect_file,
-        json_progress,
-        load_for_detection,
-        preprocess_settings,
-        text_progress,
-    )
-    from ..device import pick_device
+    from ..detect import DetectConfig, detect_file, json_progress, preprocess_settings, text_progress
     from ..resources import default_model_path
+    from ..runtime import load_runtime
 
     if args.check:
         return screen(args)
     if not args.output:
         raise OptionError("-o/--output is needed (or --check to screen the inputs only)")
-    device = pick_device(args.device)
-    model, card = load_for_detection(args.model or default_model_path(), device)
+    runtime, card = load_runtime(args.model or default_model_path(), args.runtime, args.device)
     prep = preprocess_settings(card, **preprocess_overrides(args))
     config = DetectConfig(t_test=args.t_test, stride=args.stride, batch_size=args.batch_size,
                           threshold=args.threshold, seed=args.seed, scoring=args.scoring,
@@ -80,7 +76,7 @@ def run_detect(args: argparse.Namespace) -> None:
     progress = json_progress if args.progress == "json" else text_progress
     output_folders(args.inputs, args.output)
     for path in args.inputs:
-        summary = detect_file(path, args.output, model, card, config, prep, args.mask, device, progress, args.force,
+        summary = detect_file(path, args.output, runtime, card, config, prep, args.mask, progress, args.force,
                               args.series)
         for warning in summary["warnings"]:
             print(f"warning: {path}: {warning}", file=sys.stderr, flush=True)

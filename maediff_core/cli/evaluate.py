@@ -94,16 +94,15 @@ def choose_scorer(args: argparse.Namespace, cases, protocol) -> dict:
             raise OptionError("--t-test, --stride and --scoring set a model's reconstruction; 'thresh' has none")
         return {"scorer": intensity_scorer, "card": None, "fold": 0, "t_test": None, "dices": {}, "scoring": "thresh",
                 "val": score_each(cases(args.val, "val"), intensity_scorer)}
-    from ..detect import DetectConfig, load_for_detection
-    from ..device import pick_device
+    from ..detect import DetectConfig
+    from ..runtime import load_runtime
 
-    device = pick_device(args.device)
-    model, card = load_for_detection(args.model, device)
+    runtime, card = load_runtime(args.model, "auto", args.device)
     for level in args.t_test or [None]:  # before any volume is scored
         DetectConfig(t_test=level, stride=args.stride).check_reconstruction(card)
 
     def scorer_at(t_test: tuple[int, ...] | None):
-        return model_scorer(model, card, DetectConfig(t_test=t_test, stride=args.stride), device, args.scoring or ())
+        return model_scorer(runtime, card, DetectConfig(t_test=t_test, stride=args.stride), args.scoring or ())
 
     choice = choose_reconstruction(cases(args.val, "val"), scorer_at, args.t_test or [None], protocol)
     return {"scorer": scorer_at(choice.levels), "card": card, "fold": card.training.get("fold", 0),
@@ -112,7 +111,7 @@ def choose_scorer(args: argparse.Namespace, cases, protocol) -> dict:
 
 def reconstruction_record(args: argparse.Namespace, chosen: dict) -> dict:
     """What the model reconstructed with, for metrics.json."""
-    from ..diffusion import levels_text
+    from ..diffusion_config import levels_text
 
     card = chosen["card"]
     if card is None:
@@ -132,7 +131,7 @@ def reconstruction_record(args: argparse.Namespace, chosen: dict) -> dict:
 
 def save_operating_point(args: argparse.Namespace, card, result: dict, protocol: str) -> None:
     """The threshold, with the t_test and stride it holds for, into the model's card."""
-    from ..diffusion import levels_text
+    from ..diffusion_config import levels_text
     from ..files import write_text_atomic
     from ..modelfile import model_paths, rewrite_card, with_operating_point
     from ..scoring import ScoringConfig

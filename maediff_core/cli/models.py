@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..runtime import RUNTIMES
 from .options import DEVICES
 
 
@@ -99,6 +100,8 @@ def add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the bundled demo model on a generated sample case, with a figure")
     p.add_argument("-o", "--output", default="demo-output")
     p.add_argument("--model", help="model .json/.safetensors (default: the bundled demo model)")
+    p.add_argument("--runtime", default="auto", choices=["auto", *RUNTIMES],
+                   help="torch or onnx (ONNX Runtime); auto: torch where it is installed")
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--record", action="store_true",
                    help="store the sample's Dice and lesion count in the model card (the tests and README read them)")
@@ -108,7 +111,7 @@ def add_demo(sub) -> None:
 def run_demo(args: argparse.Namespace) -> None:
     from ..demo import run_demo as demo
 
-    demo(args.output, args.model, args.device, record=args.record)
+    demo(args.output, args.model, args.device, record=args.record, runtime=args.runtime)
 
 
 COMMANDS = (add_models, add_device, add_publish, add_export_onnx, add_demo)

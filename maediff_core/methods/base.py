@@ -1,23 +1,32 @@
 """What a method is to the engine: its configuration, its network, its training stages, how it
 reconstructs a volume and what its card says. Training, detection, profiling and the benchmark call
 these and never ask which method they hold.
+
+Reading a card and detecting on ONNX Runtime import this without torch or MONAI (runtime.py): the
+hooks that build, train, export or profile a network import torch where they run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
-from ..diffusion import Diffusion, DiffusionConfig, PatchConfig, levels_text, patch_masks
-from ..networks import UNetConfig
-from ..patch_diffusion import reconstruct_patches, training_step
+from ..diffusion_config import DiffusionConfig, PatchConfig, UNetConfig, levels_text, noised_input, patch_masks
+from ..patch_diffusion import reconstruct_patches
 
-# (the module a stage trains, x0 in [-1, 1] (B, 1, H, W), brain mask (B, 1, H, W), generator) -> loss
-Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from ..diffusion import Diffusion
+    from ..runtime import Runtime
+    from .graph import Graph
+
+    # (the module a stage trains, x0 in [-1, 1] (B, 1, H, W), brain mask (B, 1, H, W), generator) -> loss
+    Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
 # (stage, fraction done, message): detection reports its progress through this
 Progress = Callable[[str, float, str], None]
 
@@ -49,6 +58,8 @@ class ModelConfig:
 
     def parameter_count(self) -> int:
         """Parameters of :meth:`build`, counted on the meta device (no memory taken)."""
+        import torch
+
         with torch.device("meta"):
             return sum(p.numel() for p in self.build().parameters())
 
@@ -76,6 +87,8 @@ class Sampling:
 
 
 def adam(parameters: Iterable[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    import torch
+
     return torch.optim.Adam(parameters, lr=lr)
 
 
@@ -101,31 +114,6 @@ class Stage:
 
 
 @dataclass(frozen=True)
-class Graph:
-    """One network that detection runs, as it is exported (onnx_export.py): ``module`` takes
-    ``inputs`` by position, in order (example tensors whose first axis is the batch), and returns
-    ``outputs``, in order."""
-
-    module: nn.Module
-    inputs: dict[str, torch.Tensor]
-    outputs: tuple[str, ...]
-
-
-class Call(nn.Module):
-    """``module.method(*positional, **keywords)`` with every argument passed by position, as an
-    exported graph takes its inputs: the last ``len(keywords)`` are the named ones."""
-
-    def __init__(self, module: nn.Module, method: str = "forward", keywords: tuple[str, ...] = ()):
-        super().__init__()
-        self.module, self.method, self.keywords = module, method, keywords
-
-    def forward(self, *inputs: torch.Tensor):
-        split = len(inputs) - len(self.keywords)
-        return getattr(self.module, self.method)(*inputs[:split], **dict(zip(self.keywords, inputs[split:],
-                                                                               strict=True)))
-
-
-@dataclass(frozen=True)
 class Cost:
     """What a method's detection costs per slice, for `maediff models`: ``passes`` forwards (what
     ``forward`` runs) and, per noise level, ``extras`` (other passes, each a callable)."""
@@ -147,6 +135,7 @@ class Method:
     augment = False  # intensity augmentation in training unless told, as the method's paper trains
     extra_weights: tuple[str, ...] = ()  # parts whose weights are files of their own, named in the card
     graph_names: tuple[str, ...] = ("denoiser",)  # the networks detection runs, as :meth:`graphs` names them
+    runtimes: tuple[str, ...] = ("torch", "onnx")  # where :meth:`reconstruct` runs (runtime.py)
 
     def configs(self) -> dict[str, ModelConfig]:
         """The named configurations: the paper's, and a CPU-sized ``-small`` one."""
@@ -162,10 +151,11 @@ class Method:
         """The training stages in order (with the optional ones where ``pretrain``)."""
         raise NotImplementedError
 
-    def reconstruct(self, network: nn.Module, config: ModelConfig, image: np.ndarray, mask: np.ndarray,
-                    sampling: Sampling, device: torch.device, progress: Progress) -> np.ndarray:
+    def reconstruct(self, runtime: Runtime, config: ModelConfig, image: np.ndarray, mask: np.ndarray,
+                    sampling: Sampling, progress: Progress) -> np.ndarray:
         """``sampling.samples`` healthy reconstructions (samples, z, y, x) in 0..1 of a model-space
-        volume in 0..1, each drawn with its own noise from ``sampling.seed`` on."""
+        volume in 0..1, each drawn with its own noise from ``sampling.seed`` on, by the networks of
+        :meth:`graphs` as ``runtime`` runs them."""
         raise NotImplementedError
 
     def cost(self, config: ModelConfig, network: nn.Module) -> Cost:
@@ -212,12 +202,13 @@ class Method:
 
 
 class ImageDiffusion(Method):
-    """A method whose network predicts x0 from a slice noised in image space (patch_diffusion.py): one
-    training stage of Algorithm 1, detection by Algorithm 2. Subclasses give the network and what it
-    takes besides (x_t, t): :meth:`model_kwargs`."""
+    """A method whose network predicts x0 from a slice noised in image space: one training stage of
+    Algorithm 1 (diffusion.py), detection by Algorithm 2 (patch_diffusion.py) on either runtime.
+    Subclasses give the network and what it takes besides (x_t, t): :meth:`model_kwargs`."""
 
-    def model_kwargs(self, config: ModelConfig, x0: torch.Tensor, masks: torch.Tensor) -> dict:
-        """The network's keyword arguments for slices ``x0`` noised under ``masks`` (B, 1, H, W)."""
+    def model_kwargs(self, config: ModelConfig, x0, masks) -> dict:
+        """The network's keyword arguments for slices ``x0`` noised under ``masks`` (B, 1, H, W), numpy
+        arrays in detection and torch tensors in training alike."""
         return {}
 
     def stages(self, config: ModelConfig, pretrain: bool = False) -> list[Stage]:
@@ -225,6 +216,8 @@ class ImageDiffusion(Method):
 
     def main_stage(self, config: ModelConfig) -> Stage:
         def objective(network: nn.Module, diffusion: Diffusion) -> Objective:
+            from ..diffusion import training_step
+
             def loss(module: nn.Module, x0: torch.Tensor, brain: torch.Tensor, generator: torch.Generator):
                 return training_step(module, x0, generator, config.patch, diffusion,
                                      lambda x, masks: self.model_kwargs(config, x, masks))
@@ -232,26 +225,34 @@ class ImageDiffusion(Method):
 
         return Stage(None, "the model", trains=lambda network: network, objective=objective)
 
-    def reconstruct(self, network: nn.Module, config: ModelConfig, image: np.ndarray, mask: np.ndarray,
-                    sampling: Sampling, device: torch.device, progress: Progress) -> np.ndarray:
-        return reconstruct_patches(network, config.patch, Diffusion(config.diffusion), image, mask, sampling.levels,
-                                   sampling.stride, sampling.seed, sampling.batch, device, progress,
-                                   lambda x, masks: self.model_kwargs(config, x, masks), sampling.samples)
+    def reconstruct(self, runtime: Runtime, config: ModelConfig, image: np.ndarray, mask: np.ndarray,
+                    sampling: Sampling, progress: Progress) -> np.ndarray:
+        return reconstruct_patches(runtime, config.patch, config.diffusion, image, mask, sampling,
+                                   lambda x, masks: self.model_kwargs(config, x, masks), progress)
 
     def graphs(self, config: ModelConfig, network: nn.Module) -> dict[str, Graph]:
-        """The x0-predicting network, its keyword arguments after (x_t, t): two patches of a noised slice."""
-        patch = config.patch
-        x = torch.rand(2, 1, patch.size, patch.size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        """The x0-predicting network, its keyword arguments after (x_t, t): two slices, each with a patch
+        noised. The noised slices and the clean ones are distinct tensors: the exporter would merge
+        one tensor passed twice into one input (cDDPM's ``clean`` with ``x``)."""
+        import torch
+
+        from .graph import Call, Graph
+
+        patch, generator = config.patch, torch.Generator().manual_seed(0)
+        x0 = torch.rand(2, 1, patch.size, patch.size, generator=generator) * 2 - 1
         positions = patch.positions()
-        masks = patch_masks(torch.tensor([positions[0], positions[-1]]), patch)
-        kwargs = self.model_kwargs(config, x, masks)
+        masks = torch.from_numpy(patch_masks(np.array([positions[0], positions[-1]]), patch))
+        x = noised_input(x0, torch.randn(x0.shape, generator=generator), masks)
+        kwargs = self.model_kwargs(config, x0, masks)
         inputs = {"x": x, "t": torch.tensor([config.diffusion.t_test[0]] * 2), **kwargs}
         return {"denoiser": Graph(Call(network, keywords=tuple(kwargs)), inputs, ("x0",))}
 
     def cost(self, config: ModelConfig, network: nn.Module) -> Cost:
+        import torch
+
         patch = config.patch
         x = torch.zeros(1, 1, patch.size, patch.size)
-        masks = patch_masks(torch.tensor([patch.positions()[0]]), patch)
+        masks = torch.from_numpy(patch_masks(np.array([patch.positions()[0]]), patch))
         positions, levels = len(patch.positions()), len(config.diffusion.t_test)
         return Cost(positions * levels, lambda: network(x, torch.tensor([500]), **self.model_kwargs(config, x, masks)),
                     work=f"{positions:2d} positions x {levels} t_test")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..diffusion import levels_text
+from ..diffusion_config import levels_text
 from ..methods import method_of
 from .card import ModelCard
 

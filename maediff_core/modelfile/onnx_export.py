@@ -1,5 +1,5 @@
 """Every network a model's detection runs, exported as ONNX beside its weights (`maediff export-onnx`,
-`maediff publish`), so that detection can run on ONNX Runtime without torch.
+`maediff publish`), so that detection can run on ONNX Runtime without torch (runtime.py).
 
 Each network is exported with torch's exporter (torch.export), its batch axis dynamic. Node metadata
 (the exporter's Python stack traces, with the exporting machine's paths) is dropped: it is a tenth of
@@ -23,10 +23,11 @@ import torch
 from ..errors import CardError, OptionError
 from ..files import atomic_path
 from ..methods import method_of
-from ..methods.base import Call, Graph
-from .card import ModelCard
+from ..methods.graph import Call, Graph
+from ..runtime import onnx_session
+from .cards import rewrite_card
 from .pairs import model_paths, sha256_of
-from .store import load_model, rewrite_card
+from .store import load_model
 
 OPSET = 18  # ONNX Runtime 1.14 (2023) and later run it
 PARITY_LIMIT = 1e-3  # float32 graphs agree with torch to a few 1e-6; more means an operator was exported wrongly
@@ -74,20 +75,12 @@ def export_graph(graph: Graph, path: Path, opset: int = OPSET) -> None:
         onnx.save(proto, str(tmp))
 
 
-def session(path: Path, threads: int = 0):
-    """An ONNX Runtime session of ``path`` on the CPU (``threads`` 0: as many as cores)."""
-    _, onnxruntime = onnx_packages()
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def parity(graph: Graph, path: Path) -> float:
     """The largest |ONNX Runtime - torch| over ``graph``'s outputs on its example inputs."""
     with torch.no_grad():
         expected = graph.module.eval()(*graph.inputs.values())
     expected = expected if isinstance(expected, tuple) else (expected,)
-    found = session(path).run(list(graph.outputs), {k: v.numpy() for k, v in graph.inputs.items()})
+    found = onnx_session(path).run(list(graph.outputs), {k: v.numpy() for k, v in graph.inputs.items()})
     return max(float(np.abs(f - e.float().numpy()).max()) for f, e in zip(found, expected, strict=True))
 
 
@@ -115,9 +108,3 @@ def export_onnx(path: str | Path, opset: int = OPSET) -> list[Path]:
     rewrite_card(replace(card, onnx=entries), path)
     return written
 
-
-def exported(card: ModelCard) -> dict[str, Path]:
-    """The card's exported networks, each verified against its hash; a card without them is refused."""
-    if not card.onnx:
-        raise CardError(f"model {card.config.name!r} has no ONNX export: `maediff export-onnx` on its card writes it")
-    return {name: card.onnx_path(name) for name in card.onnx}

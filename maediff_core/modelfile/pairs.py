@@ -8,12 +8,13 @@ import hashlib
 import json
 import os
 from pathlib import Path
-
-import torch
-from safetensors.torch import save_file
+from typing import TYPE_CHECKING
 
 from ..errors import CardError
 from ..files import atomic_path, write_text_atomic
+
+if TYPE_CHECKING:
+    import torch
 
 
 def model_paths(path: str | Path) -> tuple[Path, Path]:
@@ -39,6 +40,8 @@ def save_pair(tensors: dict[str, torch.Tensor], record: dict, path: str | Path) 
     """Weights and their JSON as one commit. The JSON names the weights' SHA-256 and is first written
     aside (``.x.json.pending``); the weights are renamed into place, then the JSON. A kill at any
     point leaves the old pair or the new one once :func:`recover_pair` has run, never a mix."""
+    from safetensors.torch import save_file  # torch's: the caller holds torch tensors; reading needs no torch
+
     weights, meta = model_paths(path)
     recover_pair(path)
     with atomic_path(weights) as tmp:

@@ -1,10 +1,8 @@
-"""Models in and out of their files: cards read and rewritten, weights checked against the network
-before they are read, a method's extra weight files beside its own, and publishing."""
+"""Models in and out of their files in torch: weights checked against the network before they are
+read, a method's extra weight files beside its own, and publishing (cards alone: cards.py)."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -14,40 +12,10 @@ from safetensors.torch import load_file, save_file
 from ..errors import CardError
 from ..files import atomic_path, write_text_atomic
 from ..methods import method_of
-from .card import ModelCard
+from .card import MAX_PARAMETERS, ModelCard
+from .cards import card_from_record
 from .markdown import card_markdown
-from .pairs import model_paths, read_json, read_pair, save_pair, sha256_of, verified
-
-
-def _card(meta: Path, record: dict) -> ModelCard:
-    try:
-        return replace(ModelCard.from_dict(record), folder=meta.parent)
-    except ValueError as err:
-        raise CardError(f"{meta}: not a valid model card: {err}") from None
-
-
-def load_card(path: str | Path) -> ModelCard:
-    meta = model_paths(path)[1]
-    return _card(meta, read_json(meta))
-
-
-def _weights_mb(card: ModelCard, weights: Path) -> float:
-    parts = [card.extra_weight_path(name) for name in card.extra_weights]
-    return sum(p.stat().st_size for p in [weights, *parts]) / 1e6
-
-
-def rewrite_card(card: ModelCard, path: str | Path) -> Path:
-    """A model's JSON replaced by ``card``, beside the same weights: their SHA-256 is kept, and the
-    weights are verified first, so a card is never moved onto weights it was not made for. A
-    published model's Markdown card is written again from it."""
-    weights, record = read_pair(path)
-    digest = {"weights_sha256": record["weights_sha256"]} if "weights_sha256" in record else {}
-    meta = model_paths(path)[1]
-    write_text_atomic(json.dumps({**card.to_dict(), **digest}, indent=1) + "\n", meta)
-    markdown = meta.with_suffix(".md")
-    if markdown.is_file():
-        write_text_atomic(card_markdown(card, _weights_mb(replace(card, folder=meta.parent), weights)), markdown)
-    return meta
+from .pairs import model_paths, read_json, save_pair, sha256_of, verified
 
 
 def load_weights(weights: Path, model: torch.nn.Module, device: torch.device | str, prefix: str = "") -> dict:
@@ -80,8 +48,12 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[to
     """The network of a model card, its weights (and the method's extra weight files) loaded."""
     weights, meta = model_paths(path)
     record = read_json(meta)  # read once: the card, then the weights it names by hash
-    card = _card(meta, record)
+    card = card_from_record(meta, record)
     verified(weights, meta, record)
+    parameters = card.config.parameter_count()
+    if parameters > MAX_PARAMETERS:  # before any memory is taken
+        raise CardError(f"{meta}: configuration {card.config.name!r} has {parameters / 1e6:.0f} M parameters "
+                        f"({4 * parameters / 1e9:.1f} GB); the limit is {MAX_PARAMETERS / 1e6:.0f} M")
     model = card.config.build()
     for name, part in method_of(card.config.method).weight_parts(model).items():
         load_weights(card.extra_weight_path(name) if name else weights, part, device)

@@ -5,28 +5,21 @@ was measured here."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
-from ...diffusion import DiffusionConfig, PatchConfig
+from ...diffusion_config import NO_ATTENTION, SMALL_UNET, DiffusionConfig, PatchConfig, UNetConfig
 from ...errors import OptionError
-from ...networks import NO_ATTENTION, SMALL_UNET, UNetConfig
 from ..base import ImageDiffusion, ModelConfig, Stage
-from .conditioning import ConditionedNet, EncoderConfig
-from .pretraining import STRIDE, MaskedPretrainer, PretrainConfig, pretraining_loss
+from .config import SMALL_ENCODER, CDDPMConfig
 
-# ResNet-18's basic blocks, one per stage at a quarter of its widths; the condition keeps the
-# reference's rule, U-Net width x 4.
-SMALL_ENCODER = EncoderConfig(block="basic", layers=(1, 1, 1, 1), widths=(16, 32, 64, 128), features=128)
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
-
-@dataclass(frozen=True)
-class CDDPMConfig(ModelConfig):
-    encoder: EncoderConfig = EncoderConfig()  # the encoder of the clean slice
-
+    from .conditioning import ConditionedNet
+    from .pretraining import MaskedPretrainer
 
 class CDDPM(ImageDiffusion):
     name = "cddpm"
@@ -46,9 +39,11 @@ class CDDPM(ImageDiffusion):
             raise ValueError("a cddpm configuration noises the whole slice: whole_slice true")
 
     def build(self, config: CDDPMConfig) -> nn.Module:
+        from .conditioning import ConditionedNet
+
         return ConditionedNet(config.unet, config.encoder)
 
-    def model_kwargs(self, config: CDDPMConfig, x0: torch.Tensor, masks: torch.Tensor) -> dict:
+    def model_kwargs(self, config: CDDPMConfig, x0, masks) -> dict:
         return {"clean": x0}
 
     def stages(self, config: CDDPMConfig, pretrain: bool = False) -> list[Stage]:
@@ -56,6 +51,10 @@ class CDDPM(ImageDiffusion):
                        prefix="resnet.")
         if not pretrain:
             return [main]
+        import torch
+
+        from .pretraining import STRIDE, MaskedPretrainer, PretrainConfig, pretraining_loss
+
         pretraining = PretrainConfig()
 
         def pretrainer(network: nn.Module) -> MaskedPretrainer:

@@ -9,28 +9,14 @@ the embedding enters.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from monai.networks.nets import ResNet
 from monai.networks.nets.diffusion_model_unet import DiffusionUNetResnetBlock
 from torch import nn
 
-from ...networks import DiffusionNet, UNetConfig
-
-
-@dataclass(frozen=True)
-class EncoderConfig:
-    block: str = "bottleneck"  # cDDPM code: ResNet-50 (bottleneck blocks 3-4-6-3, widths 64..512)
-    layers: tuple[int, ...] = (3, 4, 6, 3)
-    widths: tuple[int, ...] = (64, 128, 256, 512)
-    features: int = 512  # cDDPM code: U-Net width x 4 (overriding the configured 128)
-
-    def __post_init__(self) -> None:
-        if self.block not in ("basic", "bottleneck"):
-            raise ValueError(f"block must be 'basic' or 'bottleneck', got {self.block!r}")
-        if len(self.layers) != 4 or len(self.widths) != 4 or min(*self.layers, *self.widths, self.features) < 1:
-            raise ValueError("a ResNet encoder needs 4 positive layer counts and widths and a positive feature size")
+from ...diffusion_config import UNetConfig
+from ...networks import DiffusionNet
+from .config import EncoderConfig
 
 
 def resnet_of(config: EncoderConfig) -> ResNet:

@@ -22,7 +22,8 @@ from monai.networks.nets import ResNet
 from monai.networks.nets.resnet import ResNetBottleneck
 from torch import nn
 
-from .conditioning import EncoderConfig, resnet_of
+from .conditioning import resnet_of
+from .config import EncoderConfig
 
 STRIDE = 32  # the ResNet's total downsampling: one mask cell is one position of its deepest stage
 

@@ -5,35 +5,31 @@ measured here."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
-from ...diffusion import Diffusion, DiffusionConfig, PatchConfig
-from ...networks import UNetConfig
-from ..base import Call, Cost, Graph, Method, ModelConfig, Progress, Sampling, Stage
-from .networks import AutoencoderConfig, LatentConfig, MaskedLatentNet
-from .repair import autoencoder_loss, denoiser_loss, fit_latent_scale, repair_volume
+from ...diffusion_config import DiffusionConfig, PatchConfig, UNetConfig
+from ..base import Cost, Method, ModelConfig, Progress, Sampling, Stage
+from .config import SMALL_LATENT, MADADConfig
 
-# The autoencoder's first level, at full resolution, is most of its cost: 16 channels and one block
-# there take 0.34 s per training batch of 16 on 2 cores against 1.1-1.5 s at 32. Downsampling 4 (a
-# 24 x 24 latent) against 8: validation L1 0.053 against 0.070 of the intensity range after 3 CPU
-# minutes each (README.md beside this file).
-SMALL_LATENT = LatentConfig(AutoencoderConfig(channels=(16, 32, 64), res_blocks=1, norm_groups=16))
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ...torch_runtime import TorchRuntime
+    from ..graph import Graph
+    from .networks import MaskedLatentNet
+
 SCALE_SLICES = 256  # training slices the latent scale is fitted on
-
-
-@dataclass(frozen=True)
-class MADADConfig(ModelConfig):
-    latent: LatentConfig = LatentConfig()  # the autoencoder, and the masking of its latents
 
 
 def fit_scale(network: MaskedLatentNet, data) -> None:
     """The denoiser stage's start: its latents brought to unit variance on the training slices
     (``data``: training.slices.SliceData); a resumed run loads its own scale."""
+    from .repair import fit_latent_scale
+
     slices = data.spread(SCALE_SLICES).to(network.denoiser.scale.device)
     network.denoiser.scale.fill_(fit_latent_scale(network.autoencoder, slices))
 
@@ -44,6 +40,7 @@ class MADAD(Method):
     score = "|decode(repaired latent) - decode(latent)|, the change MAD-AD's repair makes"
     extra_weights = ("autoencoder",)
     graph_names = ("encoder", "denoiser", "decoder")
+    runtimes = ("torch",)  # the DDIM repair (repair.py) runs in torch only; its graphs are exported all the same
 
     def configs(self) -> dict[str, ModelConfig]:
         # MAD-AD code (README.md): U-Net 256 x (1, 2, 4), 2 blocks, attention at every level; T = 10,
@@ -62,6 +59,8 @@ class MADAD(Method):
             raise ValueError("MAD-AD works on the whole slice's latent: whole_slice true")
 
     def build(self, config: MADADConfig) -> nn.Module:
+        from .networks import MaskedLatentNet
+
         return MaskedLatentNet(config.unet, config.latent, config.patch.size)
 
     def weight_parts(self, network: MaskedLatentNet) -> dict[str, nn.Module]:
@@ -71,21 +70,34 @@ class MADAD(Method):
         return {"autoencoder": network.autoencoder}
 
     def stages(self, config: MADADConfig, pretrain: bool = False) -> list[Stage]:
+        def autoencoder_objective(network: MaskedLatentNet, diffusion):
+            from .repair import autoencoder_loss
+
+            return partial(autoencoder_loss, config=config.latent.autoencoder)
+
+        def denoiser_objective(network: MaskedLatentNet, diffusion):
+            from .repair import denoiser_loss
+
+            return partial(denoiser_loss, network=network, diffusion=diffusion)
+
         autoencoder = Stage("autoencoder", "the autoencoder stage", trains=lambda network: network.autoencoder,
-                            objective=lambda network, diffusion: partial(autoencoder_loss,
-                                                                         config=config.latent.autoencoder))
+                            objective=autoencoder_objective)
         denoiser = Stage("denoiser", "the denoiser stage", trains=lambda network: network.denoiser,
-                         objective=lambda network, diffusion: partial(denoiser_loss, network=network,
-                                                                      diffusion=diffusion),
+                         objective=denoiser_objective,
                          takes_into=lambda network: network.autoencoder, frozen=True, prepare=fit_scale)
         return [autoencoder, denoiser]
 
-    def reconstruct(self, network: MaskedLatentNet, config: MADADConfig, image: np.ndarray, mask: np.ndarray,
-                    sampling: Sampling, device: torch.device, progress: Progress) -> np.ndarray:
-        return repair_volume(network, Diffusion(config.diffusion), image, mask, sampling.levels, sampling.seed,
-                             sampling.batch, device, progress, sampling.samples)
+    def reconstruct(self, runtime: TorchRuntime, config: MADADConfig, image: np.ndarray, mask: np.ndarray,
+                    sampling: Sampling, progress: Progress) -> np.ndarray:
+        from ...diffusion import Diffusion
+        from .repair import repair_volume
+
+        return repair_volume(runtime.network, Diffusion(config.diffusion), image, mask, sampling.levels, sampling.seed,
+                             sampling.batch, runtime.torch_device, progress, sampling.samples)
 
     def cost(self, config: MADADConfig, network: MaskedLatentNet) -> Cost:
+        import torch
+
         x = torch.zeros(1, 1, config.patch.size, config.patch.size)
         z = network.encode(x)
         levels = config.diffusion.t_test
@@ -98,6 +110,10 @@ class MADAD(Method):
     def graphs(self, config: MADADConfig, network: MaskedLatentNet) -> dict[str, Graph]:
         """What :func:`repair_volume` runs: the scaled mean latent of slices, the denoiser's step and
         the decoding."""
+        import torch
+
+        from ..graph import Call, Graph
+
         x = torch.rand(2, 1, config.patch.size, config.patch.size, generator=torch.Generator().manual_seed(0)) * 2 - 1
         with torch.no_grad():
             z = network.encode(x)

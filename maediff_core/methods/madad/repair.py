@@ -19,9 +19,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...device import in_batches
-from ...diffusion import Diffusion, noised_input
+from ...diffusion import Diffusion
+from ...diffusion_config import noised_input
 from ...errors import CardError
-from .networks import AutoencoderConfig, LatentConfig, MaskedLatentNet
+from .config import AutoencoderConfig, LatentConfig
+from .networks import MaskedLatentNet
 
 
 def brain_cells(brain: torch.Tensor, downsampling: int, fraction: float) -> torch.Tensor:

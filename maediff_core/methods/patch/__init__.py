@@ -4,19 +4,24 @@ facts and what was measured here."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
-from ...diffusion import PatchConfig
-from ...networks import NO_ATTENTION, SMALL_UNET, DiffusionNet, UNetConfig
+from ...diffusion_config import NO_ATTENTION, SMALL_UNET, PatchConfig, UNetConfig
 from ..base import ImageDiffusion, ModelConfig
-from .mae import MAEConfig, MAEDiffNet, visible_cells
+from .config import SMALL_MAE, MAEDiffConfig
 
-# The small MAE keeps the paper's layout at a third of its width and half its depth.
-SMALL_MAE = MAEConfig(encoder_depth=4, encoder_width=128, encoder_heads=4, decoder_depth=4, decoder_width=128,
-                      decoder_heads=4)
+if TYPE_CHECKING:
+    from torch import nn
+
+    from .mae import MAEDiffNet
+
+
+def visible_cells(mask, grid: int):
+    """(B, 1, H, W) patch mask -> (B, N) bool: grid cells not touched by the noised patch (numpy
+    arrays in detection, torch tensors in training)."""
+    b, _, h, w = mask.shape
+    return mask.reshape(b, h // grid, grid, w // grid, grid).sum(axis=(2, 4)).reshape(b, -1) == 0
 
 
 class PDDPM(ImageDiffusion):
@@ -39,6 +44,8 @@ class PDDPM(ImageDiffusion):
             raise ValueError(f"a {self.name} configuration noises {noised}")
 
     def build(self, config: ModelConfig) -> nn.Module:
+        from ...networks import DiffusionNet
+
         return DiffusionNet(config.unet)
 
 
@@ -53,11 +60,6 @@ class AnoDDPM(PDDPM):
         return {"anoddpm": ModelConfig("anoddpm", "anoddpm", UNetConfig(attention=NO_ATTENTION), whole),
                 "anoddpm-small": ModelConfig("anoddpm-small", "anoddpm", replace(SMALL_UNET, attention=NO_ATTENTION),
                                              whole)}
-
-
-@dataclass(frozen=True)
-class MAEDiffConfig(ModelConfig):
-    mae: MAEConfig = MAEConfig()
 
 
 class MAEDiff(PDDPM):
@@ -82,9 +84,11 @@ class MAEDiff(PDDPM):
                              f"(MAEDiff paper Sec. 3.2); use a multiple of {config.patch.grid}")
 
     def build(self, config: MAEDiffConfig) -> nn.Module:
+        from .mae import MAEDiffNet
+
         return MAEDiffNet(config.unet, config.mae, config.patch.size)
 
-    def model_kwargs(self, config: MAEDiffConfig, x0: torch.Tensor, masks: torch.Tensor) -> dict:
+    def model_kwargs(self, config: MAEDiffConfig, x0, masks) -> dict:
         return {"visible": visible_cells(masks, config.patch.grid)}
 
     def parts(self, network: MAEDiffNet) -> dict[str, nn.Module]:

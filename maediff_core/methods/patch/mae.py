@@ -3,35 +3,14 @@ U-Net encoder's feature map, and the network that inserts it before the bottlene
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from monai.networks.blocks import CrossAttentionBlock, MLPBlock, SABlock
 from torch import nn
 
-from ...networks import DiffusionNet, UNetConfig
-
-
-@dataclass(frozen=True)
-class MAEConfig:
-    encoder_depth: int = 12  # paper Sec. 4.3: ViT-Small
-    encoder_width: int = 384
-    encoder_heads: int = 6
-    decoder_depth: int = 8  # paper Sec. 4.3
-    decoder_width: int = 512
-    decoder_heads: int = 16
-    cell: int = 4  # grid r = 16 on the image is r / 4 = 4 on the H/4 feature map
-    mlp_ratio: float = 4.0  # standard ViT
-
-    def __post_init__(self) -> None:
-        sizes = (self.encoder_depth, self.encoder_width, self.encoder_heads, self.decoder_depth,
-                 self.decoder_width, self.decoder_heads, self.cell)
-        if min(sizes) < 1 or self.mlp_ratio <= 0:
-            raise ValueError("MAE depths, widths, heads, cell and mlp_ratio must be positive")
-        for width, heads in ((self.encoder_width, self.encoder_heads), (self.decoder_width, self.decoder_heads)):
-            if width % heads or width % 4:
-                raise ValueError(f"width {width} must be a multiple of 4 and of its {heads} heads")
+from ...diffusion_config import UNetConfig
+from ...networks import DiffusionNet
+from .config import MAEConfig
 
 
 def sincos_2d(width: int, side: int) -> torch.Tensor:
@@ -165,8 +144,3 @@ class MAEDiffNet(DiffusionNet):
             raise ValueError("the MAE module needs the visible grid cells")
         return h + self.mae(h, model_kwargs["visible"])
 
-
-def visible_cells(mask: torch.Tensor, grid: int) -> torch.Tensor:
-    """(B, 1, H, W) patch mask -> (B, N) bool: grid cells not touched by the noised patch."""
-    pooled = nn.functional.max_pool2d(mask, kernel_size=grid, stride=grid)
-    return pooled.flatten(1) == 0
