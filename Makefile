@@ -10,7 +10,8 @@ export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/.torchinductor
 SLICER_RELEASES := 5.10 5.12
 MODULE_SOURCES := scripts/build_slicer_module.py $(shell git ls-files MAEDiffAnomaly maediff_core Resources/atlas Resources/models Resources/samples)
 
-.PHONY: setup lint test test-core test-slicer test-simpleitk23 demo demo-model sample slicer-module clean-venv
+.PHONY: setup lint test test-core test-slicer test-simpleitk23 demo demo-model sample slicer-module \
+	slicer-module-offline install-footprint clean-venv
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -26,14 +27,27 @@ slicer-module: dist/MAEDiffAnomaly.zip
 dist/MAEDiffAnomaly.zip: $(MODULE_SOURCES)
 	$(PYTHON) scripts/build_slicer_module.py dist
 
-# A Python like Slicer <release>'s: its bundled packages at its versions, torch as the PyTorch
-# extension installs it, what the module's own installer adds, and the MRML library (slicer-core,
-# without vtk's matplotlib, which Slicer does not ship) plus pytest to run the tests.
-.venv-slicer-%/.installed: Testing/slicer_env/slicer-%.txt MAEDiffAnomaly/MAEDiffAnomalyLib/dependencies.py Makefile
+# The same with a wheels/ folder for hospitals without internet: the first Detect installs ONNX
+# Runtime from it, for Slicer on Windows, macOS (arm64, x86-64) and Linux (91 MB more).
+slicer-module-offline: dist/offline/MAEDiffAnomaly.zip
+dist/offline/MAEDiffAnomaly.zip: $(MODULE_SOURCES)
+	$(PYTHON) scripts/build_slicer_module.py dist/offline --wheels slicer
+
+# The tests' module: offline, with the wheels of this machine's Python.
+build/offline-here/MAEDiffAnomaly.zip: $(MODULE_SOURCES)
+	$(PYTHON) scripts/build_slicer_module.py build/offline-here --wheels here
+
+# Megabytes downloaded and on disk at the first Detect: ONNX Runtime against the PyTorch extension's path.
+install-footprint: setup
+	$(PY) scripts/install_footprint.py
+
+# A Python like a fresh Slicer <release>'s, without the PyTorch extension: its bundled packages at their
+# versions, the MRML library (slicer-core, without vtk's matplotlib, which Slicer does not ship) and
+# pytest to run the tests. The tests' first Detect installs ONNX Runtime from the module's wheels.
+.venv-slicer-%/.installed: Testing/slicer_env/slicer-%.txt Makefile
 	rm -rf .venv-slicer-$*
 	$(PYTHON) -m venv .venv-slicer-$*
-	.venv-slicer-$*/bin/python -m pip install --quiet "$(TORCH_SPEC)" -r Testing/slicer_env/slicer-$*.txt
-	cd MAEDiffAnomaly && $(CURDIR)/.venv-slicer-$*/bin/python -m MAEDiffAnomalyLib.dependencies install detect
+	.venv-slicer-$*/bin/python -m pip install --quiet -r Testing/slicer_env/slicer-$*.txt
 	.venv-slicer-$*/bin/python -m pip install --quiet --no-deps slicer-core vtk==9.6.2
 	.venv-slicer-$*/bin/python -m pip install --quiet pytest
 	touch $@
@@ -52,9 +66,9 @@ lint: setup
 test-core: setup
 	$(PY) -m pytest -q Testing
 
-# The module as a user installs it: the zip, unpacked.
-test-slicer: dist/MAEDiffAnomaly.zip $(SLICER_RELEASES:%=.venv-slicer-%/.installed)
-	rm -rf build/slicer-module && $(PYTHON) -m zipfile -e dist/MAEDiffAnomaly.zip build/slicer-module
+# The module as a user installs it: the zip (offline, with this machine's wheels), unpacked.
+test-slicer: build/offline-here/MAEDiffAnomaly.zip $(SLICER_RELEASES:%=.venv-slicer-%/.installed)
+	rm -rf build/slicer-module && $(PYTHON) -m zipfile -e build/offline-here/MAEDiffAnomaly.zip build/slicer-module
 	cd Testing/slicer_env && for release in $(SLICER_RELEASES); do \
 	  MAEDIFF_MODULE_DIR=$(CURDIR)/build/slicer-module/MAEDiffAnomaly MAEDIFF_SLICER_RELEASE=$$release \
 	  $(CURDIR)/.venv-slicer-$$release/bin/python -m pytest -q . || exit 1; \
@@ -66,7 +80,8 @@ test-simpleitk23: .venv-simpleitk23/.installed
 # Every test Python is set up first, side by side (each set-up is one pip process, mostly waiting on
 # downloads and unpacking), then the suites run one after the other.
 test:
-	$(MAKE) -j4 setup .venv-simpleitk23/.installed $(SLICER_RELEASES:%=.venv-slicer-%/.installed) dist/MAEDiffAnomaly.zip
+	$(MAKE) -j4 setup .venv-simpleitk23/.installed $(SLICER_RELEASES:%=.venv-slicer-%/.installed) \
+	  build/offline-here/MAEDiffAnomaly.zip
 	$(MAKE) lint test-core test-simpleitk23 test-slicer
 
 demo: setup

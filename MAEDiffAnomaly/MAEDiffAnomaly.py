@@ -6,9 +6,11 @@ calls MAEDiffAnomalyLib (scene building, the detection subprocess) and, through 
 """
 
 import hashlib
+import importlib
 import logging
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -32,9 +34,11 @@ from MAEDiffAnomalyLib.runner import (
     CoreProcess,
     DetectionProcess,
     DetectRequest,
+    InstallProcess,
     core_command,
     device_summary,
     input_summary,
+    ran_on,
     refusal,
 )
 
@@ -52,8 +56,9 @@ class MAEDiffAnomaly(ScriptedLoadableModule):
             "Unsupervised anomaly detection in brain T2 MRI with a masked-autoencoder-enhanced patch "
             "diffusion model (MAEDiff). Select a T2 volume and click <b>Detect anomalies</b>: you get an "
             "anomaly heatmap, a reconstructed healthy volume and lesion candidates on the input's own grid."
-            " Try it on <i>Sample Data > MAEDiff Anomaly > MAEDiffT2Sample</i>. Needs 3D Slicer 5.10 or newer"
-            " and the PyTorch extension. Research software, not for clinical use.")
+            " Try it on <i>Sample Data > MAEDiff Anomaly > MAEDiffT2Sample</i>. Needs 3D Slicer 5.10 or newer;"
+            " the first Detect installs ONNX Runtime (about 17 MB). For a GPU, install the PyTorch extension."
+            " Research software, not for clinical use.")
         self.parent.acknowledgementText = (
             "Method: Xiong et al., MAEDiff (2024), built on patched DDPMs (Behrendt et al., MIDL 2023). "
             "Bundled atlas: MNI ICBM152 2009a (McConnell Brain Imaging Centre).")
@@ -84,6 +89,8 @@ class MAEDiffAnomalyParameterNode:
     brainMask: vtkMRMLLabelMapVolumeNode
     modelPath: Path
     device: Annotated[str, Choice(["auto", "cuda", "cpu"])] = "auto"
+    # auto: PyTorch when the PyTorch extension installed it (or for a GPU), else ONNX Runtime.
+    runtime: Annotated[str, Choice(["auto", "onnx", "torch"])] = "auto"
     skullStripped: bool = False
     skipRegistration: bool = False
     force: bool = False  # run on a contrast other than T2
@@ -107,6 +114,8 @@ class MAEDiffAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self.card = None  # the selected model's card (dict), None if unusable
         self.run = None  # the detection under way
+        self.install = None  # the package install a detection waits for
+        self.runtime = None  # what the detection under way (or waiting for its install) runs on
         self.deviceQuery = None  # `maediff device` under way
         self.results = None
         self.savedLayout = None  # the layout to go back to from the compare layout
@@ -187,7 +196,7 @@ class MAEDiffAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateGUI()
 
     def updateGUI(self, caller=None, event=None):
-        running = self.run is not None
+        running = self.run is not None or self.install is not None
         parameters = self._parameterNode
         self.ui.applyButton.text = "Cancel" if running else "Detect anomalies"
         self.ui.applyButton.enabled = running or bool(
@@ -233,28 +242,40 @@ class MAEDiffAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.deviceQuery is not None:
             return
         with slicer.util.tryWithErrorDisplay("Could not query the compute device.", waitCursor=True):
-            if not self.logic.ensureTorch(self._parameterNode.device):
-                return
             self.deviceQuery = self.logic.startDeviceQuery()
-            self.ui.deviceInfoLabel.text = "Asking PyTorch which devices it sees..."
+            self.ui.deviceInfoLabel.text = "Asking which runtimes and devices this Slicer has..."
             self.timer.start()
 
     # -- running ---------------------------------------------------------------------------
     def onApplyButton(self):
-        if self.run is not None:
+        if self.run is not None or self.install is not None:
             self.cancel()
             return
         try:
             with slicer.util.tryWithErrorDisplay("Could not start the detection.", waitCursor=True):
-                if not (self.logic.ensureTorch(self._parameterNode.device) and self.logic.ensurePackages("detect")):
+                self.runtime = self.logic.runtimeFor(self._parameterNode)
+                if self.runtime == "torch" and not self.logic.ensureTorch(self._parameterNode.device):
                     return
-                self.run = self.logic.startDetection(self._parameterNode, self.card)
                 self.ui.progressBar.value = 0
                 self.ui.logTextEdit.clear()
-                self.ui.statusLabel.text = self.run.process.progress.text
-                self.timer.start()
+                if dependencies.missing(self.runtime):
+                    # Installed in a child process, polled: the panel stays live and shows pip's progress.
+                    self.install = self.logic.startInstall(self.runtime)
+                    if self.install is not None:
+                        self.ui.statusLabel.text = f"Installing {self.runtimeName()}..."
+                        self.timer.start()
+                    return
+                self.startRun()
         finally:
             self.updateGUI()
+
+    def runtimeName(self) -> str:
+        return "ONNX Runtime" if self.runtime == "onnx" else "PyTorch's detection packages (MONAI, einops, safetensors)"
+
+    def startRun(self):
+        self.run = self.logic.startDetection(self._parameterNode, self.card, self.runtime)
+        self.ui.statusLabel.text = self.run.process.progress.text
+        self.timer.start()
 
     def onPoll(self):
         if self.deviceQuery is not None and not self.deviceQuery.running:
@@ -262,6 +283,12 @@ class MAEDiffAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             query.wait()
             self.ui.deviceInfoLabel.text = (device_summary(query.output) if query.process.returncode == 0
                                             else "Could not query the device: " + query.error_text())
+        if self.install is not None:
+            for line in self.install.poll():
+                self.ui.logTextEdit.appendPlainText(line)
+                self.ui.statusLabel.text = f"Installing {self.runtimeName()}: {line.strip()[:100]}"
+            if not self.install.running:
+                self.finishInstall()
         if self.run is not None:
             for line in self.run.process.poll():
                 self.ui.logTextEdit.appendPlainText(line)
@@ -270,8 +297,29 @@ class MAEDiffAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = progress.text
             if not self.run.process.running:
                 self.finishRun()
-        if self.run is None and self.deviceQuery is None:
+        if self.run is None and self.install is None and self.deviceQuery is None:
             self.timer.stop()
+
+    def finishInstall(self):
+        """The install ended: detection starts if it went well."""
+        install, self.install = self.install, None
+        try:
+            if install.error == "cancelled":
+                self.ui.statusLabel.text = "Cancelled"
+                return
+            importlib.invalidate_caches()  # the new packages, for dependencies.missing
+            lacking = dependencies.missing(self.runtime)
+            if install.error or lacking:
+                reason = install.error or f"{', '.join(lacking)} still missing after the install"
+                self.ui.statusLabel.text = f"Could not install {self.runtimeName()}"
+                self.ui.logCollapsibleButton.collapsed = False
+                slicer.util.errorDisplay(f"Could not install {self.runtimeName()}; pip's message is in the details "
+                                         "and everything it printed under Log.", detailedText=reason)
+                return
+            with slicer.util.tryWithErrorDisplay("Could not start the detection.", waitCursor=True):
+                self.startRun()
+        finally:
+            self.updateGUI()
 
     def finishRun(self):
         run, self.run = self.run, None
@@ -285,7 +333,8 @@ class MAEDiffAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     # The panel may be closed (no parameter node bound) when a run ends.
                     self.setResults(self.logic.finishDetection(run, self.logic.getParameterNode().opacity))
                     self.ui.progressBar.value = 100
-                    self.ui.statusLabel.text = f"{len(self.results.rows)} lesion candidate(s) in {run.placement.name}"
+                    self.ui.statusLabel.text = (f"{len(self.results.rows)} lesion candidate(s) in {run.placement.name}"
+                                                f" ({ran_on(self.results.summary)})")
                     warnings = self.results.record.get("warnings", [])
                     if warnings:  # "not a head" and similar: the reason is in the log
                         self.ui.statusLabel.text += f". Warning: {warnings[0]}"
@@ -302,6 +351,9 @@ class MAEDiffAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.updateGUI()
 
     def cancel(self):
+        if self.install is not None:
+            self.install.cancel()
+            self.finishInstall()
         if self.run is not None:
             self.run.process.cancel()
             self.finishRun()
@@ -424,21 +476,43 @@ class MAEDiffAnomalyLogic(ScriptedLoadableModuleLogic):
         return True
 
     @staticmethod
-    def ensurePackages(group: str) -> bool:
-        """The pip packages of ``group`` ('detect' or 'export'), after asking; Slicer's own packages stay."""
+    def runtimeFor(parameters) -> str:
+        """The runtime the panel's choice gives ("onnx" or "torch"); the detector refuses a model that
+        cannot run on it, with the reason."""
+        return dependencies.runtime_for(parameters.runtime, parameters.device)
+
+    def startInstall(self, group: str) -> InstallProcess | None:
+        """The pip packages of ``group`` ('onnx', 'torch' or 'export'), after asking, in a child process;
+        None if the user declined. Slicer's own packages stay as they are."""
         missing = dependencies.missing(group)
-        if not missing:
-            return True
-        purpose = "detection" if group == "detect" else "DICOM SEG export"
+        purpose = {"onnx": "Detection on ONNX Runtime", "torch": "Detection on PyTorch",
+                   "export": "DICOM SEG export"}[group]
+        source = (f"from the module's wheels folder ({dependencies.WHEELS}), with no network"
+                  if dependencies.WHEELS.is_dir() else "from the Python Package Index")
         if not slicer.util.confirmOkCancelDisplay(
-                f"{purpose.capitalize()} needs these Python packages: {', '.join(missing)}. Install them now?"):
+                f"{purpose} needs these Python packages: {', '.join(missing)}. Install them now, {source}?"):
+            return None
+        return InstallProcess(self.pythonExecutable(), dependencies.pip_arguments(group, missing), self.launch)
+
+    def ensurePackages(self, group: str) -> bool:
+        """The packages of ``group`` installed, after asking, waiting for pip: for the few seconds of a
+        small install (highdicom) started from a button that needs it at once."""
+        if not dependencies.missing(group):
+            return True
+        install = self.startInstall(group)
+        if install is None:
             return False
         with slicer.util.WaitCursor():
-            for arguments in dependencies.pip_arguments(group, missing):
-                slicer.util.pip_install(arguments)
+            while install.running:
+                install.poll()
+                slicer.app.processEvents()
+                time.sleep(0.05)
+        importlib.invalidate_caches()
+        if install.error:
+            raise RuntimeError(f"pip failed: {install.error}")
         return not dependencies.missing(group)
 
-    def startDetection(self, parameters, card) -> Run:
+    def startDetection(self, parameters, card, runtime: str = "auto") -> Run:
         inputVolume = parameters.inputVolume
         if inputVolume is None:
             raise ValueError("Select a T2 volume first.")
@@ -458,7 +532,7 @@ class MAEDiffAnomalyLogic(ScriptedLoadableModuleLogic):
                 maskPath = scene.write_node(slicer.mrmlScene, parameters.brainMask, work / "mask.nrrd")
             request = DetectRequest(
                 input_path=inputPath, output_dir=work / "output", model_path=Path(parameters.modelPath),
-                device=parameters.device, mask_path=maskPath,
+                device=parameters.device, runtime=runtime, mask_path=maskPath,
                 mask_method="file" if maskPath else ("skull-stripped" if parameters.skullStripped else None),
                 no_register=parameters.skipRegistration, force=parameters.force, **override)
             process = DetectionProcess(request, self.pythonExecutable(), self.launch)
@@ -560,22 +634,20 @@ class MAEDiffAnomalyTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_detect_on_sample()
 
-    def notReady(self):
-        """Why detection cannot run in this Slicer (a fresh one, or the build farm's: the module installs
-        PyTorch and its packages only when a user agrees), else None."""
-        lacking = ([] if dependencies.torch_available() else ["torch (the PyTorch extension)"]) + \
-            dependencies.missing("detect")
+    def notReady(self, runtime: str):
+        """Why detection on ``runtime`` cannot run in this Slicer (a fresh one, or the build farm's: the
+        module installs its packages only when a user agrees), else None."""
+        lacking = dependencies.missing(runtime)
         if lacking:
             return (f"This Slicer lacks {', '.join(lacking)}: click Detect anomalies once to install them, then run "
                     "the test again.")
         return None
 
     def test_detect_on_sample(self):
-        import time
-
         import numpy as np
 
-        reason = self.notReady()
+        runtime = dependencies.runtime_for("auto", "cpu")
+        reason = self.notReady(runtime)
         if reason:
             self.delayDisplay(reason)
             self.skipTest(reason)
@@ -592,7 +664,7 @@ class MAEDiffAnomalyTest(ScriptedLoadableModuleTest):
         parameters.device = "cpu"
         card = model_card.read_card(parameters.modelPath)
         self.delayDisplay("Running maediff detect (about 2 minutes on a CPU)")
-        run = logic.startDetection(parameters, card)
+        run = logic.startDetection(parameters, card, runtime)
         while run.process.running:  # the panel's timer, in a test: events served, not a busy loop
             slicer.app.processEvents()
             run.process.poll()

@@ -356,6 +356,9 @@ class App:
     def restoreOverrideCursor(self) -> None:
         pass
 
+    def processEvents(self) -> None:  # no event loop here: nothing waits to be served
+        pass
+
     def testingEnabled(self) -> bool:
         return False
 

@@ -88,14 +88,13 @@ def test_the_walk_follows_relative_imports_and_the_method_registry():
     assert "maediff_core.cli.detect" in imports_of("maediff_core.cli")
 
 
-def test_the_detector_needs_only_slicer_torch_and_the_detect_installs():
+def test_the_detector_needs_only_slicer_and_the_runtime_installs():
     needed = third_party_closure("maediff_core.cli.__main__")
-    # onnxruntime is imported only by `--runtime onnx` (runtime.onnx_session); Slicer's detect runs on torch.
-    assert "onnxruntime" in needed
-    needed -= {"onnxruntime"}
-    allowed = dependencies.PROVIDED | set(dependencies.GROUPS["detect"])
+    allowed = dependencies.PROVIDED | set(dependencies.GROUPS["onnx"]) | set(dependencies.GROUPS["torch"])
     assert needed <= allowed, f"not installed inside Slicer: {sorted(needed - allowed)}"
-    assert {"torch", "monai", "safetensors", "SimpleITK", "numpy"} <= needed  # the walk does see the path
+    # The walk does see both runtimes' paths (that the ONNX one runs without the torch group is
+    # test_methods.py's detect_without_torch, and Testing/slicer_env's fresh Slicer 5.12).
+    assert {"torch", "monai", "safetensors", "onnxruntime", "SimpleITK", "numpy"} <= needed
 
 
 def test_slicers_process_needs_no_torch_and_installs_export_needs_itself():
@@ -115,12 +114,12 @@ def test_research_only_packages_stay_off_both_paths():
 def test_installs_never_replace_what_slicer_ships():
     for forbidden in ("SimpleITK", "numpy", "torch", "pydicom"):
         try:
-            dependencies.pip_arguments("detect", [forbidden])
+            dependencies.pip_arguments("torch", [forbidden])
         except ValueError as error:
             assert "must not be installed" in str(error)
         else:
             raise AssertionError(f"{forbidden} would be installed")
-    commands = dependencies.pip_arguments("detect", ["einops", "monai"])
+    commands = dependencies.pip_arguments("torch", ["einops", "monai"])
     assert any("--no-deps" in command and "monai>=1.4" in command for command in commands)
     constraints = Path(commands[0][commands[0].index("-c") + 1]).read_text().splitlines()
     import importlib.metadata
@@ -134,9 +133,9 @@ def test_a_package_installed_too_old_counts_as_missing_and_is_upgraded(monkeypat
 
     real = importlib.metadata.version
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "1.3.2" if name == "monai" else real(name))
-    assert "monai" in dependencies.missing("detect")  # it imports, but lacks DiffusionModelUNet
+    assert "monai" in dependencies.missing("torch")  # it imports, but lacks DiffusionModelUNet
     assert dependencies.release("1.4.0rc1") == (1, 4, 0) and dependencies.satisfied("monai>=1.3")
-    command = dependencies.pip_arguments("detect", ["monai"])[0]
+    command = dependencies.pip_arguments("torch", ["monai"])[0]
     pins = Path(command[command.index("-c") + 1]).read_text().lower().splitlines()
     assert not any(pin.startswith("monai==") for pin in pins) and any(pin.startswith("numpy==") for pin in pins)
 
@@ -157,3 +156,27 @@ def test_the_slicer_pythons_pin_what_each_release_builds_and_say_where_from():
                 name, version = pin.strip().split("==")
                 pins[name] = version
         assert {name: pins.get(name) for name in built} == built, release
+
+
+def test_installs_take_the_modules_wheels_alone_when_it_carries_them(tmp_path):
+    online = dependencies.pip_arguments("onnx", ["onnxruntime"], wheels=tmp_path / "absent")
+    assert online == [["onnxruntime>=1.17", "-c", online[0][2]]]
+    (tmp_path / "wheels").mkdir()
+    offline = dependencies.pip_arguments("onnx", ["onnxruntime"], wheels=tmp_path / "wheels")[0]
+    assert offline[-3:] == ["--no-index", "--find-links", str(tmp_path / "wheels")]
+
+
+def test_auto_takes_torch_where_the_pytorch_extension_is_else_onnx_runtime(monkeypatch):
+    for present in (True, False):
+        monkeypatch.setattr(dependencies, "torch_available", lambda present=present: present)
+        assert dependencies.runtime_for("auto", "auto") == ("torch" if present else "onnx")
+        assert dependencies.runtime_for("auto", "cuda") == "torch"  # a GPU is torch's
+        assert dependencies.runtime_for("onnx", "cpu") == "onnx" and dependencies.runtime_for("torch", "cpu") == "torch"
+    refusals = (("onnx", "cuda", "ONNX Runtime detects on the CPU"), ("tflite", "cpu", "not 'tflite'"))
+    for choice, device, says in refusals:
+        try:
+            dependencies.runtime_for(choice, device)
+        except ValueError as error:
+            assert says in str(error)
+        else:
+            raise AssertionError(f"{choice} on {device} was accepted")

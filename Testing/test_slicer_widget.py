@@ -145,6 +145,7 @@ def test_detect_runs_with_inputs_locked_and_results_where_the_input_was(app, pan
     args = panel.run.process.args
     assert not {"--t-test", "--stride", "--threshold"} & set(args)  # the card's operating point
     assert "--no-register" in args and args[args.index("--mask-method") + 1] == "skull-stripped"
+    assert args[args.index("--runtime") + 1] == "torch"  # auto, where torch is installed
     assert panel.ui.applyButton.text == "Cancel" and panel.ui.applyButton.enabled
     assert not panel.ui.inputsCollapsibleButton.enabled and not panel.ui.preprocessingCollapsibleButton.enabled
     assert panel.timer.active
@@ -156,6 +157,7 @@ def test_detect_runs_with_inputs_locked_and_results_where_the_input_was(app, pan
     assert len(set(seen)) > 5  # one bar that moves through every stage
     results = panel.results
     assert results is not None and results.input is first
+    assert panel.ui.statusLabel.text.endswith("in patient A (PyTorch on the CPU)")
     assert json.loads((results.result_dir / "lesions.json").read_text())["detect"]["stride"] == 48  # the card's
     assert results.heatmap.GetName() == "patient A anomaly heatmap"
     assert results.heatmap.GetAttribute(app.scene_lib.INPUT) == first.GetID()
@@ -280,12 +282,38 @@ def test_without_pythonslicer_there_is_no_run(app, panel, volumes, monkeypatch):
     assert ["PythonSlicer was not found" in text for text in standins.raised_in_slots()] == [True]
 
 
+def test_the_first_detects_install_runs_in_a_child_and_its_failure_or_cancel_starts_nothing(
+        app, panel, volumes, monkeypatch, tmp_path):
+    """A Python that lacks ONNX Runtime, and a module whose wheels folder cannot satisfy pip: the
+    install runs in a child (the click returns at once), its failure is pip's own message, and a
+    cancelled install starts no detection."""
+    from MAEDiffAnomalyLib import dependencies
+
+    monkeypatch.setattr(dependencies, "missing", lambda group: ["onnxruntime"])
+    monkeypatch.setattr(dependencies, "WHEELS", tmp_path)  # empty: pip --no-index finds nothing
+    monkeypatch.setattr(dependencies, "GROUPS", {**dependencies.GROUPS, "onnx": {"onnxruntime": "not-a-package>=1"}})
+    panel._parameterNode.inputVolume = volumes[0]
+    panel._parameterNode.runtime = "onnx"
+    standins.DIALOGS.clear()
+    panel.ui.applyButton.emit("clicked(bool)", False)
+    assert panel.install is not None and panel.run is None and panel.ui.applyButton.text == "Cancel"
+    assert "from the module's wheels folder" in standins.DIALOGS[0][1] and "--no-index" in panel.install.commands[0]
+    assert panel.ui.statusLabel.text == "Installing ONNX Runtime..."
+    standins.drive(panel, lambda: panel.install is None, 120)
+    [(_, text, details)] = [dialog for dialog in standins.DIALOGS if dialog[0] == "error"]
+    assert text.startswith("Could not install ONNX Runtime") and "not-a-package" in details
+    assert panel.run is None and panel.ui.applyButton.text == "Detect anomalies"
+    panel.ui.applyButton.emit("clicked(bool)", False)
+    panel.ui.applyButton.emit("clicked(bool)", False)  # Cancel, while pip runs
+    assert panel.install is None and panel.run is None and panel.ui.statusLabel.text == "Cancelled"
+
+
 def test_check_device_does_not_block(panel):
     panel.ui.detectDeviceButton.emit("clicked(bool)", False)
     # The click returns while the query runs: a blocking call would have left its answer here.
     assert panel.deviceQuery is not None and panel.ui.deviceInfoLabel.text.startswith("Asking")
     standins.drive(panel, lambda: panel.deviceQuery is None, 120)
-    assert panel.ui.deviceInfoLabel.text.startswith(("No CUDA GPU", "GPU:"))
+    assert panel.ui.deviceInfoLabel.text.startswith(("CPU: ONNX Runtime", "GPU:"))
 
 
 @pytest.fixture

@@ -104,17 +104,23 @@ def has_torch() -> bool:
     return True
 
 
-def pick_runtime(name: str, card: ModelCard) -> str:
-    """``auto``: torch where it imports, else ONNX Runtime; a method that runs on one runtime only, on it."""
+def card_runtimes(card: ModelCard) -> tuple[str, ...]:
+    """Where ``card``'s model can detect: its method's runtimes, ONNX Runtime only with its exported files."""
     from .methods import method_of
 
-    runtimes = method_of(card.config.method).runtimes
+    return tuple(r for r in method_of(card.config.method).runtimes if r != "onnx" or card.onnx)
+
+
+def pick_runtime(name: str, card: ModelCard) -> str:
+    """``auto``: torch where it imports, else ONNX Runtime; a model that runs on one runtime only, on it."""
+    runtimes = card_runtimes(card)
     if name == "auto":
         name = "torch" if has_torch() or "onnx" not in runtimes else "onnx"
     if name not in RUNTIMES:
         raise OptionError(f"the runtime is one of auto, {', '.join(RUNTIMES)}; got {name!r}")
     if name not in runtimes:
-        raise OptionError(f"a {card.config.method} model detects on {' or '.join(runtimes)} only, not {name}")
+        raise OptionError(f"model {card.config.name!r} ({card.config.method}) detects on {' or '.join(runtimes)} "
+                          f"only, not {name}" + ("" if card.onnx else "; `maediff export-onnx` on its card adds ONNX"))
     return name
 
 

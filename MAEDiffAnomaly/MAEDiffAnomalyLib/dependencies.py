@@ -1,14 +1,16 @@
 """What the module needs in Slicer's Python beyond what Slicer ships, and how it is installed.
 
-torch comes from Slicer's PyTorch extension (the build that fits the user's GPU, or the CPU);
-the rest from pip after the user agreed, in two groups: what detection imports (asked for at the
-first Detect) and what DICOM SEG export imports (asked for at the first DICOM export). Every
-package already in Slicer's Python - numpy, SimpleITK, pydicom, Pillow, torch, ... - is pinned to
-its installed version while installing, so pip can add packages but never replace Slicer's own
-(PyPI's SimpleITK replaces Slicer's ITK-backed copy; a newer pydicom breaks Slicer's DICOM module).
+Detection runs on ONNX Runtime by default: the first Detect installs onnxruntime (about 17 MB with
+what it needs that Slicer lacks), from the module's ``wheels/`` folder when it has one (``make
+slicer-module-offline``: no network), else from PyPI. torch is optional and comes from Slicer's
+PyTorch extension (the build that fits the user's GPU); detection on it also needs MONAI, einops and
+safetensors. DICOM SEG export needs highdicom (asked for at the first DICOM export). Every package
+already in Slicer's Python - numpy, SimpleITK, pydicom, Pillow, torch, ... - is pinned to its
+installed version while installing, so pip can add packages but never replace Slicer's own (PyPI's
+SimpleITK replaces Slicer's ITK-backed copy; a newer pydicom breaks Slicer's DICOM module).
 
 ``Testing/test_slicer_dependencies.py`` checks these lists against the imports on the paths that run
-in Slicer; ``python -m MAEDiffAnomalyLib.dependencies install detect`` installs a group the way
+in Slicer; ``python -m MAEDiffAnomalyLib.dependencies install onnx`` installs a group the way
 the module does (the Slicer-environment tests are built with it).
 """
 
@@ -22,9 +24,10 @@ import tempfile
 from pathlib import Path
 
 TORCH_REQUIREMENT = ">=2.1"  # torch.compile-era API used by the core; PyTorchUtils installs it
-# import name -> pip requirement, per group.
+# import name -> pip requirement, per group. "onnx" and "torch" are also the runtimes' names.
 GROUPS = {
-    "detect": {"monai": "monai>=1.4", "einops": "einops>=0.7", "safetensors": "safetensors>=0.4"},
+    "onnx": {"onnxruntime": "onnxruntime>=1.17"},  # the first release with Python 3.12 wheels
+    "torch": {"monai": "monai>=1.4", "einops": "einops>=0.7", "safetensors": "safetensors>=0.4"},
     "export": {"highdicom": "highdicom>=0.23"},  # Slicer 5.12 ships highdicom 0.27
 }
 # Packages whose own requirements are only what Slicer and PyTorch provide (monai: numpy, torch):
@@ -34,6 +37,8 @@ NO_DEPS = {"monai"}
 # extension); never installed by this module.
 PROVIDED = {"slicer", "qt", "ctk", "vtk", "SampleData", "PyTorchUtils", "DICOMLib", "numpy", "SimpleITK",
             "pydicom", "PIL", "torch"}
+# Wheels an offline module carries (``make slicer-module-offline``): installs take them, never the network.
+WHEELS = Path(__file__).resolve().parent.parent / "wheels"
 
 
 def release(version: str) -> tuple[int, ...]:
@@ -75,6 +80,20 @@ def torch_available() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
+def runtime_for(choice: str, device: str) -> str:
+    """The runtime a Detect click runs on: the user's choice, or for ``auto`` torch when the PyTorch
+    extension's torch is installed or a GPU was asked for, else ONNX Runtime. (The detector refuses a
+    model that cannot run on it, e.g. MAD-AD on ONNX Runtime, and says so.)"""
+    if choice == "auto":
+        choice = "torch" if device == "cuda" or torch_available() else "onnx"
+    if choice not in ("onnx", "torch"):
+        raise ValueError(f"the runtime is auto, onnx or torch, not {choice!r}")
+    if choice == "onnx" and device == "cuda":
+        raise ValueError("ONNX Runtime detects on the CPU: for the GPU choose Runtime 'torch' (the PyTorch "
+                         "extension), or Device 'cpu'.")
+    return choice
+
+
 def installed_pins(upgraded: set[str] = frozenset()) -> list[str]:
     """``name==version`` for every distribution in this Python but the ``upgraded`` ones: the
     constraints of any install."""
@@ -86,9 +105,11 @@ def installed_pins(upgraded: set[str] = frozenset()) -> list[str]:
     return sorted(pins.values())
 
 
-def pip_arguments(group: str, names: list[str]) -> list[list[str]]:
-    """Argument lists for ``slicer.util.pip_install`` (``python -m pip install ...``) that add
-    ``names`` of ``group`` with every installed distribution held at its version."""
+def pip_arguments(group: str, names: list[str], wheels: Path | None = None) -> list[list[str]]:
+    """Argument lists for ``python -m pip install`` (as ``slicer.util.pip_install`` runs it) that add
+    ``names`` of ``group`` with every installed distribution held at its version; from ``wheels``
+    (default: the module's ``WHEELS``) alone, with no index, when that folder exists."""
+    wheels = WHEELS if wheels is None else wheels
     requirements = GROUPS[group]
     for name in names:
         if name in PROVIDED or name not in requirements:
@@ -96,13 +117,14 @@ def pip_arguments(group: str, names: list[str]) -> list[list[str]]:
     constraints = Path(tempfile.mkdtemp(prefix="maediff-pip-")) / "constraints.txt"
     # A package of ours installed too old is upgraded; everything else stays as it is.
     constraints.write_text("\n".join(installed_pins({requirements[n].split(">=")[0].lower() for n in names})) + "\n")
+    source = ["--no-index", "--find-links", str(wheels)] if wheels.is_dir() else []
     plain = [requirements[n] for n in names if n not in NO_DEPS]
     no_deps = [requirements[n] for n in names if n in NO_DEPS]
     commands = []
     if plain:
-        commands.append([*plain, "-c", str(constraints)])
+        commands.append([*plain, "-c", str(constraints), *source])
     if no_deps:
-        commands.append([*no_deps, "--no-deps", "-c", str(constraints)])
+        commands.append([*no_deps, "--no-deps", "-c", str(constraints), *source])
     return commands
 
 

@@ -1,5 +1,5 @@
-"""The core's command line (``maediff detect``, ``maediff device``) in a separate Python process,
-polled without blocking.
+"""The core's command line (``maediff detect``, ``maediff device``) and the module's package
+installs (``python -m pip install``) in separate Python processes, polled without blocking.
 
 Slicer must never freeze during a run of minutes: the child prints one line at a time (JSON
 progress lines for ``detect``), a reader thread queues them, and the GUI's timer calls ``poll``.
@@ -117,12 +117,57 @@ class CoreProcess:
         self.process.wait()
 
 
+class InstallProcess:
+    """``python -m pip install ...`` commands (``dependencies.pip_arguments``) one after another, each
+    in a child as ``slicer.util.pip_install`` runs it, but polled: pip's lines are the log and the
+    panel's status while Slicer stays responsive."""
+
+    def __init__(self, python: str, arguments: list[list[str]], launch: Launch = plain_launch):
+        self.commands = [[python, "-m", "pip", "install", "--progress-bar", "off", *a] for a in arguments]
+        self.launch = launch
+        self.log: list[str] = []
+        self.error: str | None = None  # why it failed ("cancelled" when cancelled), once ended
+        self.current: CoreProcess | None = CoreProcess(self.commands[0], launch)
+        self.started = 1
+
+    @property
+    def running(self) -> bool:
+        return self.current is not None
+
+    def poll(self) -> list[str]:
+        """pip's lines since the last call; starts the next command when one ends well."""
+        if self.current is None:
+            return []
+        lines = self.current.poll()
+        if not self.current.running:
+            taken = len(self.current.output)
+            code = self.current.wait()
+            lines += self.current.output[taken:]
+            if code != 0:
+                self.error = self.current.error_text()
+                self.current = None
+            elif self.started < len(self.commands):
+                self.current = CoreProcess(self.commands[self.started], self.launch)
+                self.started += 1
+            else:
+                self.current = None
+        self.log += lines
+        return lines
+
+    def cancel(self) -> None:
+        if self.current is not None:
+            self.current.cancel()
+            self.current = None
+            self.error = "cancelled"
+
+
 @dataclass
 class DetectRequest:
     input_path: Path
     output_dir: Path
     model_path: Path | None = None
     device: str = "auto"
+    runtime: str = "auto"
     mask_method: str | None = None
     mask_path: Path | None = None
     no_register: bool = False
@@ -136,7 +181,7 @@ class DetectRequest:
 
     def command(self, python: str) -> list[str]:
         args = core_command(python, "detect", self.input_path, "-o", self.output_dir, "--progress", "json",
-                            "--device", self.device, "--stop-with-parent")
+                            "--device", self.device, "--runtime", self.runtime, "--stop-with-parent")
         optional = {"--model": self.model_path, "--mask-method": self.mask_method, "--mask": self.mask_path,
                     "--t-test": self.t_test, "--stride": self.stride, "--threshold": self.threshold,
                     "--operating-point": self.operating_point, "--scoring": self.scoring}
@@ -226,8 +271,21 @@ def refusal(error: str) -> str:
     the panel's words."""
     lines = error.splitlines() or ["no reason given"]
     reason = next((line.split(": error: ", 1)[1] for line in lines if ": error: " in line), lines[0])
-    return reason.replace("(--force runs it anyway)", "(Advanced > 'Run even if the contrast is not T2' runs it"
-                                                      " anyway)")
+    reason = reason.replace("(--force runs it anyway)", "(Advanced > 'Run even if the contrast is not T2' runs it"
+                                                        " anyway)")
+    if "detects on torch only" in reason:
+        reason += ". Choose Runtime 'torch' (with the PyTorch extension installed)."
+    return reason
+
+
+RUNTIME_NAMES = {"onnx": "ONNX Runtime", "torch": "PyTorch"}
+
+
+def ran_on(record: dict) -> str:
+    """What ran a detection, from its lesions.json: "ONNX Runtime on the CPU", "PyTorch on cuda"."""
+    device = str(record.get("device", "")).split(" (")[0]
+    device = {"cpu": "the CPU", "cuda": "the GPU", "": "an unknown device"}.get(device, device)
+    return f"{RUNTIME_NAMES.get(record.get('runtime'), record.get('runtime', '?'))} on {device}"
 
 
 def device_summary(output: list[str]) -> str:
@@ -236,6 +294,10 @@ def device_summary(output: list[str]) -> str:
         info = json.loads(output[-1])
     except (IndexError, json.JSONDecodeError):
         return "Could not query the device: " + ("\n".join(output[-3:]) or "no output")
+    onnx = (f"ONNX Runtime {info['onnxruntime']}" if info.get("onnxruntime")
+            else "ONNX Runtime not installed yet (the first Detect installs it)")
     if info.get("cuda"):
-        return f"GPU: {info['name']} ({info['memory_gb']} GB), torch {info['torch']}"
-    return f"No CUDA GPU: detection runs on the CPU (minutes per volume), torch {info['torch']}"
+        return f"GPU: {info['name']} ({info['memory_gb']} GB), PyTorch {info['torch']}; {onnx} (CPU)"
+    torch = (f"PyTorch {info['torch']} sees no CUDA GPU" if info.get("torch")
+             else "no PyTorch (the PyTorch extension adds it, for a GPU)")
+    return f"CPU: {onnx}; {torch}. Detection takes minutes per volume on the CPU."

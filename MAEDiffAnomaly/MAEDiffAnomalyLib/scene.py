@@ -87,6 +87,7 @@ class Results:
     score_max: float
     rows: list[dict] = field(default_factory=list)
     min_voxels: int = 8  # the smallest lesion at the run's operating point (model-space voxels)
+    summary: dict = field(default_factory=dict)  # the run's lesions.json: what ran it, its settings
 
     @property
     def input(self):
@@ -211,7 +212,8 @@ def load_results(scene, placement: Placement, result_dir: str | Path) -> Results
         shown.SetWindowLevel(input_display.GetWindow(), input_display.GetLevel())
 
     results = Results(placement, heatmap, reconstruction, lesions, table, result_dir, score, heat, record,
-                      summary["threshold"], score_max, min_voxels=summary.get("min_lesion_voxels", 8))
+                      summary["threshold"], score_max, min_voxels=summary.get("min_lesion_voxels", 8),
+                      summary=summary)
     label_node = read_volume_node(scene, result_dir / "lesions.nii.gz", f"{name} lesion labels", labelmap=True)
     try:
         set_lesion_segments(results, label_node, summary["lesions"])

@@ -1,6 +1,9 @@
 """The module as Slicer runs it, in a Python pinned to what a Slicer release bundles (the
-Makefile's .venv-slicer-<release>: Slicer's numpy, SimpleITK, pydicom, Pillow, highdicom, plus
-torch as the PyTorch extension installs it and exactly what the module's installer adds).
+Makefile's .venv-slicer-<release>: Slicer's numpy, SimpleITK, pydicom, Pillow, highdicom), as a
+fresh Slicer without the PyTorch extension has it.
+
+- The first Detect installs ONNX Runtime from the module's wheels/ folder, with every package index
+  unreachable, and detects on it; torch and MONAI are not installed.
 
 - sys.path: the module folder unpacked from dist/MAEDiffAnomaly.zip and nothing of the repository, as
   Slicer's scripted-module factory gives a module; maediff_core is not installed in this Python.
@@ -14,6 +17,7 @@ torch as the PyTorch extension installs it and exactly what the module's install
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,6 +26,9 @@ import pytest
 MODULE = Path(os.environ["MAEDIFF_MODULE_DIR"]).resolve()
 RELEASE = os.environ["MAEDIFF_SLICER_RELEASE"]
 PINS = Path(__file__).with_name(f"slicer-{RELEASE}.txt")
+# What the first Detect installs in a fresh Slicer (the wheels the module carries), removed before
+# each run of the tests so that every run installs it again.
+FIRST_DETECT_INSTALLS = ("onnxruntime", "flatbuffers", "protobuf")
 sys.path.insert(0, str(MODULE))  # qSlicerScriptedLoadableModuleFactory: the module's folder only
 sys.path.append(str(Path(__file__).resolve().parent.parent))  # test helpers (stand-ins, DICOM), no module code
 
@@ -42,3 +49,16 @@ def python_slicer(tmp_path_factory) -> str:
     import slicer_standins
 
     return slicer_standins.python_slicer(tmp_path_factory.mktemp("slicer-bin"))
+
+
+@pytest.fixture(scope="session")
+def fresh_slicer() -> None:
+    """Slicer as a hospital without internet has it: nothing the module installs is there yet, and
+    the children the panel starts reach no package index (no pip configuration, an index that refuses
+    connections)."""
+    subprocess.run([sys.executable, "-m", "pip", "uninstall", "--yes", "--quiet", *FIRST_DETECT_INSTALLS],
+                   check=True, capture_output=True)
+    for key in [k for k in os.environ if k.startswith("PIP_")]:
+        del os.environ[key]
+    os.environ.update(PIP_CONFIG_FILE=os.devnull, PIP_INDEX_URL="http://127.0.0.1:9/simple", PIP_RETRIES="0",
+                      PIP_TIMEOUT="5")

@@ -25,18 +25,29 @@ def run_models(args: argparse.Namespace) -> None:
 
 
 def add_device(sub) -> None:
-    p = sub.add_parser("device", help="JSON: torch version and the CUDA GPU it sees")
+    p = sub.add_parser("device", help="JSON: the runtimes installed (torch, onnxruntime: versions or null) and the "
+                                      "CUDA GPU torch sees")
     p.set_defaults(func=run_device)
 
 
 def run_device(args: argparse.Namespace) -> None:
-    import torch
+    import importlib.metadata
 
-    info = {"torch": torch.__version__, "cuda": torch.cuda.is_available()}
-    if info["cuda"]:
-        props = torch.cuda.get_device_properties(0)
-        info.update(name=props.name, memory_gb=round(props.total_memory / 2**30, 1),
-                    count=torch.cuda.device_count())
+    from ..runtime import has_torch
+
+    info = {"torch": None, "cuda": False}
+    try:
+        info["onnxruntime"] = importlib.metadata.version("onnxruntime")
+    except importlib.metadata.PackageNotFoundError:
+        info["onnxruntime"] = None
+    if has_torch():
+        import torch
+
+        info.update(torch=torch.__version__, cuda=torch.cuda.is_available())
+        if info["cuda"]:
+            props = torch.cuda.get_device_properties(0)
+            info.update(name=props.name, memory_gb=round(props.total_memory / 2**30, 1),
+                        count=torch.cuda.device_count())
     print(json.dumps(info))
 
 
