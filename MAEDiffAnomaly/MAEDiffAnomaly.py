@@ -57,7 +57,7 @@ class MAEDiffAnomaly(ScriptedLoadableModule):
             "diffusion model (MAEDiff). Select a T2 volume and click <b>Detect anomalies</b>: you get an "
             "anomaly heatmap, a reconstructed healthy volume and lesion candidates on the input's own grid."
             " Try it on <i>Sample Data > MAEDiff Anomaly > MAEDiffT2Sample</i>. Needs 3D Slicer 5.10 or newer;"
-            " the first Detect installs ONNX Runtime (about 17 MB). For a GPU, install the PyTorch extension."
+            " the first Detect installs ONNX Runtime (17 to 28 MB). For a GPU, install the PyTorch extension."
             " Research software, not for clinical use.")
         self.parent.acknowledgementText = (
             "Method: Xiong et al., MAEDiff (2024), built on patched DDPMs (Behrendt et al., MIDL 2023). "

@@ -1,17 +1,18 @@
 """What the module needs in Slicer's Python beyond what Slicer ships, and how it is installed.
 
-Detection runs on ONNX Runtime by default: the first Detect installs onnxruntime (about 17 MB with
-what it needs that Slicer lacks), from the module's ``wheels/`` folder when it has one (``make
-slicer-module-offline``: no network), else from PyPI. torch is optional and comes from Slicer's
-PyTorch extension (the build that fits the user's GPU); detection on it also needs MONAI, einops and
-safetensors. DICOM SEG export needs highdicom (asked for at the first DICOM export). Every package
-already in Slicer's Python - numpy, SimpleITK, pydicom, Pillow, torch, ... - is pinned to its
-installed version while installing, so pip can add packages but never replace Slicer's own (PyPI's
-SimpleITK replaces Slicer's ITK-backed copy; a newer pydicom breaks Slicer's DICOM module).
+Detection runs on ONNX Runtime by default: the first Detect installs onnxruntime (17 to 28 MB to
+download with what it needs that Slicer lacks, by platform: docs/slicer.md), from the module's
+``wheels/`` folder when it has one (``make slicer-module-offline``: no network), else from PyPI.
+torch is optional and comes from Slicer's PyTorch extension (the build that fits the user's GPU);
+detection on it also needs MONAI, einops and safetensors. DICOM SEG export needs highdicom (asked
+for at the first DICOM export). Every package already in Slicer's Python - numpy, SimpleITK,
+pydicom, Pillow, torch, ... - is pinned to its installed version while installing, so pip can add
+packages but never replace Slicer's own (PyPI's SimpleITK replaces Slicer's ITK-backed copy; a newer
+pydicom breaks Slicer's DICOM module).
 
 ``Testing/test_slicer_dependencies.py`` checks these lists against the imports on the paths that run
-in Slicer; ``python -m MAEDiffAnomalyLib.dependencies install onnx`` installs a group the way
-the module does (the Slicer-environment tests are built with it).
+in Slicer; ``python -m MAEDiffAnomalyLib.dependencies install onnx``, run from the module folder,
+installs a group with the arguments the panel uses (into a Slicer's Python by hand, for instance).
 """
 
 from __future__ import annotations
