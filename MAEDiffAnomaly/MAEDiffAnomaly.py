@@ -496,7 +496,8 @@ class MAEDiffAnomalyLogic(ScriptedLoadableModuleLogic):
 
     def ensurePackages(self, group: str) -> bool:
         """The packages of ``group`` installed, after asking, waiting for pip: for the few seconds of a
-        small install (highdicom) started from a button that needs it at once."""
+        small install (highdicom) started from a button that needs it at once. False if the user
+        declined or pip failed (its message goes to the log): the caller goes on without them."""
         if not dependencies.missing(group):
             return True
         install = self.startInstall(group)
@@ -509,7 +510,7 @@ class MAEDiffAnomalyLogic(ScriptedLoadableModuleLogic):
                 time.sleep(0.05)
         importlib.invalidate_caches()
         if install.error:
-            raise RuntimeError(f"pip failed: {install.error}")
+            logging.warning(f"pip could not install the {group} packages: {install.error}")
         return not dependencies.missing(group)
 
     def startDetection(self, parameters, card, runtime: str = "auto") -> Run:

@@ -461,6 +461,9 @@ def install(module_dir: pathlib.Path, temporary: pathlib.Path, confirm: bool = T
     scripted.ScriptedLoadableModuleTest = ScriptedLoadableModuleTest
     sys.modules["slicer.ScriptedLoadableModule"] = scripted
     slicer.app = App(temporary, environment, version)
+    # What slicer.util.WaitCursor calls: the application's override cursor.
+    qt.QApplication = types.SimpleNamespace(setOverrideCursor=slicer.app.setOverrideCursor,
+                                            restoreOverrideCursor=slicer.app.restoreOverrideCursor)
     slicer.util.loadUI = lambda path: load_ui(path)
     slicer.util.childWidgetVariables = lambda top: types.SimpleNamespace(**top.children)
     slicer.util.errorDisplay = lambda text, detailedText="", **kw: DIALOGS.append(("error", text, detailedText))

@@ -308,6 +308,17 @@ def test_the_first_detects_install_runs_in_a_child_and_its_failure_or_cancel_sta
     assert panel.install is None and panel.run is None and panel.ui.statusLabel.text == "Cancelled"
 
 
+def test_an_export_install_that_fails_returns_no_and_logs_pips_message(app, monkeypatch, tmp_path, caplog):
+    """DICOM SEG export goes on without highdicom when pip fails: the other files are still written."""
+    from MAEDiffAnomalyLib import dependencies
+
+    monkeypatch.setattr(dependencies, "missing", lambda group: ["highdicom"])
+    monkeypatch.setattr(dependencies, "WHEELS", tmp_path)
+    monkeypatch.setattr(dependencies, "GROUPS", {**dependencies.GROUPS, "export": {"highdicom": "not-a-package>=1"}})
+    assert app.module.MAEDiffAnomalyLogic().ensurePackages("export") is False
+    assert "pip could not install the export packages" in caplog.text and "not-a-package" in caplog.text
+
+
 def test_check_device_does_not_block(panel):
     panel.ui.detectDeviceButton.emit("clicked(bool)", False)
     # The click returns while the query runs: a blocking call would have left its answer here.
