@@ -166,12 +166,13 @@ def test_installs_take_the_modules_wheels_alone_when_it_carries_them(tmp_path):
     assert offline[-3:] == ["--no-index", "--find-links", str(tmp_path / "wheels")]
 
 
-def test_auto_takes_torch_where_the_pytorch_extension_is_else_onnx_runtime(monkeypatch):
-    for present in (True, False):
-        monkeypatch.setattr(dependencies, "torch_available", lambda present=present: present)
-        assert dependencies.runtime_for("auto", "auto") == ("torch" if present else "onnx")
-        assert dependencies.runtime_for("auto", "cuda") == "torch"  # a GPU is torch's
-        assert dependencies.runtime_for("onnx", "cpu") == "onnx" and dependencies.runtime_for("torch", "cpu") == "torch"
+def test_auto_takes_torch_where_the_pytorch_extension_is():
+    """Here torch is installed, as the PyTorch extension installs it; a Slicer without it takes ONNX
+    Runtime (Testing/slicer_env, where torch is absent)."""
+    assert dependencies.torch_available()
+    assert dependencies.runtime_for("auto", "auto") == "torch"
+    assert dependencies.runtime_for("auto", "cuda") == "torch"  # a GPU is torch's
+    assert dependencies.runtime_for("onnx", "cpu") == "onnx" and dependencies.runtime_for("torch", "cpu") == "torch"
     refusals = (("onnx", "cuda", "ONNX Runtime detects on the CPU"), ("tflite", "cpu", "not 'tflite'"))
     for choice, device, says in refusals:
         try:

@@ -64,6 +64,9 @@ def test_slicer_packages_are_slicers_and_only_the_installers_were_added(fresh_sl
     # A fresh Slicer without the PyTorch extension: the first Detect (the run below) installs ONNX Runtime.
     assert not dependencies.torch_available() and importlib.util.find_spec("monai") is None
     assert dependencies.missing("onnx") == ["onnxruntime"]
+    # Without torch, auto takes ONNX Runtime; a GPU is still torch's (the panel then asks for the extension).
+    assert dependencies.runtime_for("auto", "auto") == "onnx" and dependencies.runtime_for("auto", "cuda") == "torch"
+    assert dependencies.runtime_for("onnx", "cpu") == "onnx" and dependencies.runtime_for("torch", "cpu") == "torch"
 
 
 @pytest.fixture(scope="module")
