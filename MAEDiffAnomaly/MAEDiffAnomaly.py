@@ -83,6 +83,15 @@ def unset(path) -> bool:
     return path is None or str(path) in ("", ".")
 
 
+def mask_method(maskPath, skullStripped: bool, deformableMask: bool) -> str | None:
+    """The detector's --mask-method for the panel's choices (None: the detector's default)."""
+    if maskPath:
+        return "file"
+    if skullStripped:
+        return "skull-stripped"
+    return "atlas-deformable" if deformableMask else None
+
+
 @parameterNodeWrapper
 class MAEDiffAnomalyParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
@@ -92,6 +101,7 @@ class MAEDiffAnomalyParameterNode:
     # auto: PyTorch when the PyTorch extension installed it (or for a GPU), else ONNX Runtime.
     runtime: Annotated[str, Choice(["auto", "onnx", "torch"])] = "auto"
     skullStripped: bool = False
+    deformableMask: bool = False  # the atlas mask warped onto the head: for heads with their skull
     skipRegistration: bool = False
     force: bool = False  # run on a contrast other than T2
     # 0 and "model's": the model card's operating point (what its threshold was chosen for).
@@ -534,7 +544,7 @@ class MAEDiffAnomalyLogic(ScriptedLoadableModuleLogic):
             request = DetectRequest(
                 input_path=inputPath, output_dir=work / "output", model_path=Path(parameters.modelPath),
                 device=parameters.device, runtime=runtime, mask_path=maskPath,
-                mask_method="file" if maskPath else ("skull-stripped" if parameters.skullStripped else None),
+                mask_method=mask_method(maskPath, parameters.skullStripped, parameters.deformableMask),
                 no_register=parameters.skipRegistration, force=parameters.force, **override)
             process = DetectionProcess(request, self.pythonExecutable(), self.launch)
         except Exception:

@@ -130,6 +130,21 @@ def test_skull_stripped_and_file_masks(atlas):
     assert 1400 < stripped.record["brain_ml"] < 1900
 
 
+def test_the_deformable_mask_scales_a_head_with_its_skull_as_the_same_head_stripped(atlas):
+    """The same subject rendered with its skull and skull-stripped: the `atlas-deformable` mask finds the
+    same brain in both, and the brain's intensities come out the same (preprocess.intensity_range)."""
+    fast = {"bias_correction": False, "smoothing": False, "register": False}  # the phantom lies in atlas space
+    skull, stripped = (
+        preprocess(make_phantom("healthy", 1000, PhantomConfig(skull_probability=p), atlas,
+                                native_grid=atlas.template, pose=sitk.AffineTransform(3)).image,
+                   PreprocessConfig(mask_method="atlas-deformable", **fast), atlas)
+        for p in (1.0, 0.0)
+    )
+    assert _dice(skull.mask, stripped.mask) > 0.95
+    both = skull.mask & stripped.mask
+    assert abs(np.median(skull.image[both] - stripped.image[both])) < 0.05  # -0.025; -0.22 uncapped
+
+
 STAND_IN_STRIPPER = """#!{python}
 # mri_synthstrip as its documentation gives it (-i image -o stripped -m mask): writes a known mask, the
 # non-zero voxels left of the volume's middle column, or fails when asked to.

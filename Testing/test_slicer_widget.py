@@ -266,9 +266,12 @@ def test_a_t1_volume_is_refused_with_the_reason_and_the_switch_that_runs_it_anyw
     assert text.endswith("the model was trained on T2 (Advanced > 'Run even if the contrast is not T2' runs it anyway)")
     assert panel.results is None
     parameters.force = True
+    parameters.skullStripped, parameters.deformableMask = False, True  # a head with its skull
     panel.ui.applyButton.emit("clicked(bool)", False)
-    assert "--force" in panel.run.process.args
+    args = panel.run.process.args
+    assert "--force" in args and args[args.index("--mask-method") + 1] == "atlas-deformable"
     panel.ui.applyButton.emit("clicked(bool)", False)  # Cancel
+    parameters.skullStripped, parameters.deformableMask = True, False
 
 
 def test_without_pythonslicer_there_is_no_run(app, panel, volumes, monkeypatch):

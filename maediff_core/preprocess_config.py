@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MASK_METHODS = ("atlas", "skull-stripped", "file", "hd-bet", "deepbet", "synthstrip")
+MASK_METHODS = ("atlas", "atlas-deformable", "skull-stripped", "file", "hd-bet", "deepbet", "synthstrip")
 
 
 @dataclass

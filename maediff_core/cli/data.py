@@ -106,7 +106,7 @@ def add_prepare(sub) -> None:
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--workers", type=positive_int, default=2)
     p.add_argument("--seed", type=int, default=0, help="seed of the subject split")
-    p.add_argument("--mask-method", default="atlas", choices=["atlas", "skull-stripped"])
+    p.add_argument("--mask-method", default="atlas", choices=["atlas", "atlas-deformable", "skull-stripped"])
     p.add_argument("--no-register", action="store_true")
     p.add_argument("--atlas", help="atlas folder (maediff atlas); default: the bundled MNI152 atlas")
     p.set_defaults(func=run_prepare)
