@@ -6,8 +6,8 @@ with every mask method asked for.
     python scripts/skull_candidates.py [--cases 8] [--first-seed 2000] [--methods atlas atlas-deformable]
                                        [-o runs/skull-candidates]
 
-Prints one Markdown row per subject and method and the means: what issue "brain extraction" must bring
-together is the candidates with the skull against without it.
+Prints one Markdown row per subject and method and the means: a mask that suits heads with their skull
+gives as many candidates with the skull as without it.
 """
 
 from __future__ import annotations
