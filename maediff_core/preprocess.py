@@ -13,7 +13,7 @@ import json
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -205,30 +205,18 @@ def register_affine(moving: sitk.Image, atlas: Atlas, config: PreprocessConfig) 
 
     def run(transform: sitk.Transform, region: sitk.Image, shrink: tuple[int, ...],
             smoothing: tuple[float, ...]) -> float:
-        method = sitk.ImageRegistrationMethod()
-        method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-        method.SetMetricSamplingStrategy(method.RANDOM)
         # 5 % of an 8 mm grid is a few hundred points, and which few hundred decided between 0.4 and
-        # 15 mm: coarser levels keep the finest level's number of samples. SimpleITK reads seed 0 as
-        # "wall clock", hence the + 1.
+        # 15 mm: coarser levels keep the finest level's number of samples.
         finest = min(shrink)
-        method.SetMetricSamplingPercentagePerLevel(
-            [min(1.0, config.registration_sampling * (s / finest) ** 3) for s in shrink], config.seed + 1)
-        method.SetMetricFixedMask(region)
-        method.SetInterpolator(sitk.sitkLinear)
+        sampling = [min(1.0, config.registration_sampling * (s / finest) ** 3) for s in shrink]
+        method = mutual_information_method(region, shrink, smoothing, sampling, config.seed)
         method.SetOptimizerAsRegularStepGradientDescent(
             learningRate=1.0, minStep=1e-3, numberOfIterations=config.registration_iterations, relaxationFactor=0.6,
             gradientMagnitudeTolerance=1e-6,
         )
         method.SetOptimizerScalesFromPhysicalShift()
-        method.SetShrinkFactorsPerLevel(list(shrink))
-        method.SetSmoothingSigmasPerLevel(list(smoothing))
-        method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
         method.SetInitialTransform(transform, inPlace=True)
-        try:
-            method.Execute(fixed, moving)
-        except RuntimeError as err:
-            raise InputError(f"registration to the atlas failed: {str(err).strip().splitlines()[-1]}") from err
+        execute(method, fixed, moving, "registration to the atlas")
         return -method.GetMetricValue()  # ITK minimises the negative mutual information
 
     run(initial, rigid_region, config.registration_shrink, config.registration_smoothing_mm)
@@ -241,6 +229,30 @@ def register_affine(moving: sitk.Image, atlas: Atlas, config: PreprocessConfig) 
     fine = slice(1, None) if len(config.registration_shrink) > 1 else slice(None)
     information = run(affine, affine_region, config.registration_shrink[fine], config.registration_smoothing_mm[fine])
     return affine, information
+
+
+def mutual_information_method(region: sitk.Image, shrink: Sequence[int], smoothing_mm: Sequence[float],
+                              sampling: Sequence[float], seed: int) -> sitk.ImageRegistrationMethod:
+    """Mattes mutual information (the template is T1, the input T2) on seeded random samples of the
+    fixed image's ``region``, over a pyramid; the caller adds the optimiser and the transform."""
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    method.SetMetricSamplingStrategy(method.RANDOM)
+    method.SetMetricSamplingPercentagePerLevel(list(sampling), seed + 1)  # SimpleITK reads 0 as "wall clock"
+    method.SetMetricFixedMask(region)
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetShrinkFactorsPerLevel(list(shrink))
+    method.SetSmoothingSigmasPerLevel(list(smoothing_mm))
+    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    return method
+
+
+def execute(method: sitk.ImageRegistrationMethod, fixed: sitk.Image, moving: sitk.Image, what: str) -> None:
+    """Run a registration; ITK's failure reaches the user as an InputError naming ``what`` failed."""
+    try:
+        method.Execute(fixed, moving)
+    except RuntimeError as err:
+        raise InputError(f"{what} failed: {str(err).strip().splitlines()[-1]}") from err
 
 
 def head_warnings(record: dict) -> list[str]:
@@ -349,22 +361,13 @@ def deformable_atlas_mask(image: sitk.Image, atlas: Atlas, config: PreprocessCon
     the subject's brain itself, so no widening or trimming is applied after it (docs/brain-mask.md).
     """
     transform = sitk.BSplineTransformInitializer(image, list(DEFORMABLE_MESH), order=3)
-    method = sitk.ImageRegistrationMethod()
-    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)  # T1 template, T2 input
-    method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(DEFORMABLE_SAMPLING, config.seed + 1)
-    method.SetMetricFixedMask(sitk.BinaryDilate(atlas.brain_mask, [DEFORMABLE_MARGIN_MM] * 3))
-    method.SetInterpolator(sitk.sitkLinear)
+    region = sitk.BinaryDilate(atlas.brain_mask, [DEFORMABLE_MARGIN_MM] * 3)
+    method = mutual_information_method(region, [DEFORMABLE_SHRINK], [DEFORMABLE_SHRINK / 2], [DEFORMABLE_SAMPLING],
+                                       config.seed)
     method.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=DEFORMABLE_ITERATIONS,
                                 maximumNumberOfCorrections=5)
-    method.SetShrinkFactorsPerLevel([DEFORMABLE_SHRINK])
-    method.SetSmoothingSigmasPerLevel([DEFORMABLE_SHRINK / 2])
-    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     method.SetInitialTransform(transform, inPlace=True)
-    try:
-        method.Execute(image, atlas.template)
-    except RuntimeError as err:
-        raise InputError(f"deformable registration of the atlas failed: {str(err).strip().splitlines()[-1]}") from err
+    execute(method, image, atlas.template, "deformable registration of the atlas")
     warped = sitk.Resample(atlas.brain_mask, image, transform, sitk.sitkNearestNeighbor, 0)
     return largest_component(warped)
 
