@@ -63,8 +63,10 @@ install-footprint: setup
 lint: setup
 	$(PY) -m ruff check .
 
+# One worker per core (at most 4), each with its share of the cores' threads (Testing/conftest.py):
+# torch's and ITK's own threads leave the cores idle in the suite's Python, file and process work.
 test-core: setup
-	$(PY) -m pytest -q Testing
+	$(PY) -m pytest -q -n auto --maxprocesses 4 Testing
 
 # The module as a user installs it: the zip (offline, with this machine's wheels), unpacked.
 test-slicer: build/offline-here/MAEDiffAnomaly.zip $(SLICER_RELEASES:%=.venv-slicer-%/.installed)
