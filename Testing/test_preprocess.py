@@ -2,12 +2,14 @@
 grid, mask methods, and the errors a user gets."""
 
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import posed_phantom
 
+from maediff_core.detect import SCREEN
 from maediff_core.errors import InputError
 from maediff_core.phantom import PhantomConfig, make_phantom
 from maediff_core.preprocess import (
@@ -59,6 +61,17 @@ def test_registration_is_reproducible(registered, atlas):
     again = preprocess(phantom.image, PreprocessConfig(bias_correction=False, smoothing=False), atlas)
     np.testing.assert_allclose(affine_from_record(again.record).GetParameters(),
                                affine_from_record(result.record).GetParameters(), atol=1e-6)
+
+
+@pytest.mark.parametrize("registered", FRAMES[2:], ids=["oblique"], indirect=True)
+def test_screening_registers_its_2mm_copy_within_a_millimetre(registered, atlas):
+    """`maediff detect --check` registers a 2 mm copy at the two coarse levels only (0.3 to 0.6 mm
+    from the truth on the three frames, docs/input-checks.md), so that its tissues lie where detection's do."""
+    phantom, pose, _ = registered
+    screened = preprocess(phantom.image, replace(PreprocessConfig(), **SCREEN), atlas)
+    assert screened.record["config"]["registration_mm"] == 2.0
+    error = _registration_error_mm(atlas, screened.record, pose)
+    assert error < 1.0, f"mean registration error {error:.2f} mm"
 
 
 def test_model_space_image(registered, atlas):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +82,11 @@ class Atlas:
     def brain_mask(self) -> sitk.Image:
         return sitk.Cast(self._read("brainmask") > 0, sitk.sitkUInt8)
 
+    def brain_mask_grown(self, radius: int) -> sitk.Image:
+        """The brain mask dilated (``radius`` > 0) or eroded (< 0) by a ball of that many voxels: the
+        registration's and the mask's margins, computed once per process rather than once per input."""
+        return _grown_brain_mask(str(self.folder), radius)
+
     def probability(self, tissue: str) -> sitk.Image:
         """Tissue probability map (``gm``, ``wm``, ``csf``) scaled 0..1."""
         return self._read(tissue, probability=True)
@@ -93,6 +98,12 @@ class Atlas:
     @cached_property
     def model_grid(self) -> dict:
         return model_grid_of(self.template)
+
+
+@lru_cache(maxsize=16)
+def _grown_brain_mask(folder: str, radius: int) -> sitk.Image:
+    grow = sitk.BinaryDilate if radius > 0 else sitk.BinaryErode
+    return grow(Atlas.load(folder).brain_mask, [abs(radius)] * 3)
 
 
 def model_grid_of(atlas_image: sitk.Image) -> dict:

@@ -156,8 +156,8 @@ def in_atlas_space(native: sitk.Image, config: PreprocessConfig, atlas: Atlas, m
                    lap: Callable[[str], None] = lambda step: None) -> AtlasSpace:
     """Registration and brain mask: the steps up to ``brain_mask`` of :func:`preprocess`."""
     moving = sitk.Cast(native, sitk.sitkFloat32)
-    if config.resample_1mm:
-        moving = resample_isotropic(moving, 1.0)
+    if config.register and config.resample_1mm:
+        moving = resample_isotropic(moving, config.registration_mm)
     lap("resample_1mm")
     information = None
     if config.register:
@@ -165,7 +165,7 @@ def in_atlas_space(native: sitk.Image, config: PreprocessConfig, atlas: Atlas, m
     else:
         transform = sitk.AffineTransform(3)
     lap("register")
-    # One interpolation from the input itself: the 1 mm copy only serves the registration.
+    # One interpolation from the input itself: the resampled copy only serves the registration.
     image = sitk.Resample(sitk.Cast(native, sitk.sitkFloat32), atlas.template, transform, sitk.sitkLinear, 0.0)
     view = field_of_view(native, atlas.template, transform)
     brain = brain_mask(native, image, transform, atlas, config, mask, view)
@@ -200,8 +200,7 @@ def register_affine(moving: sitk.Image, atlas: Atlas, config: PreprocessConfig) 
     # stage needs the head's outline (8 mm) to be caught from far off; the affine stage looks at the
     # brain and 3 mm only, since the template is skull-stripped and with 8 mm the free scales of
     # skull-on heads stretched the brain onto the skull (determinant 1.30 for a true 0.83).
-    rigid_region = sitk.BinaryDilate(atlas.brain_mask, [8, 8, 8])
-    affine_region = sitk.BinaryDilate(atlas.brain_mask, [3, 3, 3])
+    rigid_region, affine_region = atlas.brain_mask_grown(8), atlas.brain_mask_grown(3)
 
     def run(transform: sitk.Transform, region: sitk.Image, shrink: tuple[int, ...],
             smoothing: tuple[float, ...]) -> float:
@@ -283,7 +282,7 @@ def brain_mask(native: sitk.Image, image: sitk.Image, transform: sitk.Transform,
     """Brain mask on the atlas grid, by the configured method, inside the field of view ``view``."""
     method = config.mask_method
     if method == "atlas":
-        mask = refine_atlas_mask(image, atlas.brain_mask)
+        mask = refine_atlas_mask(image, atlas)
     elif method == "atlas-deformable":
         mask = deformable_atlas_mask(image, atlas, config)
     else:
@@ -335,7 +334,7 @@ def brain_in_view(atlas: Atlas, view: sitk.Image) -> float:
     return float((brain & inside).sum() / brain.sum())
 
 
-def refine_atlas_mask(image: sitk.Image, atlas_mask: sitk.Image) -> sitk.Image:
+def refine_atlas_mask(image: sitk.Image, atlas: Atlas) -> sitk.Image:
     """The atlas brain mask, widened a little and trimmed to the image's non-dark tissue.
 
     After an affine registration the atlas outline misses individual anatomy by a few mm: a 2 mm
@@ -343,11 +342,11 @@ def refine_atlas_mask(image: sitk.Image, atlas_mask: sitk.Image) -> sitk.Image:
     intensity floor (a tenth of the brain's 99th percentile) drops the dark bone, air and background
     that the dilation let in.
     """
-    wide = sitk.BinaryDilate(atlas_mask, [2, 2, 2])
-    values = sitk.GetArrayViewFromImage(image)[sitk.GetArrayViewFromImage(atlas_mask) > 0]
+    wide = atlas.brain_mask_grown(2)
+    values = sitk.GetArrayViewFromImage(image)[sitk.GetArrayViewFromImage(atlas.brain_mask) > 0]
     floor = INTENSITY_FLOOR * float(np.percentile(values, 99)) if values.size else 0.0
     tissue = sitk.And(wide, image > floor)
-    core = sitk.BinaryErode(atlas_mask, [3, 3, 3])  # deep brain stays in even if dark (lesions)
+    core = atlas.brain_mask_grown(-3)  # deep brain stays in even if dark (lesions)
     mask = sitk.BinaryMorphologicalClosing(sitk.Or(tissue, core), [2, 2, 2])
     return sitk.BinaryFillhole(largest_component(mask))
 
@@ -361,7 +360,7 @@ def deformable_atlas_mask(image: sitk.Image, atlas: Atlas, config: PreprocessCon
     the subject's brain itself, so no widening or trimming is applied after it (docs/brain-mask.md).
     """
     transform = sitk.BSplineTransformInitializer(image, list(DEFORMABLE_MESH), order=3)
-    region = sitk.BinaryDilate(atlas.brain_mask, [DEFORMABLE_MARGIN_MM] * 3)
+    region = atlas.brain_mask_grown(DEFORMABLE_MARGIN_MM)
     method = mutual_information_method(region, [DEFORMABLE_SHRINK], [DEFORMABLE_SHRINK / 2], [DEFORMABLE_SAMPLING],
                                        config.seed)
     method.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=DEFORMABLE_ITERATIONS,

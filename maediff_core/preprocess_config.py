@@ -11,6 +11,7 @@ MASK_METHODS = ("atlas", "atlas-deformable", "skull-stripped", "file", "hd-bet",
 @dataclass
 class PreprocessConfig:
     resample_1mm: bool = True  # docs/reference.md: resample to 1 mm first
+    registration_mm: float = 1.0  # the voxels of that copy, which only the registration sees
     register: bool = True  # affine to the atlas (SRI24 in the reference; MNI152 bundled here)
     mask_method: str = "atlas"  # one of MASK_METHODS
     bias_correction: bool = True  # docs/reference.md: N4
@@ -34,5 +35,7 @@ class PreprocessConfig:
     def __post_init__(self) -> None:
         if self.mask_method not in MASK_METHODS:
             raise ValueError(f"mask_method must be one of {MASK_METHODS}, got {self.mask_method!r}")
+        if not self.registration_mm > 0:
+            raise ValueError(f"registration_mm must be > 0, got {self.registration_mm}")
         if not 0 <= self.percentiles[0] < self.percentiles[1] <= 100:
             raise ValueError(f"percentiles must rise within 0..100, got {self.percentiles}")

@@ -21,7 +21,7 @@ def add_detect(sub) -> None:
     p.add_argument("inputs", nargs="+")
     p.add_argument("-o", "--output", help="one subfolder per input")
     p.add_argument("--check", action="store_true",
-                   help="only screen the inputs (readable, voxel size, tissue contrast; about 10 s each on 2 "
+                   help="only screen the inputs (readable, voxel size, tissue contrast; about 3 s each on 2 "
                         "cores): one line each, exit code 2 if detection would refuse any")
     p.add_argument("--series", help="of a DICOM folder with several series: the one to read (its Series Instance "
                                     "UID or its description, as the refusal lists them)")
