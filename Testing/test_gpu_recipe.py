@@ -48,7 +48,8 @@ def test_the_gpu_recipe_runs_end_to_end_on_cpu(tmp_path, healthy_prepared, lesio
 
     # Each call ends at its first epoch end past CALL_MINUTES: one epoch here, then the same command resumes.
     device = {**env, "OUT": str(out), "PYTHONPATH": str(blocked), "CALL_MINUTES": "0.0001"}
-    train = ["anoddpm-small", "5", "--batch-size", "2", "--device", "cpu", "--epochs", "2"]  # one patch position
+    # AnoDDPM: one patch position; 2 slices of each volume an epoch, for a few steps.
+    train = ["anoddpm-small", "5", "--batch-size", "2", "--slices-per-volume", "2", "--device", "cpu", "--epochs", "2"]
     assert "stopped after 0.0001 minutes of this call" in _script("train.sh", *train, cwd=work, env=device)
     assert json.loads((out / "last.json").read_text())["resume"]["epoch"] == 1
     log = _script("train.sh", *train, cwd=work, env=device)
