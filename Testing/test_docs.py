@@ -38,7 +38,7 @@ def test_the_readme_gives_the_bundled_models_operating_point_and_sample_result_a
     assert reading.groups() == (f"{card.reading['threshold']:.4f}", str(card.reading["min_voxels"]))
     assert f"(`{card.scoring.label}`)" in README
     sample = card.metrics["sample"]
-    found = re.search(r"among (\d+) lesion candidates, Dice\s+(\d+\.\d) %", README)
+    found = re.search(r"bundled sample: (\d+) lesion candidates?, on the tumour, Dice\s+(\d+\.\d) %", README)
     assert found, "the README gives the bundled sample's result"
     assert found.groups() == (str(sample["lesions"]["mean"]), f"{100 * sample['dice']['mean']:.1f}")
 

@@ -43,7 +43,7 @@ def fields():
 
 @pytest.fixture(scope="module")
 def numpy_fields():
-    """ONNX Runtime detection's noise: the same arithmetic, numpy's generator."""
+    """Detection's noise on both runtimes: the same arithmetic, numpy's generator."""
     return numpy_noise("simplex", (64, 1, SIZE, SIZE), 0)[:, 0]
 
 

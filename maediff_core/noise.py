@@ -3,8 +3,9 @@ and on torch tensors (CPU or CUDA).
 
 The reference draws one fractal simplex field per call on the CPU (numba) and shares it across the
 batch. Here every sample gets its own lattice permutation and offset, so slices are noised
-independently; torch draws them on the model's device (diffusion.py), so noise never stalls the
-accelerator, and numpy draws them where torch is absent (ONNX Runtime detection, patch_diffusion.py).
+independently. Training draws them with torch on the model's device (diffusion.py), so noise never
+stalls the accelerator; detection draws a volume's fields once with numpy on every runtime
+(runtime.py, patch_diffusion.py), so a seed finds the same lesions whether torch or ONNX Runtime runs.
 The fractal follows the reference: 6 octaves, base frequency 2^-6 per pixel doubling per octave,
 amplitudes multiplied by 0.8 per octave, no rescaling (docs/reference.md, "Diffusion").
 """

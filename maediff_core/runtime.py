@@ -56,7 +56,8 @@ class Runtime:
         raise NotImplementedError
 
     def noise(self, kind: str, shape: tuple[int, ...], seed: int) -> np.ndarray:
-        """Diffusion noise of ``shape``, reproducible from ``seed``."""
+        """Diffusion noise of ``shape`` from ``seed``, the same fields on every runtime: whether torch
+        or ONNX Runtime runs the networks never changes which lesions a seed finds."""
         return numpy_noise(kind, shape, seed)
 
     def batches(self, count: int, batch: int, run: Callable[[int, int], None], done: Callable[[int, int], None]):
@@ -64,8 +65,7 @@ class Runtime:
 
 
 class OnnxRuntime(Runtime):
-    """The card's ONNX files on ONNX Runtime's CPU provider, each verified against its hash; numpy's
-    noise (the same fields as torch's in distribution, not in value)."""
+    """The card's ONNX files on ONNX Runtime's CPU provider, each verified against its hash."""
 
     name = "onnx"
     device = "cpu (ONNX Runtime)"

@@ -3,10 +3,10 @@
 
 Preprocessing is done once per volume (its registration is multithreaded and moves by a few 1e-4
 between runs, which would hide the runtimes' own difference). Then, at the model card's operating
-point: ONNX Runtime fed torch's noise against torch (the largest difference of the reconstructions
-and of the heatmaps, which the Mahalanobis scoring amplifies where the reconstructions agree with
-one another, and the lesion voxels that differ), and each runtime with its own noise (lesions, and
-their Dice against the truth on the input grid).
+point, each runtime detects with the noise it draws from the seed (the same numpy fields on both):
+the largest difference of the reconstructions and of the heatmaps (which the Mahalanobis scoring
+amplifies where the reconstructions agree with one another), the lesion voxels that differ, and each
+runtime's lesions and their Dice against the truth on the input grid.
 
     python scripts/runtime_parity.py               # the bundled sample
     T=benchmark/data/tumour/PHT003; python scripts/runtime_parity.py $T/PHT003_t2.nii.gz:$T/PHT003_seg.nii.gz
@@ -32,16 +32,13 @@ from maediff_core.writeback import labels_to_native
 
 def compare(volume: str, truth: str) -> dict:
     on_torch, card = load_runtime(default_model_path(), "torch", "cpu")
-    own_onnx = OnnxRuntime(card)
-    fed_onnx = OnnxRuntime(card)
-    fed_onnx.noise = on_torch.noise
     config = DetectConfig()
     threshold, post = config.decision_threshold(card), config.lesion_config(card)
     prepared = preprocess(read_volume(volume), preprocess_settings(card))
     lesion = sitk.GetArrayFromImage(read_volume(truth)) > 0
     row = {"volume": volume}
     outputs = {}
-    for name, runtime in (("torch", on_torch), ("onnx fed torch's noise", fed_onnx), ("onnx", own_onnx)):
+    for runtime in (on_torch, OnnxRuntime(card)):
         start = time.perf_counter()
         samples = reconstruct_samples(runtime, card, prepared.image, prepared.mask, config)
         seconds = time.perf_counter() - start
@@ -49,14 +46,13 @@ def compare(volume: str, truth: str) -> dict:
         labels = lesion_labels(score, threshold, post)
         heat = sitk.Cast(to_native(score, prepared.record), sitk.sitkFloat32)
         native, table = labels_to_native(labels, heat, prepared.record)
-        outputs[name] = (samples, score, labels > 0)
-        row[name] = {"reconstruct_s": round(seconds, 1), "lesions": len(table),
-                     "dice": round(100 * dice(sitk.GetArrayFromImage(native) > 0, lesion), 1)}
-    torch_samples, torch_score, torch_lesions = outputs["torch"]
-    fed_samples, fed_score, fed_lesions = outputs["onnx fed torch's noise"]
-    row["fed_reconstruction_max_diff"] = float(np.abs(fed_samples - torch_samples).max())
-    row["fed_heatmap_max_diff"] = float(np.abs(fed_score - torch_score).max())
-    row["fed_lesion_voxels_differ"] = int((fed_lesions != torch_lesions).sum())
+        outputs[runtime.name] = (samples, score, labels > 0)
+        row[runtime.name] = {"reconstruct_s": round(seconds, 1), "lesions": len(table),
+                             "dice": round(100 * dice(sitk.GetArrayFromImage(native) > 0, lesion), 1)}
+    (torch_samples, torch_score, torch_lesions), (onnx_samples, onnx_score, onnx_lesions) = outputs.values()
+    row["reconstruction_max_diff"] = float(np.abs(onnx_samples - torch_samples).max())
+    row["heatmap_max_diff"] = float(np.abs(onnx_score - torch_score).max())
+    row["lesion_voxels_differ"] = int((onnx_lesions != torch_lesions).sum())
     return row
 
 

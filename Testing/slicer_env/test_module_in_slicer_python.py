@@ -187,7 +187,8 @@ def test_the_known_lesion_is_found(run):
     dice = 2 * np.count_nonzero((labels > 0) & truth) / (np.count_nonzero(labels) + np.count_nonzero(truth))
     hits = [row["label"] for row in results.rows
             if np.count_nonzero(truth[labels == row["label"]]) > 0.5 * row["voxels"]]
-    # What `maediff demo --record` measured with the bundled model on torch, as its card (and the README) says.
+    # What `maediff demo --record` measured with the bundled model on torch, as its card (and the README) says:
+    # the same noise on both runtimes; only the registration's threads move the image between runs.
     recorded = model_card.read_card(default_model_path())["metrics"]["sample"]
     print(f"\nSlicer {RELEASE}: Dice {100 * dice:.1f} % on ONNX Runtime against the known lesion (torch, as the "
           f"card records it: {100 * recorded['dice']['mean']:.1f} %); candidates on it: {hits}")
