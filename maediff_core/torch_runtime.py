@@ -47,7 +47,7 @@ def load_torch_runtime(path: str | Path, device: str = "auto") -> tuple[TorchRun
     torch_device = pick_device(device)
     network, card = load_model(path, torch_device)
     if torch_device.type == "cpu":
-        # 20 to 30 % faster a patch on the CPU, at 1.5e-5 from float64 where contiguous is 4e-7
+        # About 20 % faster a patch on the CPU, at 1.5e-5 from float64 where contiguous is 4e-7
         # (docs/detection-speed.md).
         network = network.to(memory_format=torch.channels_last)
     return TorchRuntime(network, card, torch_device), card
