@@ -41,12 +41,15 @@ build/offline-here/MAEDiffAnomaly.zip: $(MODULE_SOURCES)
 install-footprint: setup
 	$(PY) scripts/install_footprint.py
 
-# A Python like a fresh Slicer <release>'s, without the PyTorch extension: its bundled packages at their
-# versions, the MRML library (slicer-core, without vtk's matplotlib, which Slicer does not ship) and
-# pytest to run the tests. The tests' first Detect installs ONNX Runtime from the module's wheels.
-.venv-slicer-%/.installed: Testing/slicer_env/slicer-%.txt Makefile
+# A Python like a fresh Slicer <release>'s, without the PyTorch extension (torch and MONAI not installed
+# and blocked from import: Testing/slicer_env/without-torch.pth): its bundled packages at their versions,
+# the MRML library (slicer-core, without vtk's matplotlib, which Slicer does not ship) and pytest to run
+# the tests. The tests' first Detect installs ONNX Runtime from the module's wheels.
+.venv-slicer-%/.installed: Testing/slicer_env/slicer-%.txt Testing/slicer_env/without-torch.pth Makefile
 	rm -rf .venv-slicer-$*
 	$(PYTHON) -m venv .venv-slicer-$*
+	cp Testing/slicer_env/without-torch.pth \
+	  "$$(.venv-slicer-$*/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
 	.venv-slicer-$*/bin/python -m pip install --quiet -r Testing/slicer_env/slicer-$*.txt
 	.venv-slicer-$*/bin/python -m pip install --quiet --no-deps slicer-core vtk==9.6.2
 	.venv-slicer-$*/bin/python -m pip install --quiet pytest

@@ -3,7 +3,8 @@ Makefile's .venv-slicer-<release>: Slicer's numpy, SimpleITK, pydicom, Pillow, h
 fresh Slicer without the PyTorch extension has it.
 
 - The first Detect installs ONNX Runtime from the module's wheels/ folder, with every package index
-  unreachable, and detects on it; torch and MONAI are not installed.
+  unreachable, and detects on it; torch and MONAI are not installed, and blocked from import
+  (without-torch.pth, which the Makefile puts in the Python's site-packages).
 
 - sys.path: the module folder unpacked from dist/MAEDiffAnomaly.zip and nothing of the repository, as
   Slicer's scripted-module factory gives a module; maediff_core is not installed in this Python.

@@ -10,6 +10,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 import time
 import types
@@ -63,6 +64,17 @@ def test_slicer_packages_are_slicers_and_only_the_installers_were_added(fresh_sl
         assert importlib.util.find_spec(name) is None, f"{name} is installed: the test would not notice a need"
     # A fresh Slicer without the PyTorch extension: the first Detect (the run below) installs ONNX Runtime.
     assert not dependencies.torch_available() and importlib.util.find_spec("monai") is None
+    # torch and MONAI are not installed, and blocked from import here and in every child (the detector):
+    # the Makefile's without-torch.pth, so that no path leaking in from elsewhere could supply them.
+    child = "import sys, importlib.util as u; print([(sys.modules[n], u.find_spec(n)) for n in ('torch', 'monai')])"
+    for name in ("torch", "monai"):
+        with pytest.raises(importlib.metadata.PackageNotFoundError):
+            importlib.metadata.distribution(name)
+        assert name in sys.modules and sys.modules[name] is None
+        with pytest.raises(ModuleNotFoundError):
+            importlib.import_module(name)
+    assert subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
+                          check=True).stdout.strip() == "[(None, None), (None, None)]"
     assert dependencies.missing("onnx") == ["onnxruntime"]
     # Without torch, auto takes ONNX Runtime; a GPU is still torch's (the panel then asks for the extension).
     assert dependencies.runtime_for("auto", "auto") == "onnx" and dependencies.runtime_for("auto", "cuda") == "torch"
@@ -149,7 +161,7 @@ def test_the_first_detect_installs_onnx_runtime_offline_and_detects_on_it(run):
     assert any("Installing ONNX Runtime:" in text for text in run["statuses"])  # pip's lines reached the panel
     for name in FIRST_DETECT_INSTALLS:
         assert importlib.metadata.version(name)
-    assert importlib.util.find_spec("torch") is None and "torch" not in sys.modules
+    assert importlib.util.find_spec("torch") is None and sys.modules["torch"] is None  # still blocked, never imported
 
 
 def test_detection_reports_one_rising_progress(run):
