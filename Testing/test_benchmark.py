@@ -52,6 +52,22 @@ def test_table_rows_in_per_cent():
     assert "| thresh | 42.3 / - | 30.1 / - |" in table and "| maediff-small | 42.3 / 0.046 | 30.1 / 0.123 |" in table
 
 
+def test_the_command_line_sets_every_methods_scoring(monkeypatch, tmp_path, capsys):
+    import maediff_core.benchmark as benchmark
+    from maediff_core.cli import main
+
+    runs = []
+    monkeypatch.setattr(benchmark, "run_benchmark", lambda out, config: runs.append(config) or summary())
+    main(["benchmark", "-o", str(tmp_path)])
+    main(["benchmark", "-o", str(tmp_path), "--scoring", "mhd:4:raw"])
+    assert [config.scoring for config in runs] == ["residual", "mhd:4:raw"]
+    with pytest.raises(SystemExit):
+        main(["benchmark", "-o", str(tmp_path), "--scoring", "mean:1"])
+    assert "scoring mean takes two or more" in capsys.readouterr().err and len(runs) == 2
+    table = markdown_table(summary() | {"config": summary()["config"] | {"scoring": "mhd:4"}})
+    assert "scoring mhd:4." in table
+
+
 def test_readme_section_is_replaced(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"# Title\n\n{README_START}\nOLD TABLE\n{README_END}\n\nmore text\n")

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from .options import DEVICES, given, positive_float, positive_int
+from .options import DEVICES, given, positive_float, positive_int, scoring_label
 
 
 def add_bench_noise(sub) -> None:
@@ -99,6 +99,8 @@ def add_benchmark(sub) -> None:
     p.add_argument("--eval-test", type=positive_int, help="at most this many test volumes per lesion set")
     p.add_argument("--eval-healthy", type=positive_int, help="at most this many healthy test (and validation) volumes")
     p.add_argument("--protocol", choices=["reference", "ours"], help="evaluation protocol (default: reference)")
+    p.add_argument("--scoring", type=lambda text: scoring_label(text).label,
+                   help="every method's scoring: residual (the papers', default), mean:N or mhd:N[:raw]")
     p.add_argument("--device", choices=DEVICES)
     p.add_argument("--readme", help="write the table into this Markdown file between the benchmark markers")
     p.set_defaults(func=run_benchmark)
