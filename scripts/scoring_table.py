@@ -21,8 +21,9 @@ def row(label: str, r: dict, chosen: str) -> str:
         return f"{f['healthy_candidates_mean']:.1f} (max {f['healthy_candidates_max']}, {f['healthy_ml_mean']:.1f} mL)"
 
     name = f"**{label}**" if label == chosen else label
+    auroc = "-" if r.get("case_auroc") is None else f"{r['case_auroc']:.3f}"  # none without healthy volumes
     return (f"| {name} | {100 * r['val_dice_pooled']:.1f} | {100 * r['dice_mean']:.1f} +- {100 * r['dice_std']:.1f} | "
-            f"{100 * r['auprc_mean']:.1f} +- {100 * r['auprc_std']:.1f} | {r.get('case_auroc', float('nan')):.3f} | "
+            f"{100 * r['auprc_mean']:.1f} +- {100 * r['auprc_std']:.1f} | {auroc} | "
             f"{alarms(protocol)} | {protocol['lesion_volume_false_candidates_mean']:.1f} | "
             + (f"{point['threshold']:.4f}, >= {point['min_voxels']} voxels | "
                f"{100 * point['dice_mean']:.1f} +- {100 * point['dice_std']:.1f} | {alarms(reading)} | "
@@ -33,12 +34,12 @@ def main() -> None:
     result = json.loads((Path(sys.argv[1]) / "metrics.json").read_text())
     scorings = result.get("scorings") or {result["scoring"]: result}
     print("| scoring | val Dice (pooled) | test Dice | test AUPRC | case AUROC | candidates per healthy test "
-          "volume | false candidates per tumour volume | reading point | Dice | candidates per healthy test volume "
-          "| false candidates per tumour volume |")
+          "volume | false candidates per lesion volume | reading point | Dice | candidates per healthy test volume "
+          "| false candidates per lesion volume |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for label, r in scorings.items():
         print(row(label, r, result["scoring"]))
-    print(f"\n{result['n_val']} validation and {result['n_test']} test tumour volumes, {result['n_healthy']} healthy "
+    print(f"\n{result['n_val']} validation and {result['n_test']} test lesion volumes, {result['n_healthy']} healthy "
           f"test and {result['n_healthy_val']} healthy validation volumes; {result['protocol']} protocol. Bold: the "
           "scoring chosen by validation Dice. Columns 2 to 7 at the protocol's threshold (chosen for Dice on the "
           "validation volumes), 8 to 11 at the reading point (chosen on the healthy validation volumes).")
